@@ -153,7 +153,11 @@ class Descriptor:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        d: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
         if self.platform:
             d["platform"] = self.platform.to_dict()
         if self.annotations:
@@ -192,7 +196,11 @@ class Index:
     def select(self, want: Platform) -> Descriptor:
         """The first manifest for ``want``; raise `PlatformNotFoundError` if none."""
         for d in self.manifests:
-            if d.platform is not None and d.media_type in MANIFEST_TYPES and want.matches(d.platform):
+            if (
+                d.platform is not None
+                and d.media_type in MANIFEST_TYPES
+                and want.matches(d.platform)
+            ):
                 return d
         have = ", ".join(sorted({str(d.platform) for d in self.manifests if d.platform})) or "none"
         raise PlatformNotFoundError(f"no manifest for platform {want} (index has: {have})")
@@ -223,14 +231,18 @@ def detect_media_type(data: bytes, declared: str | None = None, *, what: str = "
     raise ManifestError(f"{what}: unsupported media type {mt or 'unknown'!r}")
 
 
-def parse_manifest(data: bytes, media_type: str | None = None, *, what: str = "manifest") -> Manifest | Index:
-    """Parse a manifest or index document; the media type is taken from the document when present."""
+def parse_manifest(
+    data: bytes, media_type: str | None = None, *, what: str = "manifest"
+) -> Manifest | Index:
+    """Parse a manifest or index; the media type comes from the document when present."""
     doc = _load_json(data, what)
     mt = detect_media_type(data, media_type, what=what)
     if doc.get("schemaVersion") != 2:
         raise ManifestError(f"{what}: unsupported schemaVersion {doc.get('schemaVersion')!r}")
     subject = (
-        Descriptor.from_dict(doc["subject"], where=f"{what} subject") if doc.get("subject") else None
+        Descriptor.from_dict(doc["subject"], where=f"{what} subject")
+        if doc.get("subject")
+        else None
     )
     if mt in INDEX_TYPES:
         entries = doc.get("manifests")

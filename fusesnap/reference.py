@@ -51,7 +51,10 @@ class Reference:
                 raise InvalidReferenceError(f"invalid reference {original!r}: {exc}") from None
         registry, _, rest = text.partition("/")
         if rest and (
-            "." in registry or ":" in registry or registry == "localhost" or registry.startswith("[")
+            "." in registry
+            or ":" in registry
+            or registry == "localhost"
+            or registry.startswith("[")
         ):
             if not _HOST.match(registry):
                 raise InvalidReferenceError(f"invalid reference {original!r}: bad registry host")
@@ -67,7 +70,9 @@ class Reference:
         components = rest.split("/")
         for comp in components:
             if not _COMPONENT.match(comp):
-                why = "must be lowercase" if comp.lower() != comp else f"bad name component {comp!r}"
+                why = (
+                    "must be lowercase" if comp.lower() != comp else f"bad name component {comp!r}"
+                )
                 raise InvalidReferenceError(f"invalid reference {original!r}: {why}")
         if registry == "index.docker.io":
             registry = DEFAULT_REGISTRY

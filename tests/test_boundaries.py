@@ -10,7 +10,15 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "fusesnap"
 
 FORBIDDEN = {
-    "store": {"trio", "httpx", "pyfuse3", "fusesnap.lazy", "fusesnap.fs", "fusesnap.runtime", "click"},
+    "store": {
+        "trio",
+        "httpx",
+        "pyfuse3",
+        "fusesnap.lazy",
+        "fusesnap.fs",
+        "fusesnap.runtime",
+        "click",
+    },
     "lazy": {"pyfuse3", "click", "fusesnap.fs", "fusesnap.runtime"},
     "fs": {"httpx", "click", "fusesnap.runtime"},
 }

@@ -6,7 +6,12 @@ import pytest
 
 from fusesnap import oci
 from fusesnap.digest import Digest
-from fusesnap.errors import DigestMismatchError, InvalidDigestError, ManifestError, PlatformNotFoundError
+from fusesnap.errors import (
+    DigestMismatchError,
+    InvalidDigestError,
+    ManifestError,
+    PlatformNotFoundError,
+)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -35,7 +40,10 @@ def test_parse_manifest() -> None:
         (b"not json", "not valid JSON"),
         (b"[]", "not a JSON object"),
         (json.dumps({"schemaVersion": 1, "config": {}, "layers": []}).encode(), "schemaVersion"),
-        (_manifest(layers=[{"mediaType": "x", "digest": "sha256:zz", "size": 1}]), "invalid digest"),
+        (
+            _manifest(layers=[{"mediaType": "x", "digest": "sha256:zz", "size": 1}]),
+            "invalid digest",
+        ),
         (_manifest(layers=[{"mediaType": "x", "digest": D2, "size": -1}]), "invalid size"),
         (_manifest(layers=[{"digest": D2, "size": 1}]), "lacks 'mediaType'"),
         (b" " * (oci.MAX_MANIFEST_SIZE + 1), "too large"),
@@ -53,10 +61,18 @@ def test_index_platform_selection() -> None:
                 "schemaVersion": 2,
                 "mediaType": oci.OCI_INDEX,
                 "manifests": [
-                    {"mediaType": oci.OCI_MANIFEST, "digest": D1, "size": 1,
-                     "platform": {"os": "linux", "architecture": "amd64"}},
-                    {"mediaType": oci.OCI_MANIFEST, "digest": D2, "size": 1,
-                     "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                    {
+                        "mediaType": oci.OCI_MANIFEST,
+                        "digest": D1,
+                        "size": 1,
+                        "platform": {"os": "linux", "architecture": "amd64"},
+                    },
+                    {
+                        "mediaType": oci.OCI_MANIFEST,
+                        "digest": D2,
+                        "size": 1,
+                        "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+                    },
                 ],
             }
         ).encode()

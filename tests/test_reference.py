@@ -27,14 +27,31 @@ HEX = "a" * 64
 )
 def test_parse_normalizes(text, registry, repository, tag, digest) -> None:
     ref = Reference.parse(text)
-    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        registry,
+        repository,
+        tag,
+        digest,
+    )
     assert Reference.parse(str(ref)) == ref
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", " busybox", "Busybox", "a//b", "a/b:", "a:b:c", "a@sha256:abc", f"a@md5:{HEX}", "-a", "a/-b",
-     "host:port/x", "a/b:" + "t" * 129],
+    [
+        "",
+        " busybox",
+        "Busybox",
+        "a//b",
+        "a/b:",
+        "a:b:c",
+        "a@sha256:abc",
+        f"a@md5:{HEX}",
+        "-a",
+        "a/-b",
+        "host:port/x",
+        "a/b:" + "t" * 129,
+    ],
 )
 def test_parse_rejects_malformed(text: str) -> None:
     with pytest.raises(InvalidReferenceError, match="invalid reference"):
@@ -51,8 +68,15 @@ def test_api_host_and_object() -> None:
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("localhost:5000", True), ("127.0.0.1", True), ("127.9.9.9:80", True), ("[::1]:5000", True),
-     ("10.0.0.1:5000", False), ("example.com", False), ("localhost.example.com", False)],
+    [
+        ("localhost:5000", True),
+        ("127.0.0.1", True),
+        ("127.9.9.9:80", True),
+        ("[::1]:5000", True),
+        ("10.0.0.1:5000", False),
+        ("example.com", False),
+        ("localhost.example.com", False),
+    ],
 )
 def test_is_loopback(host: str, expected: bool) -> None:
     assert is_loopback(host) is expected
