@@ -1,0 +1,183 @@
+"""Leases: holds on resources so that gc spares them while work is in flight
+(containerd's lease manager).
+
+A pull follows containerd's order so that gc never sees a window where its
+content is unreferenced:
+
+1. create a lease (owned by the pulling process, with an expiry);
+2. add ``("content", digest)`` to it *before* fetching each blob — also when
+   the blob is already stored, since gc may be about to delete it — and
+   ``("ingest", digest)`` to keep a partial download across a crash;
+3. write the image record;
+4. delete the lease.
+
+A live lease protects its resources even if they are not in the store yet.
+
+A lease dies when it expires, or when its owner process is gone: the owner
+is recorded as (pid, start time from /proc/PID/stat), because pids are
+reused. Dead leases are deleted by `collect_garbage`. Pids are those of the
+pid namespace that reads them; a lease shared across namespaces should rely
+on its expiry, not an owner.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from fusesnap.errors import AlreadyExistsError, NotFoundError
+from fusesnap.store.blobs import Txn
+from fusesnap.store.env import Env
+from fusesnap.store.records import LeaseRecord, Resource
+from fusesnap.store.schema import LEASES, lease_key, pack, unpack
+
+DEFAULT_EXPIRY = 24 * 3600.0
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of a running process, in clock ticks since boot;
+    `None` if there is no such process or it is a zombie (it has exited and
+    only waits to be reaped)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ")".
+    fields = text.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22, starttime
+
+
+def is_live(lease: LeaseRecord, now: float | None = None) -> bool:
+    """Not expired, and its owner (if any) still runs."""
+    now = time.time() if now is None else now
+    if lease.expires is not None and lease.expires <= now:
+        return False
+    if lease.owner_pid is None:
+        return True
+    start = process_start_time(lease.owner_pid)
+    return start is not None and (lease.owner_start is None or start == lease.owner_start)
+
+
+def get_lease(txn: Txn, env: Env, lease_id: str) -> LeaseRecord | None:
+    raw = txn.get(lease_key(lease_id), db=env.db(LEASES))
+    return None if raw is None else LeaseRecord.from_record(unpack(bytes(raw)))
+
+
+def iter_leases(txn: Txn, env: Env) -> Iterator[LeaseRecord]:
+    """Every lease, within one transaction (for gc)."""
+    for _key, raw in txn.cursor(db=env.db(LEASES)):
+        yield LeaseRecord.from_record(unpack(bytes(raw)))
+
+
+def delete_lease(txn: Txn, env: Env, lease_id: str) -> bool:
+    return bool(txn.delete(lease_key(lease_id), db=env.db(LEASES)))
+
+
+def _not_found(lease_id: str) -> NotFoundError:
+    return NotFoundError(f"lease {lease_id}: not found")
+
+
+class LeaseManager:
+    """Create, inspect, change and delete leases."""
+
+    def __init__(self, env: Env) -> None:
+        self._env = env
+
+    is_live = staticmethod(is_live)
+
+    def create(
+        self,
+        *,
+        id: str | None = None,
+        expires_in: float | None = DEFAULT_EXPIRY,
+        labels: dict[str, str] | None = None,
+        owner_pid: int | None = None,
+    ) -> LeaseRecord:
+        """A new lease; ``id`` is random unless given (`AlreadyExistsError`
+        if taken). ``expires_in=None`` never expires: give such a lease an
+        owner, or it holds its resources until deleted by hand.
+        `NotFoundError` if ``owner_pid`` does not run."""
+        now = time.time()
+        owner_start = None
+        if owner_pid is not None:
+            owner_start = process_start_time(owner_pid)
+            if owner_start is None:
+                raise NotFoundError(f"process {owner_pid}: not found")
+        record = LeaseRecord(
+            id=id if id is not None else f"lease-{secrets.token_hex(8)}",
+            created=now,
+            expires=None if expires_in is None else now + expires_in,
+            labels=dict(labels or {}),
+            owner_pid=owner_pid,
+            owner_start=owner_start,
+        )
+        key = lease_key(record.id)
+        with self._env.txn(write=True) as txn:
+            if txn.get(key, db=self._env.db(LEASES)) is not None:
+                raise AlreadyExistsError(f"lease {record.id}: already exists")
+            txn.put(key, pack(record.to_record()), db=self._env.db(LEASES))
+        return record
+
+    def get(self, id: str) -> LeaseRecord:
+        with self._env.txn() as txn:
+            record = get_lease(txn, self._env, id)
+        if record is None:
+            raise _not_found(id)
+        return record
+
+    def list(self) -> builtins.list[LeaseRecord]:
+        """Every lease, live or not, by id."""
+        return [LeaseRecord.from_record(unpack(raw)) for _k, raw in self._env.iter_items(LEASES)]
+
+    def _update(self, id: str, resource: Resource, *, add: bool) -> LeaseRecord:
+        with self._env.txn(write=True) as txn:
+            record = get_lease(txn, self._env, id)
+            if record is None:
+                raise _not_found(id)
+            held = set(record.resources)
+            if add:
+                held.add(resource)
+            else:
+                held.discard(resource)
+            record = dataclasses.replace(record, resources=tuple(sorted(held)))
+            txn.put(lease_key(id), pack(record.to_record()), db=self._env.db(LEASES))
+        return record
+
+    def add_resource(self, id: str, resource: Resource) -> LeaseRecord:
+        """Hold ``resource`` (idempotent); return the updated lease."""
+        return self._update(id, resource, add=True)
+
+    def remove_resource(self, id: str, resource: Resource) -> LeaseRecord:
+        """Stop holding ``resource`` (no-op if not held); return the lease."""
+        return self._update(id, resource, add=False)
+
+    def delete(self, id: str) -> None:
+        with self._env.txn(write=True) as txn:
+            found = delete_lease(txn, self._env, id)
+        if not found:
+            raise _not_found(id)
+
+    @contextmanager
+    def lease(
+        self,
+        *,
+        id: str | None = None,
+        expires_in: float | None = DEFAULT_EXPIRY,
+        labels: dict[str, str] | None = None,
+        owner_pid: int | None = None,
+    ) -> Iterator[LeaseRecord]:
+        """A lease for the duration of a block, deleted on exit (even on
+        error). Write the image record inside the block, not after it."""
+        record = self.create(id=id, expires_in=expires_in, labels=labels, owner_pid=owner_pid)
+        try:
+            yield record
+        finally:
+            with suppress(NotFoundError):  # gc may have reaped it if it expired
+                self.delete(record.id)

@@ -1,0 +1,223 @@
+"""The records the store keeps, as frozen values with their msgpack form.
+
+`to_record()` returns plain dicts/lists/str/int/float so that msgpack (see
+`schema.pack`) needs no hooks; each carries ``v`` so that a later layout can be
+read next to this one. `from_record()` validates digests once, here, where
+they come back into the program, and turns a malformed record into a
+`StoreError` that names it instead of a `KeyError` from deep inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusesnap.digest import Digest
+from fusesnap.errors import InvalidDigestError, StoreError
+
+RECORD_VERSION = 1
+
+# Resource kinds a lease can hold. "ingest" protects a partial download;
+# the rest protect the object of that kind with that key.
+CONTENT = "content"
+IMAGE = "image"
+INGEST = "ingest"
+LAYER = "layer"
+SNAPSHOT = "snapshot"
+CONTAINER = "container"
+RESOURCE_KINDS = frozenset({CONTENT, IMAGE, INGEST, LAYER, SNAPSHOT, CONTAINER})
+_DIGEST_KINDS = frozenset({CONTENT, INGEST, LAYER})
+
+
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidDigestError) as exc:
+        raise StoreError(f"corrupt {what} record in store: {exc!r}") from None
+
+
+def _check_version(d: Mapping[str, Any], what: str) -> None:
+    if d.get("v") != RECORD_VERSION:
+        raise StoreError(f"{what} record has version {d.get('v')!r}; want {RECORD_VERSION}")
+
+
+def _labels(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ContentInfo:
+    """A verified blob in the content store."""
+
+    digest: Digest
+    size: int
+    media_type: str
+    created: float
+    segments: int
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "digest": str(self.digest),
+            "size": self.size,
+            "media_type": self.media_type,
+            "created": self.created,
+            "segments": self.segments,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> ContentInfo:
+        with _decoding("content"):
+            _check_version(d, "content")
+            return cls(
+                digest=Digest(d["digest"]),
+                size=int(d["size"]),
+                media_type=str(d["media_type"]),
+                created=float(d["created"]),
+                segments=int(d["segments"]),
+                labels=_labels(d.get("labels")),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """A name pointing at content: the target (a manifest or an index) and the
+    manifest picked from it for `platform`. Pointers only; no bytes.
+
+    `created` and `updated` are filled in by `ImageStore.put`.
+    """
+
+    name: str
+    target_digest: Digest
+    target_media_type: str
+    target_size: int
+    manifest_digest: Digest
+    platform: str
+    created: float = 0.0
+    updated: float = 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "name": self.name,
+            "target": {
+                "digest": str(self.target_digest),
+                "media_type": self.target_media_type,
+                "size": self.target_size,
+            },
+            "manifest_digest": str(self.manifest_digest),
+            "platform": self.platform,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> ImageRecord:
+        with _decoding("image"):
+            _check_version(d, "image")
+            target = d["target"]
+            return cls(
+                name=str(d["name"]),
+                target_digest=Digest(target["digest"]),
+                target_media_type=str(target["media_type"]),
+                target_size=int(target["size"]),
+                manifest_digest=Digest(d["manifest_digest"]),
+                platform=str(d["platform"]),
+                created=float(d["created"]),
+                updated=float(d["updated"]),
+            )
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Resource:
+    """One thing a lease holds; ``(kind, key)`` is also the gc node."""
+
+    kind: str
+    key: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in RESOURCE_KINDS:
+            raise ValueError(f"unknown resource kind {self.kind!r}")
+        if self.kind in _DIGEST_KINDS:
+            object.__setattr__(self, "key", Digest(self.key))
+        elif not self.key:
+            raise ValueError(f"{self.kind} resource needs a key")
+
+    @classmethod
+    def content(cls, digest: Digest) -> Resource:
+        return cls(CONTENT, digest)
+
+    @classmethod
+    def ingest(cls, digest: Digest) -> Resource:
+        return cls(INGEST, digest)
+
+    @classmethod
+    def image(cls, name: str) -> Resource:
+        return cls(IMAGE, name)
+
+    def node(self) -> tuple[str, str]:
+        return (self.kind, str(self.key))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A hold on resources while work is in flight (a pull, a mount).
+
+    `owner_start` is the owner's start time in clock ticks since boot
+    (field 22 of /proc/PID/stat): a pid is reused after its process dies,
+    the pair (pid, start time) is not.
+    """
+
+    id: str
+    created: float
+    expires: float | None
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    owner_pid: int | None = None
+    owner_start: int | None = None
+    resources: tuple[Resource, ...] = ()
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "id": self.id,
+            "created": self.created,
+            "expires": self.expires,
+            "labels": dict(self.labels),
+            "owner_pid": self.owner_pid,
+            "owner_start": self.owner_start,
+            "resources": [[r.kind, str(r.key)] for r in self.resources],
+        }
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> LeaseRecord:
+        with _decoding("lease"):
+            _check_version(d, "lease")
+            expires = d["expires"]
+            pid = d.get("owner_pid")
+            start = d.get("owner_start")
+            return cls(
+                id=str(d["id"]),
+                created=float(d["created"]),
+                expires=None if expires is None else float(expires),
+                labels=_labels(d.get("labels")),
+                owner_pid=None if pid is None else int(pid),
+                owner_start=None if start is None else int(start),
+                resources=tuple(Resource(str(k), str(key)) for k, key in d["resources"]),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestInfo:
+    """A partial download in ``ROOT/ingest/`` (what a killed pull left behind)."""
+
+    digest: Digest
+    path: Path
+    offset: int
+    mtime: float
+    locked: bool

@@ -1,0 +1,157 @@
+"""Opening, sharing and closing the LMDB environment; schema versions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from fusesnap.digest import Digest
+from fusesnap.errors import StoreError
+from fusesnap.store import default_root, open_store
+from fusesnap.store import schema as schema_module
+from fusesnap.store.env import DEFAULT_MAP_SIZE
+from fusesnap.store.schema import CONTENT, DATABASES, META, SCHEMA_VERSION_KEY, pack, unpack
+
+from .helpers import MiB, blob, put, run_python
+
+
+def raw_env(root: Path) -> lmdb.Environment:
+    return lmdb.open(str(root / "store.lmdb"), max_dbs=16)
+
+
+def set_schema_version(root: Path, version: int) -> None:
+    env = raw_env(root)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(SCHEMA_VERSION_KEY, pack(version), db=env.open_db(META, txn=txn))
+    finally:
+        env.close()
+
+
+def test_new_store_layout(root: Path) -> None:
+    with open_store(root) as store:
+        assert (root / "store.lmdb" / "data.mdb").is_file()
+        assert (root / "ingest").is_dir()
+        assert store.root == root
+        with store.env.txn() as txn:
+            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 1
+    env = raw_env(root)
+    try:
+        with env.begin() as txn:
+            names = {k for k, _ in txn.cursor()}
+    finally:
+        env.close()
+    assert names == set(DATABASES)  # reserved ones too: layers, chunks, snapshots, containers
+
+
+def test_newer_schema_is_refused(root: Path) -> None:
+    open_store(root).close()
+    set_schema_version(root, 99)
+    with pytest.raises(StoreError) as exc:
+        open_store(root)
+    assert str(exc.value) == f"store at {root} has schema v99; this fusesnap understands up to v1"
+    set_schema_version(root, 1)  # the failed open left nothing half-open behind
+    open_store(root).close()
+
+
+def test_older_schema_is_migrated(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    open_store(root).close()
+    calls = []
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(schema_module.MIGRATIONS, 1, lambda txn, dbs: calls.append(sorted(dbs)))
+    with open_store(root) as store, store.env.txn() as txn:
+        assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 2
+    assert calls == [sorted(DATABASES)]
+
+
+def test_data_file_stays_small_with_a_huge_map(root: Path) -> None:
+    with open_store(root) as store:
+        put(store, blob(3 * MiB))
+        assert store.env.map_size == DEFAULT_MAP_SIZE
+    data = root / "store.lmdb" / "data.mdb"
+    assert data.stat().st_size < 16 * MiB
+    assert data.stat().st_blocks * 512 < 16 * MiB
+
+
+def test_map_full_is_a_store_error_and_the_store_survives(tmp_path: Path) -> None:
+    with open_store(tmp_path / "small", map_size=2 * MiB) as store:
+        with pytest.raises(StoreError, match=r"is full \(map size"):
+            put(store, blob(3 * MiB))
+        assert not store.content.exists(Digest.of(blob(3 * MiB)))
+        assert put(store, b"small").size == 5
+
+
+def test_opening_twice_shares_one_environment(root: Path) -> None:
+    a = open_store(root)
+    b = open_store(root)
+    assert a.env is not b.env
+    put(a, b"x")
+    assert b.content.exists(Digest.of(b"x"))
+    a.close()
+    a.close()  # idempotent
+    assert a.closed
+    with pytest.raises(StoreError, match="is closed"):
+        a.content.exists(Digest.of(b"x"))
+    assert b.content.read(Digest.of(b"x")) == b"x"  # b unaffected
+    b.close()
+    with open_store(root) as c:  # the environment really closed: it reopens
+        assert c.content.exists(Digest.of(b"x"))
+
+
+def test_corrupt_record_is_a_store_error(store) -> None:
+    with store.env.txn(write=True) as txn:
+        txn.put(Digest.of(b"x").encode(), b"\xc1", db=store.env.db(CONTENT))
+    with pytest.raises(StoreError, match="corrupt"):
+        store.content.info(Digest.of(b"x"))
+
+
+def test_inherited_store_is_unusable_after_fork(store, root: Path) -> None:
+    put(store, b"x")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running any cleanup
+        try:
+            msgs = []
+            for use in (lambda: store.content.exists(Digest.of(b"x")), lambda: open_store(root)):
+                try:
+                    use()
+                    msgs.append("used")
+                except StoreError as exc:
+                    msgs.append(str(exc))
+            os.write(w, "|".join(msgs).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    first, second = out.split("|")
+    assert "opened before fork()" in first
+    assert "opened before fork()" in second
+    assert store.content.exists(Digest.of(b"x"))
+
+
+def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FUSESNAP_ROOT", str(tmp_path / "explicit"))
+    assert default_root() == tmp_path / "explicit"
+    monkeypatch.delenv("FUSESNAP_ROOT")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_root() == Path("/var/lib/fusesnap")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_root() == tmp_path / "xdg" / "fusesnap"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "home" / ".local" / "share" / "fusesnap"
+
+
+def test_store_imports_no_async_or_network_code() -> None:
+    proc = run_python(
+        "import sys, fusesnap.store\n"
+        "print(sorted(m for m in ('trio', 'httpx', 'pyfuse3') if m in sys.modules))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
