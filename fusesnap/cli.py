@@ -115,7 +115,7 @@ def pull(c: Context, ref: str, platform_text: str | None, all_: bool) -> None:
     reference = Reference.parse(ref)
     plat = Platform.parse(platform_text) if platform_text else None
     store = c.store()
-    progress = ProgressLine(f"pulling {reference}")
+    progress = ProgressLine(f"pulling {reference}", unit="layers")
     started = time.monotonic()
 
     async def main() -> Any:

@@ -34,14 +34,22 @@ def table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 
 
 class ProgressLine:
-    """One self-overwriting status line: ``pulling busybox  12.3/45.6 MB  2/5 layers  3.1 MB/s``.
+    """One self-overwriting status line: ``pulling busybox  12.3 MB/45.6 MB  2/5 layers  3.1 MB/s``.
 
     Implements the `fusesnap.lazy.PullProgress` protocol. Thread-safety: call
     from one thread (the trio loop).
     """
 
-    def __init__(self, label: str, *, stream: TextIO | None = None, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        label: str,
+        *,
+        unit: str = "items",
+        stream: TextIO | None = None,
+        interval: float = 0.1,
+    ) -> None:
         self.label = label
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()
         self.interval = interval
@@ -86,7 +94,7 @@ class ProgressLine:
         elapsed = max(now - self._started, 1e-6)
         text = (
             f"{self.label}  {human_size(self.done)}/{human_size(self.total)}"
-            f"  {self.items_done}/{self.items}  {human_size(self.done / elapsed)}/s"
+            f"  {self.items_done}/{self.items} {self.unit}  {human_size(self.done / elapsed)}/s"
         )
         pad = max(self._width - len(text), 0)
         self.stream.write("\r" + text + " " * pad)
