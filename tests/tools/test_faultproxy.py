@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -58,7 +59,8 @@ def test_forwards_ranges_and_counts(faulty: FaultProxy, client: httpx.Client,
 
 
 def test_push_through_the_proxy(faulty: FaultProxy) -> None:
-    pushed = build_and_push("crafted-whiteouts", faulty)
+    # A repository of its own: blobs already in another test's repository are not re-uploaded.
+    pushed = build_and_push("crafted-whiteouts", faulty, repo=f"proxy-push/{uuid.uuid4().hex}")
     assert pushed.host == faulty.host
     assert faulty.count(kind="upload", method="PUT") == 3  # two layers and the config
     assert faulty.count(kind="manifest", method="PUT") == 1
