@@ -110,7 +110,7 @@ def cli(
     "--all", "all_", is_flag=True, default=True, help="Fetch every layer (the default for now)."
 )
 @pass_ctx
-def pull(c: Context, ref: str, platform_text: str | None, all_: bool) -> None:
+def pull(c: Context, ref: str, platform_text: str | None) -> None:
     """Pull REF's manifest, config and layers into the store."""
     reference = Reference.parse(ref)
     plat = Platform.parse(platform_text) if platform_text else None
