@@ -13,6 +13,7 @@ client, lmdb in the store) and never leak past it::
      ├── DigestMismatchError        bytes do not hash to the digest they claim
      ├── ManifestError              a manifest/index/config that cannot be used
      │    └── PlatformNotFoundError no manifest in an index matches the platform
+     ├── LayerError                 a layer blob or its index is corrupt, hostile or unsupported
      ├── StoreError                 the store cannot be opened or is inconsistent
      └── RegistryError              talking to a registry failed
           ├── AuthenticationError   credentials missing or refused (401/403)
@@ -53,6 +54,10 @@ class ManifestError(FusesnapError):
 
 class PlatformNotFoundError(ManifestError, NotFoundError):
     """No manifest in an image index matches the requested platform."""
+
+
+class LayerError(FusesnapError):
+    """A layer blob or its index cannot be used: corrupt, hostile or unsupported."""
 
 
 class StoreError(FusesnapError):

@@ -1,0 +1,24 @@
+"""The merged image filesystem: layer indexes stacked into one tree, and reads from it.
+
+Pure and synchronous (no pyfuse3, trio or httpx in these modules): the tree,
+the chunk reads and the diff are a library that ``ls``/``cat``/``diff`` use
+directly and that the FUSE Operations class wraps thinly. Merge rules and inode
+numbering: `fusesnap.fs.tree`; reads: `fusesnap.fs.reader`.
+"""
+
+from fusesnap.fs.diff import Change, ChangeKind, diff_trees
+from fusesnap.fs.reader import ChunkSource, chunk_span, iter_file, read_file
+from fusesnap.fs.tree import MergedTree, Node, TreeStats
+
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "ChunkSource",
+    "MergedTree",
+    "Node",
+    "TreeStats",
+    "chunk_span",
+    "diff_trees",
+    "iter_file",
+    "read_file",
+]

@@ -1,15 +1,35 @@
-"""The registry side of fusesnap: the OCI Distribution client and its credentials.
+"""The registry side of fusesnap: the OCI Distribution client, pulls and layer indexes.
 
 Public interface; other packages import from here, not from the modules::
 
     async with open_registry_client() as registry:
         resolved = await registry.resolve(ref, platform=None)
+
+The names are loaded on first use (PEP 562), so that a user of the layer-index
+records (`fusesnap.lazy.layerindex`, e.g. the merged tree in `fusesnap.fs`)
+does not import httpx and trio with them.
 """
 
-from fusesnap.lazy.blobs import BlobSink
-from fusesnap.lazy.credentials import Credentials, load_credentials
-from fusesnap.lazy.registry import RegistryClient, Resolved, open_registry_client
-from fusesnap.lazy.retry import RetryPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fusesnap.lazy.blobs import BlobSink
+    from fusesnap.lazy.credentials import Credentials, load_credentials
+    from fusesnap.lazy.registry import RegistryClient, Resolved, open_registry_client
+    from fusesnap.lazy.retry import RetryPolicy
+
+_EXPORTS = {
+    "BlobSink": "fusesnap.lazy.blobs",
+    "Credentials": "fusesnap.lazy.credentials",
+    "load_credentials": "fusesnap.lazy.credentials",
+    "RegistryClient": "fusesnap.lazy.registry",
+    "Resolved": "fusesnap.lazy.registry",
+    "open_registry_client": "fusesnap.lazy.registry",
+    "RetryPolicy": "fusesnap.lazy.retry",
+}
 
 __all__ = [
     "BlobSink",
@@ -20,3 +40,12 @@ __all__ = [
     "load_credentials",
     "open_registry_client",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fusesnap.lazy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

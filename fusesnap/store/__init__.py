@@ -1,19 +1,34 @@
-"""The local store: LMDB content, images, leases and garbage collection.
+"""The local store: LMDB content, images, leases, layers, chunks and
+garbage collection.
 
 Synchronous by design (no trio, httpx or pyfuse3 here): async callers run
 these methods through `fusesnap.blocking.run_blocking`, one short
 transaction per call. Layout and versioning: `fusesnap.store.schema`.
 """
 
+from fusesnap.store.chunks import ChunkPutStats, ChunkStats, ChunkStore
 from fusesnap.store.collect import GCResult, collect_garbage
 from fusesnap.store.content import ContentStore
 from fusesnap.store.images import ImageStore
 from fusesnap.store.ingest import ContentWriter
+from fusesnap.store.layers import ChunkPresence, LayerStore, pack_chunk_digests
 from fusesnap.store.leases import LeaseManager
-from fusesnap.store.records import ContentInfo, ImageRecord, IngestInfo, LeaseRecord, Resource
+from fusesnap.store.records import (
+    ContentInfo,
+    ImageRecord,
+    IngestInfo,
+    LayerInfo,
+    LayerRecord,
+    LeaseRecord,
+    Resource,
+)
 from fusesnap.store.store import Store, default_root, open_store
 
 __all__ = [
+    "ChunkPresence",
+    "ChunkPutStats",
+    "ChunkStats",
+    "ChunkStore",
     "ContentInfo",
     "ContentStore",
     "ContentWriter",
@@ -21,6 +36,9 @@ __all__ = [
     "ImageRecord",
     "ImageStore",
     "IngestInfo",
+    "LayerInfo",
+    "LayerRecord",
+    "LayerStore",
     "LeaseManager",
     "LeaseRecord",
     "Resource",
@@ -28,4 +46,5 @@ __all__ = [
     "collect_garbage",
     "default_root",
     "open_store",
+    "pack_chunk_digests",
 ]

@@ -1,134 +1,122 @@
-"""Garbage collection of a real store: `gc.mark`/`gc.sweep` wired to LMDB.
-
-Roots are every image and every live lease's resources. Links are typed:
-image -> its target and its platform manifest; a manifest or index (or OCI
-artifact manifest) -> the content its descriptors name. A manifest's
-``subject`` is not followed: a referrer (say, an index artifact) is kept by
-its own image or lease, never by the image it refers to.
+"""Garbage collection of a real store: mark (`links`, `gc`), then sweep
+content, layer records, chunks and ingests.
 
 Concurrency. Marking on one snapshot and deleting later would race a pull
 that starts using a blob in between (e.g. an image that shares a layer with
 the one just removed). So every deletion batch re-marks inside its own write
-transaction — LMDB's single writer lock means no image, lease or content can
-change while it runs — and deletes only what is still unreachable. Parsed
-manifests are cached by digest (content is immutable), so a re-mark only
-reads image and lease records. Each batch is one transaction in which a
-blob's info and segments go together: gc killed at any point leaves a
-consistent store, and the next run finishes the job.
+transaction — LMDB's single writer lock means no image, lease, layer or
+content can change while it runs — and deletes only what is still
+unreachable (the marker's caches make a re-mark cheap, see `links`). Each
+batch is one transaction in which a blob's info and segments, or a layer's
+header and parts, go together: gc killed at any point leaves a consistent
+store, and the next run finishes the job.
 
-Ingests are removed last, and only those that no live lease (or image)
-protects and no writer holds (a non-blocking flock says so).
+Chunks written before their layer record. A pull stores a layer's chunks
+while it streams the layer, before the layer record that lists them
+exists, so for a while nothing links to those chunks. Rule: while any live
+lease holds ``("layer", d)`` and there is no record for ``d`` yet, gc
+deletes no chunk at all (it still sweeps content, layers, leases and
+ingests); `GCResult.chunks_skipped` says why. A pull therefore adds
+`Resource.layer` to its lease before its first `ChunkStore.put_many` and
+keeps it until the image record is written. The rule is checked again in
+every chunk deletion batch, so a pull that starts during a gc stops the
+chunk sweep at once. A chunk list that cannot be read (corrupt) stops the
+chunk sweep too: gc cannot tell what that layer needs.
+
+Ingests are removed last, unless a writer holds one (a non-blocking flock
+says so), a live lease holds it as ``("ingest", d)``, or ``d`` is reachable
+as content or layer and neither the blob nor the layer record is stored
+yet (a partial file left once either exists is a leftover: the
+`verified_path` flow stores a layer record, not the blob).
 
 Freed space is reused by LMDB; its data file does not shrink.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from fusesnap.digest import Digest
-from fusesnap.errors import AlreadyExistsError, InvalidDigestError, ManifestError, NotFoundError
-from fusesnap.oci import INDEX_TYPES, MANIFEST_TYPES, Descriptor, parse_manifest
-from fusesnap.store import gc
-from fusesnap.store.blobs import Txn, delete_blob, get_info, iter_infos, read_all
+from fusesnap.errors import AlreadyExistsError, NotFoundError
+from fusesnap.store import chunks, gc, layers
+from fusesnap.store.blobs import Txn, delete_blob, get_info, iter_infos
+from fusesnap.store.chunks import ChunkStats
 from fusesnap.store.env import Env
-from fusesnap.store.images import get_image, iter_images
 from fusesnap.store.ingest import list_ingests, remove_ingest
 from fusesnap.store.leases import delete_lease, is_live, iter_leases
-from fusesnap.store.records import CONTENT, IMAGE, INGEST, ContentInfo, IngestInfo, LeaseRecord
+from fusesnap.store.links import ARTIFACT_MANIFEST, PARENT_TYPES, Marker, Marks
+from fusesnap.store.records import (
+    CONTENT,
+    INGEST,
+    LAYER,
+    ContentInfo,
+    IngestInfo,
+    LayerInfo,
+    LeaseRecord,
+)
+from fusesnap.store.schema import CHUNKS
 from fusesnap.store.store import Store
+
+__all__ = ["ARTIFACT_MANIFEST", "PARENT_TYPES", "GCResult", "collect_garbage"]
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
-PARENT_TYPES = frozenset({*MANIFEST_TYPES, *INDEX_TYPES, ARTIFACT_MANIFEST})
 DEFAULT_BATCH = 256
+DEFAULT_CHUNK_BATCH = 4096
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
 class GCResult:
-    """What a collection removed (or, with ``dry_run``, would remove)."""
+    """What a collection removed (or, with ``dry_run``, would remove).
+
+    `chunks_skipped` is empty if chunks were swept, else why the chunk
+    sweep did not run or stopped (a pull storing a layer: module docstring).
+    """
 
     removed_content: tuple[ContentInfo, ...]
     removed_leases: tuple[LeaseRecord, ...]
     removed_ingests: tuple[IngestInfo, ...]
+    removed_layers: tuple[LayerInfo, ...] = ()
+    removed_chunks: ChunkStats = field(default_factory=lambda: ChunkStats(0, 0))
+    chunks_skipped: str = ""
     dry_run: bool = False
 
     @property
     def bytes_freed(self) -> int:
-        return sum(c.size for c in self.removed_content) + sum(
-            i.offset for i in self.removed_ingests
+        """Blob and partial-file sizes, layer indexes and chunk lists, and
+        chunks as stored (compressed)."""
+        return (
+            sum(c.size for c in self.removed_content)
+            + sum(i.offset for i in self.removed_ingests)
+            + sum(layers.stored_size(x) for x in self.removed_layers)
+            + self.removed_chunks.stored_bytes
         )
 
 
-class _Marker:
-    """Roots and links of one store; remembers the children of each blob."""
-
-    def __init__(self, env: Env, now: float) -> None:
-        self._env = env
-        self._now = now
-        self._children: dict[Digest, tuple[gc.Node, ...]] = {}
-
-    def mark(self, txn: Txn) -> set[gc.Node]:
-        roots: list[gc.Node] = [(IMAGE, image.name) for image in iter_images(txn, self._env)]
-        for lease in iter_leases(txn, self._env):
-            if is_live(lease, self._now):
-                roots.extend(r.node() for r in lease.resources)
-        return gc.mark(roots, lambda node: self._refs(txn, node))
-
-    def _refs(self, txn: Txn, node: gc.Node) -> tuple[gc.Node, ...]:
-        kind, key = node
-        if kind == IMAGE:
-            image = get_image(txn, self._env, key)
-            if image is None:
-                return ()
-            return ((CONTENT, image.target_digest), (CONTENT, image.manifest_digest))
-        if kind != CONTENT:
-            return ()
-        digest = Digest(key)
-        children = self._children.get(digest)
-        if children is None:
-            info = get_info(txn, self._env, digest)
-            if info is None:
-                return ()  # not cached: it may be stored before the next mark
-            children = self._parse(txn, info)
-            self._children[digest] = children
-        return children
-
-    def _parse(self, txn: Txn, info: ContentInfo) -> tuple[gc.Node, ...]:
-        if info.media_type not in PARENT_TYPES:
-            return ()
-        what = f"content {info.digest.short}"
-        data = read_all(txn, self._env, info)
-        try:
-            if info.media_type == ARTIFACT_MANIFEST:
-                descriptors = _artifact_blobs(data, what)
-            else:
-                descriptors = parse_manifest(data, info.media_type, what=what).children()
-        except ManifestError as exc:
-            # A blob we cannot parse keeps nothing alive; gc must not stop.
-            log.warning("gc: %s", exc)
-            return ()
-        return tuple((CONTENT, str(d.digest)) for d in descriptors)
-
-
-def _artifact_blobs(data: bytes, what: str) -> tuple[Descriptor, ...]:
-    """The ``blobs`` of an OCI 1.1-rc artifact manifest (oci.py does not
-    parse that short-lived format; registries still hold some)."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{what}: not valid JSON ({exc})") from None
-    entries = doc.get("blobs") if isinstance(doc, dict) else None
-    if not isinstance(entries, list):
-        raise ManifestError(f"{what}: artifact manifest has no blobs list")
-    try:
-        return tuple(Descriptor.from_dict(e, where=what) for e in entries)
-    except InvalidDigestError as exc:
-        raise ManifestError(f"{what}: {exc}") from None
+def _in_batches(
+    env: Env,
+    marker: Marker,
+    items: list[T],
+    size: int,
+    delete: Callable[[Txn, Marks, list[T]], list[R] | None],
+) -> list[R]:
+    """Run ``delete`` on ``items``, ``size`` at a time, each batch in its own
+    write transaction that re-marks first. ``delete`` returns what went, or
+    `None` to stop. Results count only once their transaction committed."""
+    out: list[R] = []
+    for start in range(0, len(items), size):
+        with env.txn(write=True, buffers=True) as txn:
+            gone = delete(txn, marker.mark(txn), items[start : start + size])
+        if gone is None:
+            break
+        out.extend(gone)
+    return out
 
 
 def collect_garbage(
@@ -137,15 +125,17 @@ def collect_garbage(
     dry_run: bool = False,
     now: float | None = None,
     batch_size: int = DEFAULT_BATCH,
+    chunk_batch_size: int = DEFAULT_CHUNK_BATCH,
 ) -> GCResult:
-    """Delete dead leases, unreachable content, and unprotected ingests.
+    """Delete dead leases, unreachable content, layers and chunks, and
+    unprotected ingests.
 
     With ``dry_run`` nothing changes and the result lists what would go.
     ``now`` (default: the clock) decides which leases have expired.
     """
     env = store.env
     now = time.time() if now is None else now
-    marker = _Marker(env, now)
+    marker = Marker(env, now)
 
     with env.txn(write=not dry_run) as txn:
         dead = [lease for lease in iter_leases(txn, env) if not is_live(lease, now)]
@@ -153,45 +143,115 @@ def collect_garbage(
             for lease in dead:
                 delete_lease(txn, env, lease.id)
 
-    with env.txn() as txn:
-        marked = marker.mark(txn)
-        candidates = [info for info in iter_infos(txn, env) if (CONTENT, info.digest) not in marked]
+    with env.txn(buffers=True) as txn:
+        marks = marker.mark(txn)
+        content = [i for i in iter_infos(txn, env) if (CONTENT, i.digest) not in marks.nodes]
+        doomed_layers = [
+            i for i in layers.iter_infos(txn, env) if (LAYER, i.digest) not in marks.nodes
+        ]
+        doomed_chunks: list[bytes] = []
+        would_free = 0
+        if not marks.hold:
+            cursor = txn.cursor(db=env.db(CHUNKS))
+            doomed_chunks = gc.sweep(map(bytes, cursor.iternext(values=False)), marks.chunks)
+            if dry_run:
+                for key in doomed_chunks:
+                    would_free += len(txn.get(key, b"", db=env.db(CHUNKS)))
+    held = [marks.hold] if marks.hold else []
 
-    removed: list[ContentInfo] = []
     if dry_run:
-        removed = candidates
-    for start in range(0, 0 if dry_run else len(candidates), batch_size):
-        batch: list[ContentInfo] = []
-        with env.txn(write=True) as txn:
-            marked = marker.mark(txn)
-            for info in candidates[start : start + batch_size]:
-                if (CONTENT, info.digest) in marked:
-                    continue  # a pull took it up since the first mark
-                gone = delete_blob(txn, env, info.digest)
-                if gone is not None:
-                    batch.append(gone)
-        removed.extend(batch)  # only once the transaction has committed
+        result = GCResult(
+            removed_content=tuple(content),
+            removed_leases=tuple(dead),
+            removed_ingests=tuple(_ingests(env, marker, dry_run=True)),
+            removed_layers=tuple(doomed_layers),
+            removed_chunks=ChunkStats(len(doomed_chunks), would_free),
+            chunks_skipped=marks.hold,
+            dry_run=True,
+        )
+        _log(result)
+        return result
 
+    def sweep_content(txn: Txn, marks: Marks, batch: list[ContentInfo]) -> list[ContentInfo]:
+        out = []
+        for info in batch:
+            if (CONTENT, info.digest) in marks.nodes:
+                continue  # a pull took it up since the first mark
+            gone = delete_blob(txn, env, info.digest)
+            if gone is not None:
+                out.append(gone)
+        return out
+
+    def sweep_layers(txn: Txn, marks: Marks, batch: list[LayerInfo]) -> list[LayerInfo]:
+        out = []
+        for info in batch:
+            if (LAYER, info.digest) in marks.nodes:
+                continue
+            gone = layers.delete_layer(txn, env, info.digest)
+            if gone is not None:
+                out.append(gone)
+        return out
+
+    def sweep_chunks(txn: Txn, marks: Marks, batch: list[bytes]) -> list[ChunkStats] | None:
+        if marks.hold:
+            held.append(marks.hold)
+            return None
+        return [chunks.delete_chunks(txn, env, gc.sweep(batch, marks.chunks))]
+
+    removed = _in_batches(env, marker, content, batch_size, sweep_content)
+    removed_layers = _in_batches(env, marker, doomed_layers, batch_size, sweep_layers)
+    chunk_batches = _in_batches(env, marker, doomed_chunks, chunk_batch_size, sweep_chunks)
+    result = GCResult(
+        removed_content=tuple(removed),
+        removed_leases=tuple(dead),
+        removed_ingests=tuple(_ingests(env, marker, dry_run=False)),
+        removed_layers=tuple(removed_layers),
+        removed_chunks=ChunkStats(
+            sum(s.count for s in chunk_batches), sum(s.stored_bytes for s in chunk_batches)
+        ),
+        chunks_skipped=held[0] if held else "",
+    )
+    _log(result)
+    return result
+
+
+def _ingests(env: Env, marker: Marker, *, dry_run: bool) -> list[IngestInfo]:
+    """Remove (or list) the partial files nothing protects."""
+    found = list_ingests(env)
     with env.txn() as txn:
-        marked = marker.mark(txn)
-    removed_ingests: list[IngestInfo] = []
-    for ingest in list_ingests(env):
-        if ingest.locked or {(INGEST, ingest.digest), (CONTENT, ingest.digest)} & marked:
+        nodes = marker.mark(txn).nodes
+        needed = {
+            i.digest
+            for i in found
+            if (INGEST, i.digest) in nodes
+            or (
+                {(CONTENT, i.digest), (LAYER, i.digest)} & nodes
+                and get_info(txn, env, i.digest) is None
+                and not layers.has_layer(txn, env, i.digest)
+            )
+        }
+    out: list[IngestInfo] = []
+    for ingest in found:
+        if ingest.locked or ingest.digest in needed:
             continue
         if not dry_run:
             try:
                 remove_ingest(env, ingest.digest)
             except (AlreadyExistsError, NotFoundError):
                 continue  # a writer took it, or it was committed, since we looked
-        removed_ingests.append(ingest)
+        out.append(ingest)
+    return out
 
-    result = GCResult(tuple(removed), tuple(dead), tuple(removed_ingests), dry_run)
+
+def _log(result: GCResult) -> None:
     log.info(
-        "gc: %s %d blobs, %d leases, %d ingests (%d bytes)",
-        "would remove" if dry_run else "removed",
+        "gc: %s %d blobs, %d layers, %d chunks, %d leases, %d ingests (%d bytes)%s",
+        "would remove" if result.dry_run else "removed",
         len(result.removed_content),
+        len(result.removed_layers),
+        result.removed_chunks.count,
         len(result.removed_leases),
         len(result.removed_ingests),
         result.bytes_freed,
+        f"; chunks kept: {result.chunks_skipped}" if result.chunks_skipped else "",
     )
-    return result

@@ -28,6 +28,7 @@ process (fork + exec, ``subprocess``).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -156,6 +157,22 @@ class Env:
             if len(items) < batch:
                 return
             start = items[-1][0] + b"\0"
+
+    def iter_keys(self, name: bytes, *, batch: int = 4096) -> Iterator[bytes]:
+        """Every key of one database, ``batch`` per short read transaction
+        (as `iter_items`), without reading a value: listing the chunk
+        database must not copy every chunk."""
+        start = b""
+        while True:
+            with self.txn() as txn:
+                cursor = txn.cursor(db=self.db(name))
+                if not cursor.set_range(start):
+                    return
+                keys = list(itertools.islice(cursor.iternext(values=False), batch))
+            yield from keys
+            if len(keys) < batch:
+                return
+            start = keys[-1] + b"\0"
 
     @property
     def map_size(self) -> int:

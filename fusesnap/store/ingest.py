@@ -6,6 +6,19 @@ that (1) a pull killed half-way can resume with an HTTP Range request from
 what is already on disk, and (2) unverified bytes never enter the store.
 `ContentWriter.commit` copies the file into LMDB in one write transaction.
 
+Layers take the other way out. Copying a 300 MB layer into LMDB would hold
+the writer lock, and ~300 MB of dirty pages, for one transaction; and the
+store keeps layers as an index plus shared chunks anyway (see `layers`). So
+a pull downloads a layer to a writer as usual, then:
+
+    path = writer.verified_path()     # size + digest checked; still locked
+    ... build the index reading `path`; store chunks with
+        ChunkStore.put_many (batches of ~8-32 MiB); LayerStore.put(record)
+    writer.abort()                    # the partial file is no longer needed
+
+If the pull dies before `abort`, the partial file stays and the next pull
+resumes (or finds it complete) under its ingest lease, like any download.
+
 Concurrency. A writer holds an exclusive ``flock`` on its partial file for
 as long as it is open; flock (not fcntl) locks belong to the open file, so
 two writers conflict even inside one process. A second writer for the same
@@ -88,7 +101,8 @@ def _lock(path: Path, digest: Digest, *, create: bool, wait: float) -> int | Non
 
 
 class ContentWriter:
-    """Writes one blob to a partial file; `commit` verifies and stores it.
+    """Writes one blob to a partial file; `commit` verifies and stores it,
+    `verified_path` verifies it and leaves it to be read (layers).
 
     Opening a writer for a digest whose partial file exists resumes it: the
     bytes there are re-hashed and `offset` says where to continue (send
@@ -115,6 +129,7 @@ class ContentWriter:
         self.path = env.ingest_dir / ingest_name(digest)
         self._env = env
         self._verifier = Verifier(digest, size)
+        self._sealed = False  # set by verified_path
         try:
             env.ingest_dir.mkdir(parents=True, exist_ok=True)
             fd = _lock(self.path, digest, create=True, wait=wait)
@@ -159,6 +174,8 @@ class ContentWriter:
         ingest (they cannot be the content asked for) with
         `DigestMismatchError`."""
         fd = self._open_fd()
+        if self._sealed:
+            raise ValueError(f"ingest {self.digest.short}: verified; no more writes")
         start = self.offset
         if self.size is not None and start + len(data) > self.size:
             self.abort()
@@ -182,6 +199,8 @@ class ContentWriter:
     def truncate(self, size: int = 0) -> None:
         """Drop the bytes after ``size`` (0: start over, e.g. when the server
         ignored a Range request and sends the whole blob)."""
+        if self._sealed:
+            raise ValueError(f"ingest {self.digest.short}: verified; no more writes")
         if not 0 <= size <= self.offset:
             raise ValueError(f"ingest {self.digest.short}: cannot truncate to {size}")
         self._rehash(size)
@@ -234,6 +253,37 @@ class ContentWriter:
             raise
         self.abort()  # the partial file is stored now
         return info
+
+    def verified_path(self) -> Path:
+        """Check size and digest of the partial file and return its path,
+        without copying it into the store: for a layer, which is read
+        from there to build its index and chunks (module docstring).
+
+        The file is hashed again from disk, so what was checked is what the
+        caller will read: no other writer can change it while this writer
+        holds its lock, which it does until `abort` (call it once the layer
+        record is stored) or `close`. No more `write` after this.
+
+        On a mismatch the partial file is deleted, nothing is stored, the
+        writer is closed and `DigestMismatchError` is raised.
+        """
+        fd = self._open_fd()
+        try:
+            self._verifier.check(what="content")
+            on_disk = Verifier(self.digest, self.size)
+            for piece in self._segments(fd, self.offset):
+                on_disk.update(piece)
+            if os.fstat(fd).st_size != self.offset:
+                raise DigestMismatchError(f"content {self.digest.short}: partial file changed")
+            on_disk.check(what="content")
+        except DigestMismatchError:
+            self.abort()
+            raise
+        except BaseException:
+            self.close()
+            raise
+        self._sealed = True
+        return self.path
 
     def _segments(self, fd: int, size: int) -> Iterator[bytes]:
         pos = 0

@@ -8,6 +8,9 @@ content is unreferenced:
 2. add ``("content", digest)`` to it *before* fetching each blob — also when
    the blob is already stored, since gc may be about to delete it — and
    ``("ingest", digest)`` to keep a partial download across a crash;
+   for a layer stored as index + chunks, ``("layer", digest)`` before its
+   first chunk is stored (until that layer's record exists, gc then sweeps
+   no chunk at all: see `collect`);
 3. write the image record;
 4. delete the lease.
 

@@ -9,6 +9,7 @@ they come back into the program, and turns a malformed record into a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -161,6 +162,10 @@ class Resource:
     def image(cls, name: str) -> Resource:
         return cls(IMAGE, name)
 
+    @classmethod
+    def layer(cls, digest: Digest) -> Resource:
+        return cls(LAYER, digest)
+
     def node(self) -> tuple[str, str]:
         return (self.kind, str(self.key))
 
@@ -221,3 +226,125 @@ class IngestInfo:
     offset: int
     mtime: float
     locked: bool
+
+
+# Where a layer's index came from (see DESIGN.md, "Layer index").
+LAYER_SOURCES = frozenset({"built", "estargz", "zstd:chunked", "artifact"})
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """A stored layer without its big parts: what `LayerStore.list` returns.
+
+    `index_sha256` and `chunks_sha256` (raw sha256 of the two parts) let a
+    read check that the parts are the ones written.
+    """
+
+    digest: Digest
+    diff_id: Digest
+    media_type: str
+    size: int
+    uncompressed_size: int
+    entry_count: int
+    source: str
+    created: float
+    index_size: int
+    chunk_count: int
+    index_sha256: bytes = field(repr=False)
+    chunks_sha256: bytes = field(repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "digest": str(self.digest),
+            "diff_id": str(self.diff_id),
+            "media_type": self.media_type,
+            "size": self.size,
+            "uncompressed_size": self.uncompressed_size,
+            "entry_count": self.entry_count,
+            "source": self.source,
+            "created": self.created,
+            "index_size": self.index_size,
+            "chunk_count": self.chunk_count,
+            "index_sha256": self.index_sha256,
+            "chunks_sha256": self.chunks_sha256,
+        }
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> LayerInfo:
+        with _decoding("layer"):
+            _check_version(d, "layer")
+            return cls(
+                digest=Digest(d["digest"]),
+                diff_id=Digest(d["diff_id"]),
+                media_type=str(d["media_type"]),
+                size=int(d["size"]),
+                uncompressed_size=int(d["uncompressed_size"]),
+                entry_count=int(d["entry_count"]),
+                source=str(d["source"]),
+                created=float(d["created"]),
+                index_size=int(d["index_size"]),
+                chunk_count=int(d["chunk_count"]),
+                index_sha256=bytes(d["index_sha256"]),
+                chunks_sha256=bytes(d["chunks_sha256"]),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRecord:
+    """A layer as the store keeps it: its index and the chunks it needs.
+
+    `digest` is the layer blob's (compressed) digest, `size` its size;
+    `index` is an encoded `LayerIndex`, opaque to the store; `chunks` is the
+    sorted, unique, concatenated 32-byte sha256 of every chunk the layer's
+    files are made of (`pack_chunk_digests` builds it), for gc and for
+    "how much of this layer is here". `created` is filled in by
+    `LayerStore.put` when 0.
+    """
+
+    digest: Digest
+    diff_id: Digest
+    media_type: str
+    size: int
+    uncompressed_size: int
+    entry_count: int
+    source: str
+    index: bytes = field(repr=False)
+    chunks: bytes = field(repr=False)
+    created: float = 0.0
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunks) // 32
+
+    def info(self) -> LayerInfo:
+        """The header to store (hashes both parts)."""
+        return LayerInfo(
+            digest=self.digest,
+            diff_id=self.diff_id,
+            media_type=self.media_type,
+            size=self.size,
+            uncompressed_size=self.uncompressed_size,
+            entry_count=self.entry_count,
+            source=self.source,
+            created=self.created,
+            index_size=len(self.index),
+            chunk_count=self.chunk_count,
+            index_sha256=hashlib.sha256(self.index).digest(),
+            chunks_sha256=hashlib.sha256(self.chunks).digest(),
+        )
+
+    @classmethod
+    def from_parts(cls, info: LayerInfo, index: bytes, chunks: bytes) -> LayerRecord:
+        return cls(
+            digest=info.digest,
+            diff_id=info.diff_id,
+            media_type=info.media_type,
+            size=info.size,
+            uncompressed_size=info.uncompressed_size,
+            entry_count=info.entry_count,
+            source=info.source,
+            index=index,
+            chunks=chunks,
+            created=info.created,
+        )

@@ -10,8 +10,13 @@ change of layout is one diff next to `SCHEMA_VERSION` and its migration::
      │    ├── blobs                 digest \\0 u32be(segment) -> raw bytes (<= 1 MiB)
      │    ├── images                name -> ImageRecord              (msgpack, v=1)
      │    ├── leases                id -> LeaseRecord                (msgpack, v=1)
-     │    ├── layers                reserved: layer digest -> LayerIndex
-     │    ├── chunks                reserved: chunk sha256 -> zstd chunk
+     │    ├── layers                digest -> LayerInfo              (msgpack, v=1)     v2
+     │    ├── layer_data            digest \\0 part u32be(segment) -> raw bytes          v2
+     │    │                           part b"i": the encoded LayerIndex (opaque here)
+     │    │                           part b"c": sorted unique 32-byte chunk digests
+     │    ├── chunks                sha256(chunk), 32 raw bytes -> format byte + payload   v2
+     │    │                           0: the chunk as is (zstd did not shrink it)
+     │    │                           1: one zstd frame, content size in its header
      │    ├── snapshots             reserved: chain id -> snapshot
      │    └── containers            reserved: container id -> container
      └── ingest/                    partial downloads, one file per digest
@@ -27,12 +32,26 @@ Digests are ASCII and never contain ``\\0``, so ``digest + b"\\0"`` is a
 prefix that matches exactly one blob's segments, in order (big-endian
 segment numbers sort numerically).
 
+Layers (v2) are kept in two databases so that listing them is cheap: the
+small header (`LayerInfo`: sizes, diffID, source, and the sha256 of each
+big part) in ``layers``, the big parts — the index and the chunk list, each
+up to megabytes — cut into 1 MiB segments in ``layer_data``, for the same
+reason as blobs. Header and parts are written and deleted in one
+transaction. A layer's file bytes are not here but in ``chunks``, shared
+by every layer: a chunk is stored once whichever layers list it.
+
 Migrations: `MIGRATIONS[n]` upgrades a store from version ``n`` to ``n + 1``
-inside the write transaction that opens it; there are none yet.
+inside the write transaction that opens it (every database in `DATABASES`
+is opened, so created, in that same transaction before it runs):
+
+- v1 -> v2: adds ``layer_data`` and gives ``layers`` and ``chunks`` their
+  layout. v1 only reserved those names and never wrote them; anything found
+  there is not ours and is dropped (logged), since v2 would misread it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,7 +61,9 @@ import msgpack
 from fusesnap.digest import Digest
 from fusesnap.errors import InvalidDigestError, StoreError
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 
 META = b"meta"
 CONTENT = b"content"
@@ -50,11 +71,23 @@ BLOBS = b"blobs"
 IMAGES = b"images"
 LEASES = b"leases"
 LAYERS = b"layers"
+LAYER_DATA = b"layer_data"
 CHUNKS = b"chunks"
 SNAPSHOTS = b"snapshots"
 CONTAINERS = b"containers"
 
-DATABASES = (META, CONTENT, BLOBS, IMAGES, LEASES, LAYERS, CHUNKS, SNAPSHOTS, CONTAINERS)
+DATABASES = (
+    META,
+    CONTENT,
+    BLOBS,
+    IMAGES,
+    LEASES,
+    LAYERS,
+    LAYER_DATA,
+    CHUNKS,
+    SNAPSHOTS,
+    CONTAINERS,
+)
 
 SCHEMA_VERSION_KEY = b"schema_version"
 SEGMENT_SIZE = 1024 * 1024
@@ -63,9 +96,27 @@ SEGMENT_SIZE = 1024 * 1024
 # inside a transaction with a message that names nothing.
 MAX_KEY_SIZE = 511
 
+# A layer's two big parts in ``layer_data``.
+LAYER_INDEX_PART = b"i"
+LAYER_CHUNKS_PART = b"c"
+CHUNK_DIGEST_SIZE = 32  # raw sha256
+# Format byte in front of a stored chunk.
+CHUNK_RAW = 0
+CHUNK_ZSTD = 1
+
 Databases = Mapping[bytes, Any]  # name -> lmdb _Database handle
 Migration = Callable[[lmdb.Transaction, Databases], None]
-MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_to_v2(txn: lmdb.Transaction, dbs: Databases) -> None:
+    for name in (LAYERS, LAYER_DATA, CHUNKS):
+        entries = txn.stat(dbs[name])["entries"]
+        if entries:
+            log.warning("schema v2: dropping %d unknown entries of %s", entries, name.decode())
+            txn.drop(dbs[name], delete=False)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def ensure_schema(txn: lmdb.Transaction, dbs: Databases, *, where: str) -> None:
@@ -141,6 +192,30 @@ def decode_blob_key(key: bytes) -> tuple[Digest, int]:
     if not sep or len(tail) != 4:
         raise StoreError(f"corrupt blob key in store: {key[:80]!r}")
     return decode_content_key(head), int.from_bytes(tail, "big")
+
+
+def layer_key(digest: Digest) -> bytes:
+    return digest.encode("ascii")
+
+
+def layer_data_prefix(digest: Digest, part: bytes = b"") -> bytes:
+    """All of a layer's parts (``part`` empty), or one of them, in order."""
+    return digest.encode("ascii") + b"\0" + part
+
+
+def layer_data_key(digest: Digest, part: bytes, segment: int) -> bytes:
+    return layer_data_prefix(digest, part) + segment.to_bytes(4, "big")
+
+
+def chunk_key(digest: bytes) -> bytes:
+    """A chunk's raw sha256; `InvalidDigestError` unless 32 bytes."""
+    if not isinstance(digest, bytes) or len(digest) != CHUNK_DIGEST_SIZE:
+        size = len(digest) if isinstance(digest, bytes | bytearray | memoryview) else None
+        raise InvalidDigestError(
+            f"invalid chunk digest {type(digest).__name__} of length {size}: "
+            "want 32 raw sha256 bytes"
+        )
+    return digest
 
 
 def image_key(name: str) -> bytes:

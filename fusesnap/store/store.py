@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from fusesnap.store.chunks import ChunkStore
 from fusesnap.store.content import ContentStore
 from fusesnap.store.env import DEFAULT_MAP_SIZE, Env, open_env
 from fusesnap.store.images import ImageStore
+from fusesnap.store.layers import LayerStore
 from fusesnap.store.leases import LeaseManager
 
 
@@ -25,7 +27,8 @@ def default_root() -> Path:
 
 
 class Store:
-    """The store under one root: `content`, `images`, `leases`.
+    """The store under one root: `content`, `images`, `leases`, `layers`
+    and `chunks`.
 
     Close it (or use it as a context manager). Several `Store` objects for
     one root may be open in a process; they share one LMDB environment.
@@ -35,11 +38,13 @@ class Store:
     """
 
     def __init__(self, env: Env) -> None:
-        self.env = env  # for modules of this package (gc, later layers and chunks)
+        self.env = env  # for modules of this package (gc)
         self.root = env.root
         self.content = ContentStore(env)
         self.images = ImageStore(env)
         self.leases = LeaseManager(env)
+        self.layers = LayerStore(env)
+        self.chunks = ChunkStore(env)
 
     @property
     def closed(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from fusesnap.digest import Digest
 from fusesnap.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST
-from fusesnap.store import ContentInfo, ImageRecord, Store
+from fusesnap.store import ContentInfo, ImageRecord, LayerRecord, Store, pack_chunk_digests
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
@@ -79,3 +80,40 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
         timeout=timeout,
         check=False,
     )
+
+
+def chunk(data: bytes) -> tuple[bytes, bytes]:
+    """A ``(digest, data)`` pair for `ChunkStore.put_many`."""
+    return hashlib.sha256(data).digest(), data
+
+
+def layer_digest(name: str) -> Digest:
+    """A made-up layer (blob) digest; layers here are stored as records only."""
+    return Digest.of(f"layer blob {name}".encode())
+
+
+def layer_record(name: str, chunk_digests: list[bytes], index: bytes = b"") -> LayerRecord:
+    return LayerRecord(
+        digest=layer_digest(name),
+        diff_id=Digest.of(f"diff {name}".encode()),
+        media_type=OCI_LAYER_GZIP,
+        size=1000,
+        uncompressed_size=4000,
+        entry_count=3,
+        source="built",
+        index=index or f"index of {name}".encode(),
+        chunks=pack_chunk_digests(chunk_digests),
+    )
+
+
+def put_layer_manifest(store: Store, config: bytes, layers: list[Digest]) -> Digest:
+    """Store config and a manifest naming ``layers`` (not stored as content,
+    as a pull leaves them); return the manifest digest."""
+    put(store, config, OCI_CONFIG)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": Digest.of(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": d, "size": 1000} for d in layers],
+    }
+    return put(store, json.dumps(doc).encode(), OCI_MANIFEST).digest

@@ -10,12 +10,22 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import StoreError
-from fusesnap.store import default_root, open_store
+from fusesnap.store import ContentInfo, default_root, open_store
 from fusesnap.store import schema as schema_module
 from fusesnap.store.env import DEFAULT_MAP_SIZE
-from fusesnap.store.schema import CONTENT, DATABASES, META, SCHEMA_VERSION_KEY, pack, unpack
+from fusesnap.store.schema import (
+    CONTENT,
+    DATABASES,
+    META,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    blob_key,
+    content_key,
+    pack,
+    unpack,
+)
 
-from .helpers import MiB, blob, put, run_python
+from .helpers import MiB, blob, chunk, layer_digest, layer_record, put, run_python
 
 
 def raw_env(root: Path) -> lmdb.Environment:
@@ -37,14 +47,14 @@ def test_new_store_layout(root: Path) -> None:
         assert (root / "ingest").is_dir()
         assert store.root == root
         with store.env.txn() as txn:
-            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 1
+            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == SCHEMA_VERSION
     env = raw_env(root)
     try:
         with env.begin() as txn:
             names = {k for k, _ in txn.cursor()}
     finally:
         env.close()
-    assert names == set(DATABASES)  # reserved ones too: layers, chunks, snapshots, containers
+    assert names == set(DATABASES)  # reserved ones too: snapshots, containers
 
 
 def test_newer_schema_is_refused(root: Path) -> None:
@@ -52,7 +62,9 @@ def test_newer_schema_is_refused(root: Path) -> None:
     set_schema_version(root, 99)
     with pytest.raises(StoreError) as exc:
         open_store(root)
-    assert str(exc.value) == f"store at {root} has schema v99; this fusesnap understands up to v1"
+    assert str(exc.value) == (
+        f"store at {root} has schema v99; this fusesnap understands up to v{SCHEMA_VERSION}"
+    )
     set_schema_version(root, 1)  # the failed open left nothing half-open behind
     open_store(root).close()
 
@@ -60,11 +72,66 @@ def test_newer_schema_is_refused(root: Path) -> None:
 def test_older_schema_is_migrated(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     open_store(root).close()
     calls = []
-    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema_module.MIGRATIONS, 1, lambda txn, dbs: calls.append(sorted(dbs)))
+    next_version = SCHEMA_VERSION + 1
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", next_version)
+    monkeypatch.setitem(
+        schema_module.MIGRATIONS, SCHEMA_VERSION, lambda txn, dbs: calls.append(sorted(dbs))
+    )
     with open_store(root) as store, store.env.txn() as txn:
-        assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 2
+        assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == next_version
     assert calls == [sorted(DATABASES)]
+
+
+V1_DATABASES = (
+    b"meta",
+    b"content",
+    b"blobs",
+    b"images",
+    b"leases",
+    b"layers",
+    b"chunks",
+    b"snapshots",
+    b"containers",
+)
+
+
+def test_v1_store_is_migrated_to_v2(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A store as fusesnap v1 wrote it: content, no layer_data, and layers
+    and chunks only reserved (here with a stray entry v2 would misread)."""
+    data = b"content from the v1 days"
+    info = ContentInfo(Digest.of(data), len(data), "x", created=1.0, segments=1)
+    (root / "store.lmdb").mkdir(parents=True)
+    env = raw_env(root)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name, txn=txn, create=True) for name in V1_DATABASES}
+            txn.put(SCHEMA_VERSION_KEY, pack(1), db=dbs[META])
+            txn.put(content_key(info.digest), pack(info.to_record()), db=dbs[CONTENT])
+            txn.put(blob_key(info.digest, 0), data, db=dbs[b"blobs"])
+            txn.put(b"stray", b"not a chunk", db=dbs[b"chunks"])
+    finally:
+        env.close()
+
+    with open_store(root) as store:
+        with store.env.txn() as txn:
+            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 2
+        assert "dropping 1 unknown entries of chunks" in caplog.text
+        assert store.content.read(info.digest) == data
+        assert store.chunks.stats().count == 0
+        store.chunks.put_many([chunk(data)])
+        store.layers.put(layer_record("a", [chunk(data)[0]]))
+        assert store.layers.present_chunks(layer_digest("a"))[:2] == (1, 1)
+    env = raw_env(root)
+    try:
+        with env.begin() as txn:
+            assert {k for k, _ in txn.cursor()} == set(DATABASES)
+    finally:
+        env.close()
+    caplog.clear()
+    with open_store(root) as store:  # v2 now: opens without migrating again
+        assert store.chunks.get(chunk(data)[0]) == data
+        assert store.layers.get(layer_digest("a")).chunks == chunk(data)[0]
+    assert "dropping" not in caplog.text
 
 
 def test_data_file_stays_small_with_a_huge_map(root: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fusesnap.store.gc import Node, mark, sweep
+from fusesnap.store.gc import Node, mark, mark_leaves, sweep
 
 
 def graph(edges: dict[str, list[str]]):
@@ -71,3 +71,23 @@ def test_deep_chain_needs_no_recursion() -> None:
 def test_no_roots() -> None:
     assert mark([], lambda node: []) == set()
     assert sweep([("n", "a")], set()) == [("n", "a")]
+
+
+def test_leaves_are_marked_into_one_flat_set() -> None:
+    refs, _ = graph({"img": ["m"], "m": ["L1", "L2"]})
+    leaves = {"L1": [b"a", b"b"], "L2": [b"b", b"c"], "L3": [b"d"]}
+    seen: list[Node] = []
+
+    def leaves_of(node: Node) -> list[bytes]:
+        seen.append(node)
+        return leaves.get(node[1], [])
+
+    nodes = mark([("n", "img")], refs)
+    marked: set[bytes] = set()
+    assert mark_leaves(sorted(nodes), leaves_of, marked) is marked
+    assert marked == {b"a", b"b", b"c"}
+    assert sweep([b"a", b"d", b"c", b"e"], marked) == [b"d", b"e"]
+    # Incremental: the same set grows, nothing is forgotten.
+    mark_leaves([("n", "L3")], leaves_of, marked)
+    assert marked == {b"a", b"b", b"c", b"d"}
+    assert ("n", "L3") in seen

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import signal
 import subprocess
@@ -150,3 +152,86 @@ def test_writer_killed_at_random_moments_leaves_a_consistent_store(tmp_path: Pat
             for image in store.images.list():
                 assert store.content.exists(image.target_digest)
             assert check_every_blob(store) == len({i.target_digest for i in store.images.list()})
+
+
+LAYER_WRITER = """
+import hashlib, json, os, random, sys
+from fusesnap.digest import Digest
+from fusesnap.store import (
+    ImageRecord, LayerRecord, Resource, collect_garbage, open_store, pack_chunk_digests)
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CONFIG = "application/vnd.oci.image.config.v1+json"
+
+def chunk_data(i):
+    r = random.Random(i)
+    if i % 2:
+        return r.randbytes(r.choice([1000, 300_000, 1_048_576]))
+    return b"text chunk %d " % i * r.choice([10, 70_000])
+
+with open_store(sys.argv[1]) as s:
+    print("ready", flush=True)
+    k = int(sys.argv[2])
+    while True:
+        n = k % 9
+        layer = Digest.of(b"layer %d" % n)
+        with s.leases.lease(owner_pid=os.getpid()) as lease:
+            s.leases.add_resource(lease.id, Resource.layer(layer))
+            ids = random.Random(n).sample(range(60), 12)  # layers share chunks
+            items = [(hashlib.sha256(d).digest(), d) for d in map(chunk_data, ids)]
+            for i in range(0, len(items), 4):
+                s.chunks.put_many(items[i : i + 4])
+            s.layers.put(LayerRecord(
+                digest=layer, diff_id=layer, media_type="x", size=1, uncompressed_size=1,
+                entry_count=1, source="built", index=b"index %d" % n,
+                chunks=pack_chunk_digests(d for d, _ in items)))
+            config = b'{"n": %d}' % n
+            cfg = s.content.put(config, digest=Digest.of(config), media_type=CONFIG)
+            doc = json.dumps({
+                "schemaVersion": 2, "mediaType": MANIFEST,
+                "config": {"mediaType": CONFIG, "digest": cfg.digest, "size": cfg.size},
+                "layers": [{"mediaType": "x", "digest": layer, "size": 1}],
+            }).encode()
+            m = s.content.put(doc, digest=Digest.of(doc), media_type=MANIFEST)
+            s.images.put(ImageRecord(
+                name=f"img{k % 5}", target_digest=m.digest, target_media_type=MANIFEST,
+                target_size=m.size, manifest_digest=m.digest, platform="linux/amd64"))
+        if k % 4 == 3:
+            collect_garbage(s)
+        k += 1
+"""
+
+
+def test_chunk_writer_killed_at_random_moments_leaves_a_consistent_store(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    rng = random.Random(20240602)
+    for round_ in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAYER_WRITER, str(root), str(round_ * 7)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        delay = rng.uniform(0.05, 1.5)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"round {round_}: writer died on its own"
+
+        with open_store(root) as store:
+            collect_garbage(store)
+            assert store.leases.list() == [], f"round {round_} (delay {delay:.2f})"
+            stored = set(store.chunks.iter_digests())
+            for digest in stored:
+                assert hashlib.sha256(store.chunks.get(digest)).digest() == digest
+            listed: set[bytes] = set()
+            for info in store.layers.list():
+                listed.update(store.layers.chunk_digests(info.digest))
+            assert stored == listed  # nothing unreferenced left, nothing missing
+            for image in store.images.list():
+                manifest = json.loads(store.content.read(image.manifest_digest))
+                layer = Digest(manifest["layers"][0]["digest"])
+                presence = store.layers.present_chunks(layer)
+                assert presence.present == presence.total == 12

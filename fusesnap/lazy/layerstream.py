@@ -1,0 +1,227 @@
+"""The uncompressed tar stream of a layer blob, read forward once, hashed and bounded.
+
+`LayerStream` pulls the compressed blob from a file object, hashes it into a
+`Verifier` (the layer digest), decompresses it (gzip, zstd or none), hashes
+the output (the diff ID) and enforces the size and ratio limits before any of
+it reaches the tar parser. It is a forward-only file for ``tarfile``: ``read``,
+``tell`` and a ``seek`` that only skips ahead.
+
+Decompression is strict where the random-access libraries are not: a stream
+that ends inside a gzip member or zstd frame, bytes after the last member that
+are not another member, or a bad CRC raise `StreamCorrupt`. Output comes in
+bounded pieces: zlib's ``max_length`` caps gzip at 1 MiB per call;
+python-zstandard has no such cap, so input goes in 1 KiB at a time (zstd
+expands at most ~32768x, so one call yields at most ~32 MiB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+import zstandard
+
+from fusesnap.digest import Verifier
+
+_IN_BLOCK = 256 << 10
+_OUT_BLOCK = 1 << 20
+_ZSTD_PIECE = 1 << 10
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class StreamCorrupt(Exception):
+    """The blob is not a valid (or an acceptable) compressed tar stream; tarindex maps it."""
+
+
+class LayerStream:
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        compression: str,
+        verifier: Verifier,
+        *,
+        max_uncompressed: int,
+        max_ratio: int,
+        ratio_grace: int,
+        max_read: int,
+    ) -> None:
+        self._verifier = verifier
+        self._max_uncompressed = max_uncompressed
+        self._max_ratio = max_ratio
+        self._ratio_grace = ratio_grace
+        self._max_read = max_read
+        self._diff = hashlib.sha256()
+        self._buf = bytearray()
+        self._head = 0  # unread data is self._buf[self._head:]
+        self._pos = 0  # stream offset of self._buf[self._head]
+        self.uncompressed = 0  # bytes produced so far
+        self.failure: Exception | None = None  # what ended the stream early, if anything
+
+        def read(n: int) -> bytes:
+            data = fileobj.read(n)
+            verifier.update(data)
+            return data
+
+        decoders: dict[str, Callable[[Callable[[int], bytes]], Iterator[bytes]]] = {
+            "gzip": _gzip_blocks,
+            "zstd": _zstd_blocks,
+            "none": _plain_blocks,
+        }
+        self._blocks = decoders[compression](read)
+
+    # -- the file interface tarfile uses ---------------------------------------------------
+
+    def read(self, n: int = -1) -> bytes:
+        """Tar metadata reads (headers, PAX records, long names): at most ``max_read`` bytes."""
+        if n < 0 or n > self._max_read:
+            raise StreamCorrupt(f"tar metadata record of {n} bytes exceeds the limit")
+        return self._take(n)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise StreamCorrupt("layer stream only seeks to absolute offsets")
+        self.skip_to(offset)
+        return self._pos
+
+    # -- for the scanner -------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def read_data(self, n: int) -> bytes:
+        """Up to ``n`` bytes of file data (fewer only at the end of the stream)."""
+        return self._take(n)
+
+    def skip_to(self, offset: int) -> None:
+        if offset < self._pos:
+            raise StreamCorrupt(f"tar stream goes backwards (to {offset} from {self._pos})")
+        while self._pos < offset:
+            if not self._take(min(offset - self._pos, _OUT_BLOCK)):
+                raise StreamCorrupt(f"tar stream ends at {self._pos}, before offset {offset}")
+
+    def at_eof(self) -> bool:
+        self._fill(1)
+        return len(self._buf) == self._head
+
+    def drain(self) -> None:
+        """Read (and hash) the rest: bytes after the end-of-archive marker count for the diff ID."""
+        self._pos += len(self._buf) - self._head
+        self._buf = bytearray()
+        self._head = 0
+        while (block := self._next_block()) is not None:
+            self._pos += len(block)
+
+    def diff_id_hex(self) -> str:
+        return self._diff.hexdigest()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _take(self, n: int) -> bytes:
+        self._fill(n)
+        out = bytes(self._buf[self._head : self._head + n])
+        self._head += len(out)
+        self._pos += len(out)
+        return out
+
+    def _fill(self, need: int) -> None:
+        while len(self._buf) - self._head < need:
+            block = self._next_block()
+            if block is None:
+                return
+            if self._head:
+                del self._buf[: self._head]
+                self._head = 0
+            self._buf += block
+
+    def _next_block(self) -> bytes | None:
+        # A generator that raised is finished and would then look like a clean EOF; and
+        # tarfile rewraps some exceptions. Keep the first failure and raise it every time.
+        if self.failure is not None:
+            raise self.failure
+        try:
+            block = next(self._blocks, None)
+            if block is not None:
+                self._account(block)
+        except Exception as exc:
+            self.failure = exc
+            raise
+        return block
+
+    def _account(self, block: bytes) -> None:
+        self._diff.update(block)
+        self.uncompressed += len(block)
+        if self.uncompressed > self._max_uncompressed:
+            raise StreamCorrupt(f"uncompressed size exceeds limit ({self._max_uncompressed} bytes)")
+        if self.uncompressed > self._ratio_grace and self.uncompressed > self._max_ratio * max(
+            1, self._verifier.count
+        ):
+            raise StreamCorrupt(
+                f"compression ratio exceeds limit ({self._max_ratio}:1 after "
+                f"{self._ratio_grace} bytes); a decompression bomb?"
+            )
+
+
+def _gzip_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    pending = read(_IN_BLOCK)
+    if not pending:
+        raise StreamCorrupt("empty gzip stream")
+    d = zlib.decompressobj(wbits=31)  # gzip wrapper: zlib checks each member's CRC and size
+    while True:
+        out = d.decompress(pending, _OUT_BLOCK)
+        if out:
+            yield out
+        if d.eof:
+            # Members may be concatenated (pigz, appends); anything else after one is garbage.
+            pending = d.unused_data
+            while len(pending) < len(_GZIP_MAGIC) and (more := read(_IN_BLOCK)):
+                pending += more
+            if not pending:
+                return
+            if not pending.startswith(_GZIP_MAGIC):
+                raise StreamCorrupt("garbage after the end of the gzip stream")
+            d = zlib.decompressobj(wbits=31)
+            continue
+        pending = d.unconsumed_tail
+        if len(out) == _OUT_BLOCK:
+            continue  # output was capped; zlib may hold more without new input
+        if not pending:
+            pending = read(_IN_BLOCK)
+            if not pending:
+                raise StreamCorrupt("truncated gzip stream")
+
+
+def _zstd_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    dctx = zstandard.ZstdDecompressor()  # window limit: zstd's default 128 MiB
+    obj: zstandard.ZstdDecompressionObj | None = None
+    data = read(_IN_BLOCK)
+    if not data:
+        raise StreamCorrupt("empty zstd stream")
+    while data:
+        view = memoryview(data)
+        for i in range(0, len(data), _ZSTD_PIECE):
+            piece: bytes | memoryview = view[i : i + _ZSTD_PIECE]
+            while piece:
+                if obj is None:
+                    obj = dctx.decompressobj()
+                out = obj.decompress(piece)
+                if out:
+                    yield out
+                if obj.eof:  # frames (and skippable frames) may follow one another
+                    piece = obj.unused_data
+                    obj = None
+                else:
+                    piece = b""
+        data = read(_IN_BLOCK)
+    if obj is not None:
+        raise StreamCorrupt("truncated zstd stream")
+
+
+def _plain_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    while data := read(_OUT_BLOCK):
+        yield data
