@@ -106,9 +106,6 @@ def cli(
 @click.option(
     "--platform", "platform_text", metavar="OS/ARCH[/VARIANT]", help="Default: this host's."
 )
-@click.option(
-    "--all", "all_", is_flag=True, default=True, help="Fetch every layer (the default for now)."
-)
 @pass_ctx
 def pull(c: Context, ref: str, platform_text: str | None) -> None:
     """Pull REF's manifest, config and layers into the store."""
