@@ -259,12 +259,17 @@ def gc(c: Context, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for item in result.removed_content:
         click.echo(f"{verb} {item.digest}  {human_size(item.size)}  {item.media_type}")
+    for layer in result.removed_layers:
+        click.echo(f"{verb} layer {layer.digest}  {layer.chunk_count} chunks")
     for le in result.removed_leases:
         click.echo(f"{verb} lease {le.id}")
     for ing in result.removed_ingests:
         click.echo(f"{verb} partial download {ing.digest}  {human_size(ing.offset)}")
+    if result.chunks_skipped:
+        click.echo(f"kept every chunk: {result.chunks_skipped}")
     click.echo(
-        f"gc: {verb} {len(result.removed_content)} blobs ({human_size(result.bytes_freed)}), "
+        f"gc: {verb} {len(result.removed_content)} blobs, {len(result.removed_layers)} layers, "
+        f"{result.removed_chunks.count} chunks ({human_size(result.bytes_freed)}), "
         f"{len(result.removed_leases)} leases, {len(result.removed_ingests)} partial downloads"
     )
 

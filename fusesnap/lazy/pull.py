@@ -1,8 +1,13 @@
-"""Pull: copy an image's manifest, config and layer blobs from a registry into the store.
+"""Pull: copy an image's manifest and config into the store and every layer as an indexed layer.
+
+Layers are stored the way every later read wants them (`fusesnap.lazy.ingest`):
+a layer index plus its files' chunks in the de-duplicated chunk store; the
+raw blob is downloaded to a resumable ingest file, verified, indexed, and
+dropped.
 
 Ordering is what keeps a concurrent `gc` and a SIGKILL harmless (containerd's
-rule): the pull holds a lease owned by this process; each blob is added to the
-lease *before* it is downloaded; the image record is written *before* the
+rule): the pull holds a lease owned by this process; each blob (and each layer) is
+added to the lease *before* it is downloaded; the image record is written *before* the
 lease is deleted. A killed pull leaves a lease whose owner is dead (gc removes
 it) and partial ingest files that the next pull of the same blob resumes.
 """
@@ -13,6 +18,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -20,6 +26,7 @@ import trio
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, ManifestError
+from fusesnap.lazy.ingest import ingest_layer_file
 from fusesnap.lazy.registry import RegistryClient, Resolved
 from fusesnap.oci import Descriptor, ImageConfig, Platform, layer_compression
 from fusesnap.reference import Reference
@@ -123,23 +130,24 @@ async def pull(
                 f"manifest {len(manifest.layers)}"
             )
 
-        missing = []
-        for layer in manifest.layers:
+        missing: dict[Digest, tuple[Descriptor, Digest]] = {}
+        for layer, diff_id in zip(manifest.layers, config_doc.diff_ids, strict=True):
             await protect(layer.digest)
-            if not await run_blocking(store.content.exists, layer.digest):
-                missing.append(layer)
-        unique = list({d.digest: d for d in missing}.values())
-        progress.start(total_bytes=sum(d.size for d in unique), items=len(unique))
+            await run_blocking(store.leases.add_resource, lease.id, Resource("layer", layer.digest))
+            if not await run_blocking(_layer_complete, store, layer.digest):
+                missing.setdefault(layer.digest, (layer, diff_id))
+        unique = list(missing.values())
+        progress.start(total_bytes=sum(d.size for d, _ in unique), items=len(unique))
         limiter = trio.CapacityLimiter(max(1, concurrency))
 
-        async def fetch(layer: Descriptor) -> None:
+        async def fetch(layer: Descriptor, diff_id: Digest) -> None:
             async with limiter:
-                await _download(store, client, ref, layer, progress, fetched)
+                await _download(store, client, ref, layer, diff_id, progress, fetched)
                 progress.item_done()
 
         async with trio.open_nursery() as nursery:
-            for layer in unique:
-                nursery.start_soon(fetch, layer)
+            for layer, diff_id in unique:
+                nursery.start_soon(fetch, layer, diff_id)
 
         plat = resolved.manifest.platform or config_doc.platform
         name = image_name(ref)
@@ -218,16 +226,25 @@ class _IngestSink:
         await run_blocking(self._writer.reset)  # type: ignore[attr-defined]
 
 
+def _layer_complete(store: Store, digest: Digest) -> bool:
+    """Is the layer indexed, with every chunk of it in the store?"""
+    if not store.layers.exists(digest):
+        return False
+    presence = store.layers.present_chunks(digest)
+    return presence.present == presence.total
+
+
 async def _download(
     store: Store,
     client: RegistryClient,
     ref: Reference,
     layer: Descriptor,
+    diff_id: Digest,
     progress: PullProgress,
     counter: _Counter,
 ) -> None:
     while True:
-        if await run_blocking(store.content.exists, layer.digest):
+        if await run_blocking(_layer_complete, store, layer.digest):
             return
         try:
             writer = await run_blocking(
@@ -245,8 +262,10 @@ async def _download(
             sink = _IngestSink(writer, progress, counter)
             await client.download_blob(ref, layer, sink)
             await sink.flush()
-            await run_blocking(writer.commit)
+            path = await run_blocking(writer.verified_path)
             counter.add(sink.received)
+            await run_blocking(partial(ingest_layer_file, store, path, layer, diff_id=diff_id))
+            await run_blocking(writer.abort)
             return
         finally:
             with trio.CancelScope(shield=True):

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 
 def stored(root: Path) -> dict[str, int]:
-    """Digest -> size of every blob in the store, each re-hashed to prove it is intact."""
+    """Digest -> size of every blob (manifests, configs) and indexed layer in the store,
+    each checked: blobs re-hashed, layers complete with every chunk verified on read."""
     out = {}
     with open_store(root) as store:
         for info in store.content.list():
@@ -34,6 +35,12 @@ def stored(root: Path) -> dict[str, int]:
                 h.update(piece)
             assert f"sha256:{h.hexdigest()}" == info.digest, f"{info.digest} corrupt in store"
             out[str(info.digest)] = info.size
+        for layer in store.layers.list():
+            presence = store.layers.present_chunks(layer.digest)
+            assert presence.present == presence.total, f"layer {layer.digest} incomplete"
+            for chunk in store.layers.chunk_digests(layer.digest):
+                store.chunks.get(chunk)  # raises unless it hashes to its key
+            out[str(layer.digest)] = layer.size
     return out
 
 
@@ -239,7 +246,7 @@ def test_pull_killed_then_rerun(registry, tmp_path) -> None:
     assert resumed < total, "the rerun downloaded everything again instead of resuming"
     assert stored(root).keys() == image_blobs(img)
     out = run(root, "gc").stdout
-    assert "removed 0 blobs" in out
+    assert "removed 0 blobs, 0 layers, 0 chunks" in out
     assert "dead" not in run(root, "lease", "ls").stdout
 
 
@@ -254,7 +261,7 @@ def test_gc_spares_a_pull_in_progress(registry, tmp_path) -> None:
         _wait_for_bytes(proxy, 2 * 1024 * 1024)
         for _ in range(3):
             out = run(root, "gc").stdout
-            assert "removed 0 blobs" in out, out
+            assert "removed 0 blobs, 0 layers, 0 chunks" in out, out
             assert "0 partial downloads" in out, out
             time.sleep(0.2)
         _, err = p.communicate(timeout=120)
