@@ -1,0 +1,141 @@
+"""The ``fusesnap`` command line: parse, call the library, print.
+
+Errors are one line on stderr and a non-zero exit; ``-v`` adds the traceback
+and debug logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import click
+import trio
+
+from fusesnap import __version__
+from fusesnap.errors import FusesnapError
+from fusesnap.store import Store, default_root, open_store
+
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+EXIT_INTERNAL = 2
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Context:
+    root: Path
+    verbose: bool
+    insecure_registries: tuple[str, ...] = ()
+    ca_file: str | None = None
+    _store: Store | None = field(default=None, repr=False)
+
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.root)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    return trio.run(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FUSESNAP_ROOT",
+    default=None,
+    help="Store directory (default: /var/lib/fusesnap as root, else $XDG_DATA_HOME/fusesnap).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs and tracebacks.")
+@click.option(
+    "--insecure-registry",
+    "insecure",
+    multiple=True,
+    metavar="HOST",
+    help="Talk to HOST without TLS verification (loopback hosts always use plain HTTP).",
+)
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), help="Extra CA bundle.")
+@click.version_option(__version__, prog_name="fusesnap")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    root: Path | None,
+    verbose: bool,
+    insecure: tuple[str, ...],
+    ca_file: str | None,
+) -> None:
+    """Mount OCI/Docker images straight from a registry, lazily."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not verbose:
+        # httpx logs every request at INFO; keep terminals quiet unless asked.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    obj = Context(
+        root=root or default_root(), verbose=verbose, insecure_registries=insecure, ca_file=ca_file
+    )
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups from trio nurseries."""
+    while isinstance(exc, BaseExceptionGroup):
+        errors = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        exc = (errors or list(exc.exceptions))[0]
+    return exc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turn errors into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        try:
+            cli.main(args=args, prog_name="fusesnap", standalone_mode=False)
+        except BaseExceptionGroup as group:
+            raise _leaf(group) from group
+    except click.exceptions.Abort:
+        click.echo("fusesnap: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("fusesnap: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except FusesnapError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"fusesnap: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(
+            f"fusesnap: internal error: {type(exc).__name__}: {exc} (rerun with -v)", err=True
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

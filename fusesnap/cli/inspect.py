@@ -1,0 +1,1 @@
+"""Commands that look inside images without mounting them: layers, ls, cat, tree, diff."""

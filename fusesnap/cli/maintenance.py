@@ -1,0 +1,99 @@
+"""Commands that look after the store: content, lease, gc."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from fusesnap.cli.app import Context, cli, pass_ctx
+from fusesnap.digest import Digest
+from fusesnap.store import collect_garbage
+from fusesnap.termui import human_size, table
+
+
+@cli.group()
+def content() -> None:
+    """Inspect the content store."""
+
+
+@content.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Digests only.")
+@pass_ctx
+def content_ls(c: Context, quiet: bool) -> None:
+    """List blobs in the content store."""
+    infos = sorted(c.store().content.list(), key=lambda i: i.digest)
+    if quiet:
+        for i in infos:
+            click.echo(i.digest)
+        return
+    rows = [[str(i.digest), human_size(i.size), i.media_type] for i in infos]
+    click.echo(table(rows, ["DIGEST", "SIZE", "MEDIA TYPE"]))
+
+
+@content.command("rm")
+@click.argument("digests", nargs=-1, required=True)
+@pass_ctx
+def content_rm(c: Context, digests: tuple[str, ...]) -> None:
+    """Delete blobs by digest (images that need them become unusable until pulled again)."""
+
+    store = c.store()
+    for d in digests:
+        store.content.delete(Digest(d))
+        click.echo(f"removed {d}")
+
+
+@cli.group()
+def lease() -> None:
+    """Inspect leases (holds that keep content from gc while work is in flight)."""
+
+
+@lease.command("ls")
+@pass_ctx
+def lease_ls(c: Context) -> None:
+    """List leases."""
+    store = c.store()
+    now = time.time()
+    rows = []
+    for le in sorted(store.leases.list(), key=lambda x: x.created):
+        state = "live" if store.leases.is_live(le, now) else "dead"
+        expires = "never" if le.expires is None else f"{max(le.expires - now, 0):.0f}s"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(le.labels.items()))
+        owner = str(le.owner_pid) if le.owner_pid else "-"
+        rows.append([le.id, state, owner, expires, str(len(le.resources)), labels])
+    click.echo(table(rows, ["ID", "STATE", "OWNER", "EXPIRES", "RESOURCES", "LABELS"]))
+
+
+@lease.command("rm")
+@click.argument("ids", nargs=-1, required=True)
+@pass_ctx
+def lease_rm(c: Context, ids: tuple[str, ...]) -> None:
+    """Delete leases."""
+    store = c.store()
+    for lid in ids:
+        store.leases.delete(lid)
+        click.echo(f"removed lease {lid}")
+
+
+@cli.command()
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be removed.")
+@pass_ctx
+def gc(c: Context, dry_run: bool) -> None:
+    """Remove content that no image or live lease references."""
+    result = collect_garbage(c.store(), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for item in result.removed_content:
+        click.echo(f"{verb} {item.digest}  {human_size(item.size)}  {item.media_type}")
+    for layer in result.removed_layers:
+        click.echo(f"{verb} layer {layer.digest}  {layer.chunk_count} chunks")
+    for le in result.removed_leases:
+        click.echo(f"{verb} lease {le.id}")
+    for ing in result.removed_ingests:
+        click.echo(f"{verb} partial download {ing.digest}  {human_size(ing.offset)}")
+    if result.chunks_skipped:
+        click.echo(f"kept every chunk: {result.chunks_skipped}")
+    click.echo(
+        f"gc: {verb} {len(result.removed_content)} blobs, {len(result.removed_layers)} layers, "
+        f"{result.removed_chunks.count} chunks ({human_size(result.bytes_freed)}), "
+        f"{len(result.removed_leases)} leases, {len(result.removed_ingests)} partial downloads"
+    )
