@@ -29,7 +29,11 @@ MAX_SYMLINK_HOPS = 40
 
 
 class PathError(FusesnapError, OSError):
-    """A path inside an image cannot be resolved (ELOOP, ENOTDIR)."""
+    """A path inside an image cannot be used as asked (ELOOP, ENOTDIR, EISDIR); ``errno`` says
+    which, the message names the path."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass(frozen=True, slots=True)
