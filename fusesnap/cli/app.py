@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import click
 import trio
@@ -48,6 +48,37 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+class SizeParam(click.ParamType):
+    """A byte count: ``1048576``, ``512K``, ``64M``, ``2G`` (powers of 1024)."""
+
+    name = "size"
+    _UNITS: ClassVar[dict[str, int]] = {
+        "": 1,
+        "K": 1 << 10,
+        "M": 1 << 20,
+        "G": 1 << 30,
+        "T": 1 << 40,
+    }
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        number, unit = (text[:-1], text[-1]) if text and text[-1] in self._UNITS else (text, "")
+        try:
+            size = int(float(number) * self._UNITS[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 512K, 64M, 2G)", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r}: size must be positive", param, ctx)
+        return size
+
+
+SIZE = SizeParam()
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:

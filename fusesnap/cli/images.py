@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
-from fusesnap.cli.app import Context, cli, pass_ctx, run_async
+from fusesnap.cli.app import SIZE, Context, cli, pass_ctx, run_async
 from fusesnap.errors import FusesnapError
 from fusesnap.lazy import open_registry_client
 from fusesnap.lazy.pull import pull as pull_image
+from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Platform, parse_manifest
 from fusesnap.reference import Reference
 from fusesnap.store import Store
@@ -22,9 +23,17 @@ from fusesnap.termui import ProgressLine, human_size, table
 @click.option(
     "--platform", "platform_text", metavar="OS/ARCH[/VARIANT]", help="Default: this host's."
 )
+@click.option(
+    "--max-layer-size",
+    type=SIZE,
+    default="64G",
+    show_default=True,
+    help="Refuse a layer that unpacks to more than this (a decompression bomb).",
+)
 @pass_ctx
-def pull(c: Context, ref: str, platform_text: str | None) -> None:
-    """Pull REF's manifest, config and layers into the store."""
+def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int) -> None:
+    """Pull REF's manifest, config and layers into the store (each layer indexed, its files
+    kept as de-duplicated chunks)."""
     reference = Reference.parse(ref)
     plat = Platform.parse(platform_text) if platform_text else None
     store = c.store()
@@ -35,7 +44,14 @@ def pull(c: Context, ref: str, platform_text: str | None) -> None:
         async with open_registry_client(
             insecure_registries=c.insecure_registries, ca_file=c.ca_file
         ) as client:
-            return await pull_image(store, client, reference, platform=plat, progress=progress)
+            return await pull_image(
+                store,
+                client,
+                reference,
+                platform=plat,
+                progress=progress,
+                limits=Limits(max_uncompressed=max_layer_size),
+            )
 
     try:
         result = run_async(main)

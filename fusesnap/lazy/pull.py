@@ -28,6 +28,7 @@ from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, ManifestError
 from fusesnap.lazy.ingest import ingest_layer_file
 from fusesnap.lazy.registry import RegistryClient, Resolved
+from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Descriptor, ImageConfig, Platform, layer_compression
 from fusesnap.reference import Reference
 from fusesnap.store import ImageRecord, Resource, Store
@@ -79,12 +80,16 @@ async def pull(
     platform: Platform | None = None,
     progress: PullProgress | None = None,
     concurrency: int = 3,
+    limits: Limits | None = None,
 ) -> PullResult:
     """Pull ``ref`` into ``store`` and record it as an image; return what was done.
 
     Blobs already in the store are not fetched again; partial downloads left by
     a killed pull are resumed. Every blob is verified against its digest before
     it is stored.
+
+    ``limits`` bound what one layer may unpack to (decompression bombs, entry
+    counts); a layer beyond them fails the pull with a `LayerError`.
 
     Concurrency: layers are fetched ``concurrency`` at a time. Cancellation
     leaves partial ingests for the next pull to resume and no image record.
@@ -142,7 +147,7 @@ async def pull(
 
         async def fetch(layer: Descriptor, diff_id: Digest) -> None:
             async with limiter:
-                await _download(store, client, ref, layer, diff_id, progress, fetched)
+                await _download(store, client, ref, layer, diff_id, progress, fetched, limits)
                 progress.item_done()
 
         async with trio.open_nursery() as nursery:
@@ -242,6 +247,7 @@ async def _download(
     diff_id: Digest,
     progress: PullProgress,
     counter: _Counter,
+    limits: Limits | None,
 ) -> None:
     while True:
         if await run_blocking(_layer_complete, store, layer.digest):
@@ -264,7 +270,9 @@ async def _download(
             await sink.flush()
             path = await run_blocking(writer.verified_path)
             counter.add(sink.received)
-            await run_blocking(partial(ingest_layer_file, store, path, layer, diff_id=diff_id))
+            await run_blocking(
+                partial(ingest_layer_file, store, path, layer, diff_id=diff_id, limits=limits)
+            )
             await run_blocking(writer.abort)
             return
         finally:
