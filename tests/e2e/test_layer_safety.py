@@ -125,7 +125,7 @@ def test_images_sharing_a_base_layer_store_its_chunks_once(registry, tmp_path) -
     run(root, "pull", refs[1])
     with open_store(root) as store:
         both = store.chunks.stats()
-        top2 = {
+        every = {
             d for layer in store.layers.list() for d in store.layers.chunk_digests(layer.digest)
         }
     # The second image adds only its own top layer's chunks: app2/data.bin, 2 MB of one byte
