@@ -24,11 +24,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from fusesnap.digest import Digest
 from fusesnap.lazy.gzipindex import build_checkpoints
+from fusesnap.lazy.ingest import ingest_layer_file
 from fusesnap.lazy.layerindex import LayerIndex, encode
 from fusesnap.lazy.tarindex import build_index
-from fusesnap.oci import OCI_LAYER_GZIP
+from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
+from fusesnap.store import open_store
 
 _SUMMARY = "Layer index build throughput vs gzip -dc | tar -t."
 BASELINE = 'set -o pipefail; gzip -dc "$1" | tar -t > /dev/null'
@@ -85,17 +89,34 @@ class _Unseekable(io.RawIOBase):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench.index", description=_SUMMARY)
-    ap.add_argument("layer", nargs="?", help="a .tar.gz layer blob (default: made from /usr)")
+    ap.add_argument(
+        "layer", nargs="?", help="a .tar.gz layer blob (default: the Debian image's largest layer)"
+    )
+    ap.add_argument("--from-usr", action="store_true", help="make the layer from /usr instead")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--budget-mb", type=int, default=256, help="size of the made-up layer's files")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fusesnap-bench-") as tmp:
         if args.layer:
             layer = Path(args.layer)
+        elif not args.from_usr:
+            layer = debian_largest_layer()
         else:
             print(f"making a layer from the first {args.budget_mb} MB of /usr ...", flush=True)
             layer = make_layer(Path(tmp), args.budget_mb << 20)
         return run(layer, args.runs)
+
+
+def debian_largest_layer() -> Path:
+    """The biggest layer blob of the test Debian image (built with debootstrap once, cached)."""
+    from tools.images.catalog import LAYOUT_TAG, build_layout
+    from tools.images.layout import read_json_blob, resolve_tag
+
+    layout = build_layout("debian")
+    manifest = read_json_blob(layout, resolve_tag(layout, LAYOUT_TAG).digest)
+    layers: Any = manifest["layers"]
+    biggest = max(layers, key=lambda d: d["size"])
+    return layout / "blobs" / "sha256" / str(biggest["digest"]).split(":", 1)[1]
 
 
 def run(layer: Path, runs: int) -> int:
@@ -124,10 +145,21 @@ def run(layer: Path, runs: int) -> int:
         with layer.open("rb") as f:
             build_checkpoints(f)
 
+    def pull_path() -> None:
+        # What `fusesnap pull` does with a downloaded layer: index it and put every
+        # chunk, zstd-compressed and de-duplicated, into a fresh LMDB store.
+        desc = Descriptor(OCI_LAYER_GZIP, Digest(digest), layer.stat().st_size)
+        with (
+            tempfile.TemporaryDirectory(prefix="fusesnap-bench-store-") as root,
+            open_store(Path(root)) as store,
+        ):
+            ingest_layer_file(store, layer, desc, diff_id=None)
+
     t_base = timed(runs, baseline)
     t_full = timed(runs, full)
     t_stream = timed(runs, streaming)
     t_cp = timed(runs, checkpoints)
+    t_pull = timed(runs, pull_path)
     idx = result[0]
     tar_mb = idx.uncompressed_size / 1e6
     encoded = encode(idx)
@@ -141,6 +173,7 @@ def run(layer: Path, runs: int) -> int:
         ("fusesnap build_index (stream + checkpoints)", t_full),
         ("  streaming pass alone", t_stream),
         ("  checkpoint pass alone (indexed_gzip)", t_cp),
+        ("fusesnap pull path (index + chunks into LMDB)", t_pull),
     ]
     for name, t in rows:
         print(f"  {name:45s} {t:7.2f} s {tar_mb / t:8.1f} MB/s  {t / t_base:5.2f}x baseline time")
