@@ -25,12 +25,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import tarfile
 import urllib.parse
 import zlib
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import IO, BinaryIO, cast
@@ -138,7 +136,6 @@ def build_index(
         max_read=max(limits.max_header, chunk_size),
     )
     scanner = _Scanner(digest, stream, chunk_size, on_chunk, limits)
-    early = _checkpoints_alongside(fileobj, start, compression, checkpoint_spacing, digest)
     try:
         entries = scanner.scan()
         stream.drain()
@@ -152,15 +149,13 @@ def build_index(
         raise
     verifier.check(what="layer")
     checkpoints: GzipCheckpoints | None = None
-    if early is not None:
-        checkpoints = early.result()
-    elif compression == "gzip" and start is not None:
+    if compression == "gzip" and start is not None:
         fileobj.seek(start)
         checkpoints = gzipindex.build_checkpoints(
             fileobj, spacing=checkpoint_spacing, what=f"layer {digest.short}"
         )
-    if checkpoints is not None and checkpoints.uncompressed_size != stream.uncompressed:
-        raise LayerError(f"layer {digest.short}: gzip index disagrees with the stream size")
+        if checkpoints.uncompressed_size != stream.uncompressed:
+            raise LayerError(f"layer {digest.short}: gzip index disagrees with the stream size")
     return LayerIndex(
         layer_digest=digest,
         diff_id=Digest(f"sha256:{stream.diff_id_hex()}"),
@@ -173,30 +168,6 @@ def build_index(
         checkpoints=checkpoints,
         root=scanner.root,
     )
-
-
-def _checkpoints_alongside(
-    fileobj: BinaryIO, start: int | None, compression: str, spacing: int, digest: Digest
-) -> Future[GzipCheckpoints] | None:
-    """For a gzip layer in a named local file, build the checkpoints in a second thread while
-    the tar is scanned: indexed_gzip inflates without the GIL, so on two cores the second pass
-    costs almost nothing. The result is used only if the blob verifies."""
-    path = getattr(fileobj, "name", None)
-    if compression != "gzip" or start is None or not isinstance(path, str | bytes):
-        return None
-    if not os.path.isfile(path):
-        return None
-
-    def build() -> GzipCheckpoints:
-        with open(path, "rb") as f:
-            f.seek(start)
-            return gzipindex.build_checkpoints(f, spacing=spacing, what=f"layer {digest.short}")
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusesnap-gzip-checkpoints")
-    try:
-        return pool.submit(build)
-    finally:
-        pool.shutdown(wait=False)
 
 
 def _check_rest(fileobj: BinaryIO, verifier: Verifier) -> None:
