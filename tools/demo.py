@@ -2,7 +2,7 @@
 
 1. start a real Distribution registry on a loopback port (left running);
 2. build a real Debian 12 image (debootstrap, cached) and push it;
-3. pull it with fusesnap (progress on a terminal), list it, inspect the store;
+3. pull it with fusesnap (progress on a terminal), list it, look inside it;
 4. show that a second pull fetches nothing and that gc frees what rmi released.
 
 Each step prints the command it runs, so it doubles as a tutorial.
@@ -49,6 +49,12 @@ def main() -> None:
     fusesnap("pull", image.ref)
     fusesnap("images")
     fusesnap("content", "ls")
+
+    step("Look inside without mounting: layers, directories, files, differences")
+    fusesnap("layers", image.ref)
+    fusesnap("ls", "-l", image.ref, "/")
+    fusesnap("cat", image.ref, "/etc/os-release")
+    fusesnap("ls", "--layer", "1", image.ref, "/var/lib/apt/lists")
 
     step("A second pull finds everything in the store and fetches nothing")
     fusesnap("pull", image.ref)

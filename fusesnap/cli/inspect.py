@@ -7,6 +7,7 @@ verified against its chunk digest.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import sys
 import time
@@ -78,6 +79,8 @@ def _long_line(name: str, node: Node) -> str:
     e = node.entry
     if e.type in (EntryType.CHAR, EntryType.BLOCK):
         size = f"{e.devmajor}, {e.devminor}"
+    elif e.type is EntryType.SYMLINK:
+        size = str(len(os.fsencode(e.linkname)))
     else:
         size = str(e.size if e.type is EntryType.FILE else 0)
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.mtime))
@@ -204,4 +207,3 @@ def diff(c: Context, ref1: str, ref2: str) -> None:
         f"{counts['added']} added, {counts['removed']} removed, {counts['changed']} changed",
         err=True,
     )
-
