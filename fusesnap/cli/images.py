@@ -9,6 +9,7 @@ import click
 
 from fusesnap.cli.app import SIZE, Context, cli, pass_ctx, run_async
 from fusesnap.errors import FusesnapError
+from fusesnap.fs import MergedTree
 from fusesnap.lazy import open_registry_client
 from fusesnap.lazy.pull import pull as pull_image
 from fusesnap.lazy.tarindex import Limits
@@ -51,6 +52,7 @@ def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int) -
                 platform=plat,
                 progress=progress,
                 limits=Limits(max_uncompressed=max_layer_size),
+                check=MergedTree.build,
             )
 
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -27,6 +27,7 @@ from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, ManifestError
 from fusesnap.lazy.ingest import ingest_layer_file
+from fusesnap.lazy.layerindex import LayerIndex, decode
 from fusesnap.lazy.registry import RegistryClient, Resolved
 from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Descriptor, ImageConfig, Platform, layer_compression
@@ -81,12 +82,18 @@ async def pull(
     progress: PullProgress | None = None,
     concurrency: int = 3,
     limits: Limits | None = None,
+    check: Callable[[Sequence[LayerIndex]], object] | None = None,
 ) -> PullResult:
     """Pull ``ref`` into ``store`` and record it as an image; return what was done.
 
     Blobs already in the store are not fetched again; partial downloads left by
     a killed pull are resumed. Every blob is verified against its digest before
     it is stored.
+
+    ``check`` is called with the image's layer indexes (bottom first) before
+    the image is recorded; an error it raises fails the pull, so that an image
+    whose layers are each fine but do not stack (a hardlink to a file no layer
+    has) never becomes visible. The caller passes the merged-tree builder.
 
     ``limits`` bound what one layer may unpack to (decompression bombs, entry
     counts); a layer beyond them fails the pull with a `LayerError`.
@@ -153,6 +160,9 @@ async def pull(
         async with trio.open_nursery() as nursery:
             for layer, diff_id in unique:
                 nursery.start_soon(fetch, layer, diff_id)
+
+        if check is not None:
+            await run_blocking(_check_layers, store, manifest.layers, check)
 
         plat = resolved.manifest.platform or config_doc.platform
         name = image_name(ref)
@@ -229,6 +239,14 @@ class _IngestSink:
     async def reset(self) -> None:
         self._buffer.clear()
         await run_blocking(self._writer.reset)  # type: ignore[attr-defined]
+
+
+def _check_layers(
+    store: Store,
+    layers: Sequence[Descriptor],
+    check: Callable[[Sequence[LayerIndex]], object],
+) -> None:
+    check([decode(store.layers.index(layer.digest)) for layer in layers])
 
 
 def _layer_complete(store: Store, digest: Digest) -> bool:

@@ -100,6 +100,18 @@ def test_garbage_after_a_tar_header(registry, tmp_path) -> None:
     assert_refused(tmp_path / "store", ref, "invalid tar header")
 
 
+def test_hardlink_to_a_file_no_layer_has(registry, tmp_path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("innocent")
+        info.type = tarfile.LNKTYPE
+        info.linkname = "/etc/shadow"
+        tar.addfile(info)
+    layer = buf.getvalue()
+    ref = push_raw_image(registry.host, "bad/hardlink", "v1", [RawLayer(layer, TAR, _sha(layer))])
+    assert_refused(tmp_path / "store", ref, "innocent")
+
+
 def test_diff_id_that_lies(registry, tmp_path) -> None:
     tar = _tar({"a": b"honest"})
     lie = _sha(b"something else")
