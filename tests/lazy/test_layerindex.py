@@ -119,7 +119,7 @@ def test_newer_version_is_refused_clearly():
     data = bytearray(encode(sample_index()))
     data[len(MAGIC)] = FORMAT_VERSION + 1
     with pytest.raises(
-        LayerError, match=r"format version 2 is newer than this fusesnap reads \(1\)"
+        LayerError, match=r"format version 3 is newer than this fusesnap reads \(2\)"
     ):
         decode(bytes(data))
 

@@ -1,0 +1,464 @@
+"""The lazy fetcher: chunks on demand from a registry, verified and kept in the chunk store.
+
+    async with open_chunk_fetcher(
+        lambda digest, offset, length: client.read_range(ref, digest, offset, length),
+        store.chunks,
+    ) as fetcher:
+        data = await fetcher.get(index, chunk)          # one chunk, verified
+        found = await fetcher.get_many(index, chunks)   # {sha256: bytes}
+        await fetcher.prefetch(index, entries)           # warm the store, in blob order
+
+A chunk missing from the store is produced from the smallest blob range that
+holds it (`fusesnap.lazy.ranges`: an exact slice, a frame, or a gzip span
+between two checkpoints), decompressed off the trio loop, checked against its
+sha256 and stored (`fusesnap.lazy.spandecode`). Chunks that the caller did not
+ask for but that the same bytes produce (the rest of the inflated gzip span,
+other frames in the range) are verified and stored too: they are what the
+next read wants, and cost no more network.
+
+Single flight and batching. Every chunk being fetched has a `Flight` keyed by
+its digest; a `get` of a chunk already on its way waits for that flight. A
+batch of needs (`get_many`) is planned into as few requests as the limits
+allow (`FetchLimits`: needs within ``max_gap`` of each other are merged, up
+to ``max_request`` bytes) and the requests run in parallel, at most
+``max_parallel`` at once over the whole fetcher.
+
+Failures. The registry client retries; what it gives up on (`RegistryError`),
+a range that does not decode (`LayerError`) or a chunk that does not verify
+(`DigestMismatchError`, nothing stored) fails the chunks of that request only.
+Every request runs under ``timeout`` seconds (`RegistryUnavailableError` past
+it). Failures are not remembered: the next call tries again.
+
+Cancellation. Fetches run in the fetcher's own nursery, not in the caller's
+task: a cancelled `get` stops waiting, and the fetch goes on for the other
+waiters (and the store). Leaving `open_chunk_fetcher` cancels what is left.
+
+The store must keep what is stored here: hold the layer (its record, or a
+lease on ``("layer", digest)``) while fetching, as `fusesnap.lazy.pull` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from fusesnap.blocking import run_blocking
+from fusesnap.digest import Digest
+from fusesnap.errors import (
+    FusesnapError,
+    LayerError,
+    RegistryError,
+    RegistryUnavailableError,
+    StoreError,
+)
+from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
+from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
+from fusesnap.lazy.singleflight import Flight, SingleFlight
+from fusesnap.lazy.spandecode import Cut, cut_span
+
+__all__ = [
+    "ChunkCache",
+    "ChunkFetcher",
+    "FetchLimits",
+    "FetchRange",
+    "FetchStats",
+    "PrefetchResult",
+    "open_chunk_fetcher",
+]
+
+log = logging.getLogger(__name__)
+
+FetchRange = Callable[[Digest, int, int], Awaitable[bytes]]
+"""``(layer digest, offset, length) -> exactly those bytes of the blob``."""
+
+
+class ChunkCache(Protocol):
+    """What the fetcher needs of the chunk store (`fusesnap.store.ChunkStore`); blocking."""
+
+    def get_many(self, digests: Iterable[bytes]) -> dict[bytes, bytes]: ...
+
+    def missing(self, digests: Iterable[bytes]) -> set[bytes]: ...
+
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FetchLimits:
+    """How the fetcher may use the registry.
+
+    ``max_parallel`` requests at once; a merged request spans at most
+    ``max_request`` blob bytes, bridges holes of at most ``max_gap`` bytes and
+    (gzip) inflates at most ``max_inflate`` bytes; each request (with its
+    decoding) must finish within ``timeout`` seconds. `ChunkFetcher.prefetch`
+    uses at most ``prefetch_parallel`` of the request slots, so reads always
+    find some free.
+    """
+
+    max_parallel: int = 8
+    max_request: int = 8 << 20
+    max_gap: int = 256 << 10
+    max_inflate: int = 32 << 20
+    timeout: float = 60.0
+    prefetch_parallel: int = 4
+
+    def __post_init__(self) -> None:
+        if min(self.max_parallel, self.max_request, self.prefetch_parallel) < 1:
+            raise ValueError("FetchLimits: max_parallel, max_request, prefetch_parallel >= 1")
+        if self.max_gap < 0 or self.timeout <= 0:
+            raise ValueError("FetchLimits: max_gap >= 0 and timeout > 0")
+
+
+@dataclass(slots=True)
+class FetchStats:
+    """Counters since the fetcher opened (``fusesnap stats``)."""
+
+    requests: int = 0  # range requests issued
+    bytes_fetched: int = 0  # blob (compressed) bytes received
+    chunks_fetched: int = 0  # chunks asked for, fetched, verified and stored
+    chunks_extra: int = 0  # neighbours stored from the same requests, unasked
+    chunks_from_store: int = 0  # chunks asked for that the store already had
+    single_flight_waits: int = 0  # chunks asked for while already on their way
+    verify_failures: int = 0  # chunks whose bytes did not match their digest
+    failures: int = 0  # requests that failed or timed out
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchResult:
+    """What a `ChunkFetcher.prefetch` did: of ``chunks`` (distinct) asked for, how many
+    were stored before, how many are stored now (``fetched``: by this prefetch or by a
+    fetch it joined) and how many failed (``first_error``: one of the failures)."""
+
+    chunks: int
+    already_stored: int
+    fetched: int
+    failed: int
+    first_error: Exception | None = None
+
+
+@asynccontextmanager
+async def open_chunk_fetcher(
+    fetch_range: FetchRange, chunks: ChunkCache, *, limits: FetchLimits | None = None
+) -> AsyncIterator[ChunkFetcher]:
+    """A `ChunkFetcher` whose fetches run in a nursery that lives as long as the block.
+
+    An exception from the block propagates as itself, not inside an exception group.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            fetcher = ChunkFetcher(fetch_range, chunks, nursery=nursery, limits=limits)
+            try:
+                yield fetcher
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Fetch tasks hand their errors to their waiters and never raise, so a group
+        # holds the block's own exception.
+        if len(group.exceptions) != 1:
+            raise
+        exc = group.exceptions[0]
+        context = exc.__context__
+        try:
+            raise exc
+        finally:
+            exc.__context__ = context
+
+
+class ChunkFetcher:
+    """Fetch, verify and store the chunks of lazily mounted layers (see the module docstring).
+
+    ``nursery`` runs the fetches (`open_chunk_fetcher` provides one).
+
+    Concurrency: every method may be called from many trio tasks at once.
+    """
+
+    def __init__(
+        self,
+        fetch_range: FetchRange,
+        chunks: ChunkCache,
+        *,
+        nursery: trio.Nursery,
+        limits: FetchLimits | None = None,
+    ) -> None:
+        self._fetch_range = fetch_range
+        self._chunks = chunks
+        self._nursery = nursery
+        self.limits = limits or FetchLimits()
+        self._slots = trio.CapacityLimiter(self.limits.max_parallel)
+        self._flights: SingleFlight[bytes, bytes] = SingleFlight()
+        self._stats = FetchStats()
+
+    @property
+    def stats(self) -> FetchStats:
+        """A copy of the counters."""
+        return dataclasses.replace(self._stats)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, index: LayerIndex, ref: ChunkRef) -> bytes:
+        """The verified bytes of chunk ``ref`` of layer ``index`` (store first, else fetched).
+
+        Raise `RegistryError` (the registry failed past its retries or the
+        timeout), `LayerError` (the layer has no random access, or the range
+        does not decode) or `DigestMismatchError` (the bytes do not verify).
+        """
+        return (await self.get_many(index, (ref,)))[ref.digest]
+
+    async def get_many(self, index: LayerIndex, refs: Iterable[ChunkRef]) -> dict[bytes, bytes]:
+        """``{sha256: bytes}`` for every chunk in ``refs``; missing ones fetched in few requests.
+
+        Every chunk is fetched (or fails) on its own: if some fail, the others
+        are still stored, and the first error is raised after all are done.
+        """
+        want = {r.digest: r for r in refs}
+        out: dict[bytes, bytes] = {}
+        waits: dict[bytes, Flight[bytes, bytes]] = {}
+        joined_count = 0
+        for digest in list(want):
+            flight = self._flights.get(digest)
+            if flight is not None:
+                waits[digest] = flight
+                del want[digest]
+                joined_count += 1
+        if want:
+            found = await run_blocking(self._from_store, list(want))
+            self._stats.chunks_from_store += len(found)
+            out.update(found)
+            want = {d: r for d, r in want.items() if d not in found}
+        if want:
+            # A layer without random access can still be read from the store (a full pull).
+            layout = layout_of(index)
+            # Claimed only now: a flight may have started while the store was asked.
+            new, joined = self._flights.claim(want)
+            joined_count += len(joined)
+            waits.update(joined)
+            waits.update(new)
+            if new:
+                self._nursery.start_soon(self._run_batch, layout, [want[d] for d in new], new)
+        self._stats.single_flight_waits += joined_count
+        errors: list[BaseException] = []
+        for digest, flight in waits.items():
+            try:
+                out[digest] = await flight.wait()
+            except FusesnapError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return out
+
+    # -- prefetch ---------------------------------------------------------------------------
+
+    async def prefetch(
+        self,
+        index: LayerIndex,
+        entries_or_refs: Iterable[Entry | ChunkRef],
+        *,
+        rate_limit_bytes_per_s: float | None = None,
+    ) -> PrefetchResult:
+        """Fetch every chunk of ``entries_or_refs`` that the store lacks, in blob order.
+
+        Requests are merged as in `get_many`, at most ``limits.prefetch_parallel``
+        at once and, with ``rate_limit_bytes_per_s``, paced to that many blob
+        bytes a second. Best effort: failures are counted, not raised (but a
+        layer without random access that lacks chunks raises `LayerError` at once).
+        """
+        want: dict[bytes, ChunkRef] = {}
+        for item in entries_or_refs:
+            for ref in item.chunks if isinstance(item, Entry) else (item,):
+                want.setdefault(ref.digest, ref)
+        absent = await run_blocking(self._chunks.missing, list(want))
+        todo = [r for d, r in want.items() if d in absent]
+        if not todo:
+            return PrefetchResult(chunks=len(want), already_stored=len(want), fetched=0, failed=0)
+        layout = layout_of(index)
+        spans, bad = self._plan(layout, todo)
+        tally = _Tally(failed=len(bad), first_error=next(iter(bad.values()), None))
+        pace = _Pace(rate_limit_bytes_per_s)
+        slots = trio.Semaphore(self.limits.prefetch_parallel)
+
+        async def one(span: Span) -> None:
+            try:
+                await self._prefetch_span(layout, span, tally)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            for span in spans:
+                await pace.wait(span.size)
+                await slots.acquire()
+                nursery.start_soon(one, span)
+        return PrefetchResult(
+            chunks=len(want),
+            already_stored=len(want) - len(todo),
+            fetched=tally.fetched,
+            failed=tally.failed,
+            first_error=tally.first_error,
+        )
+
+    async def _prefetch_span(self, layout: LayerLayout, span: Span, tally: _Tally) -> None:
+        new, joined = self._flights.claim(r.digest for r in span.refs)
+        if new:
+            refs = [r for r in span.refs if r.digest in new]
+            self._nursery.start_soon(self._run_batch, layout, refs, new)
+        for flight in (*new.values(), *joined.values()):
+            try:
+                await flight.wait()
+                tally.fetched += 1
+            except Exception as exc:  # best effort: counted, not raised
+                tally.failed += 1
+                tally.first_error = tally.first_error or exc
+
+    # -- the work ---------------------------------------------------------------------------
+
+    def _plan(
+        self, layout: LayerLayout, refs: Sequence[ChunkRef]
+    ) -> tuple[list[Span], dict[bytes, LayerError]]:
+        """Spans for the chunks the layout can place, and an error for each one it cannot."""
+        good: list[ChunkRef] = []
+        bad: dict[bytes, LayerError] = {}
+        for ref in refs:
+            try:
+                layout.piece(ref)
+                good.append(ref)
+            except LayerError as exc:
+                bad[ref.digest] = exc
+        spans = layout.plan(
+            good,
+            max_request=self.limits.max_request,
+            max_gap=self.limits.max_gap,
+            max_inflate=self.limits.max_inflate,
+        )
+        return spans, bad
+
+    async def _run_batch(
+        self, layout: LayerLayout, refs: list[ChunkRef], flights: dict[bytes, Flight[bytes, bytes]]
+    ) -> None:
+        """Resolve ``flights`` (one per ref): from the store if it has them now, else fetched."""
+        try:
+            # Another task may have stored some since the caller looked.
+            found = await run_blocking(self._from_store, [r.digest for r in refs])
+            self._stats.chunks_from_store += len(found)
+            for digest, data in found.items():
+                flights[digest].resolve(data)
+            spans, bad = self._plan(layout, [r for r in refs if r.digest not in found])
+            for digest, exc in bad.items():
+                flights[digest].fail(exc)
+            async with trio.open_nursery() as nursery:
+                for span in spans:
+                    nursery.start_soon(self._run_span, layout, span, flights)
+        except Exception as exc:  # a bug, or the store failing: fail the waiters, not the mount
+            log.exception("%s: fetching %d chunks failed", layout.what, len(refs))
+            for flight in flights.values():
+                flight.fail(exc)
+        finally:
+            gone = LayerError(f"{layout.what}: fetch abandoned (the fetcher is closing)")
+            for flight in flights.values():
+                flight.fail(gone)  # no-op for the resolved ones
+
+    async def _run_span(
+        self, layout: LayerLayout, span: Span, flights: dict[bytes, Flight[bytes, bytes]]
+    ) -> None:
+        what = f"{layout.what}: range [{span.start}, {span.end})"
+        try:
+            async with self._slots:
+                with trio.fail_after(self.limits.timeout):
+                    data = await self._fetch(layout, span.start, span.size)
+                    cut = await run_blocking(self._decode_and_store, layout, span, data)
+        except trio.TooSlowError:
+            self._stats.failures += 1
+            slow = RegistryUnavailableError(f"{what}: no answer within {self.limits.timeout:g} s")
+            for ref in span.refs:
+                flights[ref.digest].fail(slow)
+            return
+        except Exception as exc:
+            self._stats.failures += 1
+            if not isinstance(exc, FusesnapError):
+                log.exception("%s: unexpected error", what)
+            for ref in span.refs:
+                flights[ref.digest].fail(exc)
+            return
+        self._stats.verify_failures += cut.verify_failures
+        asked = 0
+        for ref in span.refs:
+            chunk = cut.chunks.get(ref.digest)
+            if chunk is not None:
+                asked += 1
+                flights[ref.digest].resolve(chunk)
+            else:
+                err = cut.errors.get(ref.digest) or LayerError(f"{what}: chunk not produced")
+                flights[ref.digest].fail(err)
+        self._stats.chunks_fetched += asked
+        self._stats.chunks_extra += len(cut.chunks) - asked
+
+    async def _fetch(self, layout: LayerLayout, offset: int, length: int) -> bytes:
+        self._stats.requests += 1
+        data = await self._fetch_range(layout.index.layer_digest, offset, length)
+        self._stats.bytes_fetched += len(data)
+        if len(data) != length:
+            raise RegistryError(
+                f"{layout.what}: range [{offset}, {offset + length}): got {len(data)} bytes"
+            )
+        return data
+
+    def _decode_and_store(self, layout: LayerLayout, span: Span, data: bytes) -> Cut:
+        """(worker thread) Decode the span, verify, store; the neighbours too if missing."""
+        asked = {r.digest for r in span.refs}
+        extra = [r for r in layout.within(span) if r.digest not in asked]
+        if extra:
+            absent = self._chunks.missing(r.digest for r in extra)
+            extra = [r for r in extra if r.digest in absent]
+
+        def read_before(offset: int, length: int) -> bytes:
+            return trio.from_thread.run(self._fetch, layout, offset, length)
+
+        cut = cut_span(layout, span, data, [*span.refs, *extra], read_before=read_before)
+        if cut.chunks:
+            try:
+                self._chunks.put_many(cut.chunks.items())
+            except (StoreError, ValueError) as exc:
+                # The bytes are verified; a read should not fail because the cache did.
+                log.warning("%s: cannot store fetched chunks: %s", layout.what, exc)
+        for ref in extra:
+            cut.errors.pop(ref.digest, None)
+        return cut
+
+    def _from_store(self, digests: list[bytes]) -> dict[bytes, bytes]:
+        """(worker thread) The stored ones; a corrupt stored chunk counts as missing."""
+        try:
+            return self._chunks.get_many(digests)
+        except StoreError:
+            out: dict[bytes, bytes] = {}
+            for digest in digests:
+                try:
+                    out.update(self._chunks.get_many([digest]))
+                except StoreError as exc:
+                    log.warning("%s; fetching it again", exc)
+            return out
+
+
+@dataclass(slots=True)
+class _Tally:
+    fetched: int = 0
+    failed: int = 0
+    first_error: Exception | None = None
+
+
+class _Pace:
+    """Start requests no faster than ``rate`` bytes a second (None: at once)."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError("rate_limit_bytes_per_s must be positive")
+        self._rate = rate
+        self._start = trio.current_time()
+        self._sent = 0
+
+    async def wait(self, nbytes: int) -> None:
+        if self._rate is not None:
+            await trio.sleep_until(self._start + self._sent / self._rate)
+        self._sent += nbytes

@@ -1,0 +1,193 @@
+"""Turn the bytes of one fetched `Span` into verified chunks (blocking: run in a worker thread).
+
+`cut_span` decodes the span as its layer's `Access` says (a slice, a frame
+decompressed, or a gzip region inflated from a checkpoint with
+`fusesnap.lazy.gzipindex.read_range`), cuts out each chunk asked for and
+checks it against its sha256. A chunk that does not verify, or whose frame
+does not decompress, is an error for that chunk only; the others are still
+returned. Nothing here stores or fetches anything (except `read_before`, see
+below), and no unverified byte is ever returned.
+
+Decompression is bounded: a frame is inflated only as far as the furthest
+chunk it is asked for; a gzip region only up to its planned end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import zstandard
+
+from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError
+from fusesnap.lazy import gzipindex
+from fusesnap.lazy.layerindex import ChunkRef
+from fusesnap.lazy.ranges import Access, LayerLayout, Span, clength, coffset, inner
+
+__all__ = ["Cut", "ReadBefore", "cut_span", "decompress_frame"]
+
+ReadBefore = Callable[[int, int], bytes]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_PIECE = 1 << 20
+
+
+@dataclass(slots=True)
+class Cut:
+    """What a span gave: verified chunks by digest, and errors for the chunks it did not."""
+
+    chunks: dict[bytes, bytes] = field(default_factory=dict)
+    errors: dict[bytes, FusesnapError] = field(default_factory=dict)
+    verify_failures: int = 0
+
+
+def cut_span(
+    layout: LayerLayout,
+    span: Span,
+    data: bytes,
+    refs: Sequence[ChunkRef],
+    *,
+    read_before: ReadBefore | None = None,
+) -> Cut:
+    """Produce ``refs`` (chunks inside ``span``) from ``data``, the blob's span bytes.
+
+    ``read_before(offset, length)`` fetches blob bytes before the span if the
+    gzip library asks for some (it should not; it keeps a wrong plan from
+    failing). A whole-span failure (a gzip region that does not inflate) is
+    recorded for every chunk.
+    """
+    cut = Cut()
+    if len(data) != span.size:
+        err = LayerError(f"{layout.what}: got {len(data)} bytes of a {span.size}-byte range")
+        cut.errors = dict.fromkeys((r.digest for r in refs), err)
+        return cut
+    if layout.access is Access.RAW:
+        for ref in refs:
+            lo = ref.offset - span.start
+            _accept(cut, layout, ref, data[lo : lo + ref.length])
+    elif layout.access is Access.FRAMES:
+        _cut_frames(cut, layout, span, data, refs)
+    else:
+        try:
+            plain = _inflate(layout, span, data, read_before)
+        except FusesnapError as exc:
+            cut.errors = dict.fromkeys((r.digest for r in refs), exc)
+            return cut
+        for ref in refs:
+            lo = ref.offset - span.ustart
+            _accept(cut, layout, ref, plain[lo : lo + ref.length])
+    return cut
+
+
+def _accept(cut: Cut, layout: LayerLayout, ref: ChunkRef, data: bytes) -> None:
+    got = hashlib.sha256(data).digest()
+    if got == ref.digest and len(data) == ref.length:
+        cut.chunks[ref.digest] = data
+        return
+    cut.verify_failures += 1
+    cut.errors[ref.digest] = DigestMismatchError(
+        f"{layout.what}: chunk sha256:{ref.digest.hex()[:12]} at offset {ref.offset}: "
+        f"digest mismatch (got sha256:{got.hex()[:12]}, {len(data)} bytes)"
+    )
+
+
+def _cut_frames(
+    cut: Cut, layout: LayerLayout, span: Span, data: bytes, refs: Sequence[ChunkRef]
+) -> None:
+    frames: defaultdict[tuple[int, int], list[ChunkRef]] = defaultdict(list)
+    for ref in refs:
+        frames[(coffset(ref), clength(ref))].append(ref)
+    for (start, length), members in frames.items():
+        lo = start - span.start
+        need = max(inner(r) + r.length for r in members)
+        what = f"{layout.what}: frame [{start}, {start + length})"
+        try:
+            plain = decompress_frame(data[lo : lo + length], need, what=what)
+        except LayerError as exc:
+            for ref in members:
+                cut.errors[ref.digest] = exc
+            continue
+        for ref in members:
+            _accept(cut, layout, ref, plain[inner(ref) : inner(ref) + ref.length])
+
+
+def decompress_frame(data: bytes, need: int, *, what: str = "frame") -> bytes:
+    """The first ``need`` bytes that ``data`` (gzip members or zstd frames) decompresses to.
+
+    Raise `LayerError` if it is neither, is corrupt, or gives fewer bytes.
+    """
+    if data.startswith(_GZIP_MAGIC):
+        out = _gunzip(data, need, what)
+    elif data.startswith(_ZSTD_MAGIC) or (len(data) >= 4 and data[0] & 0xF0 == 0x50
+                                          and data[1:4] == b"\x2a\x4d\x18"):
+        out = _unzstd(data, need, what)
+    else:
+        raise LayerError(f"{what}: neither a gzip member nor a zstd frame")
+    if len(out) < need:
+        raise LayerError(f"{what}: decompresses to {len(out)} bytes, want at least {need}")
+    return out
+
+
+def _gunzip(data: bytes, need: int, what: str) -> bytes:
+    out = bytearray()
+    rest = data
+    try:
+        while len(out) < need and rest:
+            d = zlib.decompressobj(31)
+            out += d.decompress(rest, need - len(out))
+            if len(out) >= need:
+                break
+            if not d.eof:
+                raise LayerError(f"{what}: gzip member is truncated")
+            rest = d.unused_data
+    except zlib.error as exc:
+        raise LayerError(f"{what}: corrupt gzip data ({exc})") from None
+    return bytes(out[:need])
+
+
+def _unzstd(data: bytes, need: int, what: str) -> bytes:
+    out = bytearray()
+    try:
+        # A fresh context per call: zstd contexts are not shared between threads.
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(data), read_across_frames=True
+        )
+        with reader:
+            while len(out) < need:
+                piece = reader.read(min(_PIECE, need - len(out)))
+                if not piece:
+                    break
+                out += piece
+    except zstandard.ZstdError as exc:
+        raise LayerError(f"{what}: corrupt zstd data ({exc})") from None
+    return bytes(out)
+
+
+def _inflate(
+    layout: LayerLayout, span: Span, data: bytes, read_before: ReadBefore | None
+) -> bytes:
+    checkpoints = layout.index.checkpoints
+    assert checkpoints is not None
+    base = span.start
+
+    def read_compressed(offset: int, length: int) -> bytes:
+        if offset >= base:
+            lo = offset - base
+            got = data[lo : lo + length]
+            # zran reads ahead in 32-64 KiB steps past the span's end, but never inflates
+            # what lies past it: the span stops before the next checkpoint, a deflate block
+            # boundary. The padding is read, not decoded; the chunk digests prove it.
+            return got + bytes(length - len(got)) if len(got) < length else got
+        if read_before is None:
+            raise LayerError(f"{layout.what}: gzip read before the fetched range at {offset}")
+        head = read_before(offset, min(length, base - offset))
+        return head + read_compressed(base, length - len(head)) if length > len(head) else head
+
+    return gzipindex.read_range(
+        checkpoints, read_compressed, span.ustart, span.uend - span.ustart, what=layout.what
+    )
