@@ -11,6 +11,7 @@ from fusesnap.cli.app import SIZE, Context, cli, pass_ctx, run_async
 from fusesnap.errors import FusesnapError
 from fusesnap.fs import MergedTree
 from fusesnap.lazy import open_registry_client
+from fusesnap.lazy.pull import PullResult
 from fusesnap.lazy.pull import pull as pull_image
 from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Platform, parse_manifest
@@ -18,27 +19,36 @@ from fusesnap.reference import Reference
 from fusesnap.store import Store
 from fusesnap.termui import ProgressLine, human_size, table
 
-
-@cli.command()
-@click.argument("ref")
-@click.option(
-    "--platform", "platform_text", metavar="OS/ARCH[/VARIANT]", help="Default: this host's."
-)
-@click.option(
+MAX_LAYER_SIZE = click.option(
     "--max-layer-size",
     type=SIZE,
     default="64G",
     show_default=True,
     help="Refuse a layer that unpacks to more than this (a decompression bomb).",
 )
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--platform", "platform_text", metavar="OS/ARCH[/VARIANT]", help="Default: this host's."
+)
+@MAX_LAYER_SIZE
+@click.option(
+    "--lazy/--all",
+    default=False,
+    help="--lazy: store each layer's index only (from an index artifact, an eStargz or "
+    "zstd:chunked TOC, else built by streaming the layer once); file contents are fetched "
+    "when read. --all (default): every layer complete; after --lazy, only what is missing.",
+)
 @pass_ctx
-def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int) -> None:
+def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int, lazy: bool) -> None:
     """Pull REF's manifest, config and layers into the store (each layer indexed, its files
     kept as de-duplicated chunks)."""
     reference = Reference.parse(ref)
     plat = Platform.parse(platform_text) if platform_text else None
     store = c.store()
-    progress = ProgressLine(f"pulling {reference}", unit="layers")
+    progress = ProgressLine(f"pulling {reference}" + (" (lazy)" if lazy else ""), unit="layers")
     started = time.monotonic()
 
     async def main() -> Any:
@@ -53,6 +63,7 @@ def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int) -
                 progress=progress,
                 limits=Limits(max_uncompressed=max_layer_size),
                 check=MergedTree.build,
+                lazy=lazy,
             )
 
     try:
@@ -60,11 +71,28 @@ def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int) -
     finally:
         progress.clear()
     elapsed = time.monotonic() - started
+    if lazy:
+        click.echo(layer_table(store, result))
     click.echo(
         f"{result.name}: {result.manifest.digest} ({result.platform}), "
         f"{len(result.layers)} layers, fetched {human_size(result.fetched_bytes)} "
         f"in {elapsed:.1f}s"
     )
+
+
+def layer_table(store: Store, result: PullResult) -> str:
+    """Per layer: where its index came from, the index's size, how much of it is local."""
+    rows = []
+    for n, outcome in enumerate(result.outcomes):
+        digest = outcome.layer.digest
+        info = store.layers.info(digest)
+        p = store.layers.present_chunks(digest)
+        pct = 100 * p.present // p.total if p.total else 100
+        rows.append([
+            str(n), digest.short, outcome.action, human_size(info.index_size),
+            f"{pct}% ({human_size(p.raw_bytes)} in {p.present}/{p.total} chunks)", outcome.text,
+        ])  # fmt: skip
+    return table(rows, ["#", "DIGEST", "SOURCE", "INDEX", "LOCAL", "HOW"])
 
 
 def _image_size(store: Store, manifest_digest: Any) -> int:
