@@ -35,5 +35,10 @@ test: deps
 demo: deps
 	$(BIN)/python -m tools.demo
 
+bench: deps
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m tools.bench.index
+	$(BIN)/python -m tools.bench.read
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -15,6 +15,7 @@ client, lmdb in the store) and never leak past it::
      │    └── PlatformNotFoundError no manifest in an index matches the platform
      ├── LayerError                 a layer blob or its index is corrupt, hostile or unsupported
      ├── StoreError                 the store cannot be opened or is inconsistent
+     ├── MountError                 mounting or unmounting failed (busy, stale, no FUSE)
      └── RegistryError              talking to a registry failed
           ├── AuthenticationError   credentials missing or refused (401/403)
           ├── RegistryNotFoundError the registry says: unknown name/manifest/blob
@@ -62,6 +63,10 @@ class LayerError(FusesnapError):
 
 class StoreError(FusesnapError):
     """The local store cannot be opened, or holds something inconsistent."""
+
+
+class MountError(FusesnapError):
+    """Mounting or unmounting failed (busy, not mounted, not a directory, no FUSE)."""
 
 
 class RegistryError(FusesnapError):

@@ -1,0 +1,117 @@
+"""Commands that serve an image as a filesystem: mount, umount, stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fusesnap.cli.app import SIZE, Context, cli, pass_ctx
+from fusesnap.fs.cache import DEFAULT_MAX_BYTES
+from fusesnap.runtime.daemon import serve_image
+from fusesnap.runtime.mount import mount_stats, start_mount, unmount
+from fusesnap.termui import human_size, table
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--foreground", is_flag=True, help="Serve from this process until unmounted.")
+@click.option(
+    "--allow-other", is_flag=True, help="Let other users see the mount (non-root: needs "
+    "user_allow_other in /etc/fuse.conf)."
+)  # fmt: skip
+@click.option(
+    "--cache-size",
+    type=SIZE,
+    default=str(DEFAULT_MAX_BYTES),
+    help="Memory for decompressed chunks.  [default: 256M]",
+)
+@click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' here when serving.")
+@pass_ctx
+def mount(
+    c: Context,
+    ref: str,
+    directory: Path,
+    foreground: bool,
+    allow_other: bool,
+    cache_size: int,
+    ready_fd: int | None,
+) -> None:
+    """Mount image REF (pulled) read-only at DIRECTORY; returns once it is ready, the
+    daemon serving in the background (log: ROOT/mounts/ID/daemon.log)."""
+    if not foreground:
+        options = ["--cache-size", str(cache_size), *(["--allow-other"] if allow_other else [])]
+        state = start_mount(c.root, ref, directory, options=options, verbose=c.verbose)
+        click.echo(f"mounted {state.image} at {state.mountpoint} (pid {state.pid})")
+        return
+    if ready_fd is not None and not c.verbose:
+        logging.getLogger("fusesnap").setLevel(logging.INFO)  # the daemon's log file
+
+    told = False
+
+    def on_ready(message: str) -> None:
+        nonlocal told
+        if told:  # once: the fd is closed after the first line (and its number reused)
+            return
+        told = True
+        if ready_fd is None:
+            if message == "ready":
+                click.echo(f"mounted {ref} at {directory} (Ctrl-C unmounts)")
+            return
+        try:
+            os.write(ready_fd, message.encode() + b"\n")
+            os.close(ready_fd)
+        except OSError:
+            pass  # the starter is gone: serve anyway, umount still works
+
+    serve_image(
+        c.root, ref, directory, allow_other=allow_other, cache_bytes=cache_size, on_ready=on_ready
+    )
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-l", "--lazy", is_flag=True, help="Detach even while processes use it.")
+@pass_ctx
+def umount(c: Context, directory: Path, lazy: bool) -> None:
+    """Unmount a fusesnap mount (the daemon exits, its lease goes); clears a stale one."""
+    click.echo(f"{unmount(c.root, directory, lazy=lazy)}: {os.path.abspath(directory)}")
+
+
+def _stats_lines(s: dict[str, Any]) -> str:
+    cache = s["cache"]
+    lookups = cache["hits"] + cache["misses"] + cache["joined"]
+    hit_rate = f"{100 * cache['hits'] / lookups:.1f}%" if lookups else "-"
+    head = [
+        f"mount:     {s['mountpoint']}",
+        f"image:     {s['image']} ({s['manifest_digest'][:19]})",
+        f"daemon:    pid {s['pid']}, up {s['uptime']:.0f}s, lease {s['lease_id']}",
+        f"requests:  {s['requests_total']} ({s['negative_lookups']} negative lookups)",
+        f"read:      {human_size(s['bytes_read'])}",
+        f"cache:     {cache['hits']} hits, {cache['misses']} misses, {cache['joined']} joined "
+        f"({hit_rate} hit rate); {cache['cached_chunks']} chunks, "
+        f"{human_size(cache['cached_bytes'])} of {human_size(cache['max_bytes'])}, "
+        f"{cache['evictions']} evictions",
+        f"chunks:    {cache['loaded']} loaded ({human_size(cache['loaded_bytes'])}; "
+        f"{cache['prefetched']} ahead of sequential readers), {cache['load_errors']} failed",
+        f"inodes:    {s['inodes_known']} of {s['inodes']} known to the kernel",
+        "",
+    ]
+    rows = [[op, str(n)] for op, n in s["requests"].items()]
+    rows += [[f"error {key}", str(n)] for key, n in s["errors"].items()]
+    return "\n".join(head) + table(rows, ["REQUEST", "COUNT"])
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The daemon's counters as JSON.")
+@pass_ctx
+def stats(c: Context, directory: Path, as_json: bool) -> None:
+    """Requests served, bytes read, chunk cache hits and misses of a running mount."""
+    s = mount_stats(c.root, directory)
+    click.echo(json.dumps(s, indent=1) if as_json else _stats_lines(s))

@@ -1,0 +1,235 @@
+"""The mount daemon: one image served at one directory until unmounted or signalled.
+
+`serve_image` is what ``fusesnap mount --foreground`` runs (and what the
+background ``mount`` starts as a fresh ``python -m fusesnap`` process, so the
+LMDB store is opened after no fork). In order:
+
+1. clear a stale mount at DIR (its daemon died), refuse a live one;
+2. open the store and the image; refuse an image that is not in it, or not whole;
+3. take a lease owned by this process on the image's manifest, config and
+   layers, so ``gc`` spares them while it runs (a killed daemon's lease dies
+   with it);
+4. build the merged tree, mount it (``ro``, ``default_permissions``), and
+   answer FUSE requests and the control socket on one trio loop;
+5. on SIGTERM/SIGINT/SIGHUP, or when DIR is unmounted from outside: stop,
+   unmount, drop the lease, remove the state file.
+
+Readiness: ``on_ready("ready")`` once the kernel can send requests, or
+``on_ready("error: ...")`` if a step before that failed (then the error is
+raised too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fusesnap.errors import FusesnapError, NotFoundError
+from fusesnap.fs.cache import DEFAULT_MAX_BYTES, ChunkCache
+from fusesnap.fs.fuse import FuseOperations, fuse_session, mount_options, serve, terminate
+from fusesnap.fs.source import ImageSource
+from fusesnap.image import ImageView
+from fusesnap.runtime.control import serve_control
+from fusesnap.runtime.mountpoint import MountError, detach, is_stale, mount_info
+from fusesnap.runtime.state import (
+    CONTROL_SOCKET,
+    MountState,
+    make_state_dir,
+    process_start_time,
+)
+from fusesnap.store import Resource, Store, open_store
+
+__all__ = ["check_image", "prepare_mountpoint", "serve_image"]
+
+log = logging.getLogger(__name__)
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def check_image(store: Store, ref: str) -> ImageView:
+    """The stored image ``ref``, every layer of it pulled.
+
+    `NotFoundError` (one line, saying to pull) if it is not in the store or a
+    layer is not: this mount serves pulled images only. A pull writes a layer's
+    record after all its chunks, and gc spares the chunks of a recorded layer,
+    so a recorded layer is whole (a chunk missing anyway is an EIO at read time).
+    """
+    view = ImageView.open(store, ref)
+    for n, layer in enumerate(view.layers):
+        if not store.layers.exists(layer.digest):
+            raise NotFoundError(
+                f"image {view.record.name}: layer {n} ({layer.digest.short}) is not in the "
+                f"store (run: fusesnap pull {ref})"
+            )
+    return view
+
+
+def prepare_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
+    """``mountpoint`` as an absolute path, ready to mount on: a stale FUSE mount there
+    is detached; `MountError` if it is not a directory or something live is mounted."""
+    target = Path(os.path.abspath(mountpoint))
+    if is_stale(target):
+        log.info("%s: clearing a stale mount (its daemon is gone)", target)
+        detach(target, lazy=True)
+    if not target.is_dir():
+        raise MountError(f"{target}: not a directory")
+    info = mount_info(target)
+    if info is not None:
+        raise MountError(
+            f"{target}: already mounted ({info.fstype} from {info.source}); "
+            f"run: fusesnap umount {target}"
+        )
+    return target
+
+
+def _resources(view: ImageView) -> list[Resource]:
+    return [
+        Resource.content(view.record.manifest_digest),
+        Resource.content(view.manifest.config.digest),
+        *(Resource.layer(layer.digest) for layer in view.layers),
+    ]
+
+
+def drop_stale_state(store: Store, directory: Path) -> None:
+    """Forget a previous mount of this directory whose daemon is gone (its lease too)."""
+    old = MountState.load(directory)
+    if old is None or old.daemon_alive():
+        return
+    with suppress(NotFoundError):
+        store.leases.delete(old.lease_id)
+    MountState.remove(directory)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT/SIGHUP from mount until the loop listens for them, so a
+    signal in between unmounts cleanly instead of leaving a stale mount."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+@contextmanager
+def _reported(on_ready: Callable[[str], None]) -> Iterator[None]:
+    """Tell the starter about an error before it propagates (it waits for a line)."""
+    try:
+        yield
+    except FusesnapError as exc:
+        on_ready(f"error: {exc}")
+        raise
+
+
+@contextmanager
+def _mounted(
+    ops: FuseOperations, target: Path, *, allow_other: bool, on_ready: Callable[[str], None]
+) -> Iterator[None]:
+    """`fuse_session`, with a failure to mount reported to the starter."""
+    session = fuse_session(ops, target, mount_options(allow_other=allow_other))
+    with _reported(on_ready):
+        try:
+            session.__enter__()
+        except RuntimeError as exc:  # libfuse has printed why to stderr (the log)
+            raise MountError(f"{target}: mount failed ({exc}; see the log)") from exc
+    try:
+        yield
+    finally:
+        session.__exit__(None, None, None)
+
+
+def serve_image(
+    root: Path,
+    ref: str,
+    mountpoint: str | os.PathLike[str],
+    *,
+    allow_other: bool = False,
+    cache_bytes: int = DEFAULT_MAX_BYTES,
+    on_ready: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Serve image ``ref`` of the store at ``root`` on ``mountpoint`` until unmounted or
+    signalled (module docstring). Blocks; runs its own trio loop."""
+    with _reported(on_ready):
+        target = prepare_mountpoint(mountpoint)
+        directory = make_state_dir(root, target)
+        store = open_store(root)
+    with store:
+        drop_stale_state(store, directory)
+        labels = {"fusesnap.mount": str(target), "fusesnap.image": str(ref)}
+        with store.leases.lease(owner_pid=os.getpid(), expires_in=None, labels=labels) as lease:
+            with _reported(on_ready):
+                view = check_image(store, ref)
+                for resource in _resources(view):
+                    store.leases.add_resource(lease.id, resource)
+                cache = ChunkCache(store.chunks, max_bytes=cache_bytes)
+                ops = FuseOperations(ImageSource(view.tree(), cache))
+            state = MountState(
+                mountpoint=str(target),
+                image=view.record.name,
+                manifest_digest=str(view.record.manifest_digest),
+                pid=os.getpid(),
+                pid_start=process_start_time(os.getpid()),
+                lease_id=lease.id,
+                started=time.time(),
+            )
+            state.save(directory)
+            try:
+                with _signals_blocked(), _mounted(
+                    ops, target, allow_other=allow_other, on_ready=on_ready
+                ):
+                    trio.run(_main, ops, cache, state, directory, on_ready)
+                log.info("%s: unmounted", target)
+            finally:
+                MountState.remove(directory)
+
+
+async def _main(
+    ops: FuseOperations,
+    cache: ChunkCache,
+    state: MountState,
+    directory: Path,
+    on_ready: Callable[[str], None],
+) -> None:
+    def stats() -> dict[str, Any]:
+        return {
+            **asdict(state),
+            "uptime": round(time.time() - state.started, 3),
+            **ops.stats.snapshot(),
+            "cache": asdict(cache.stats),
+            "inodes": ops.source.inode_count,
+            "inodes_known": len(ops.lookups),
+        }
+
+    async def fuse_loop() -> None:
+        await serve()
+        log.info("%s: the FUSE session ended", state.mountpoint)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_stop_on_signal, state.mountpoint)
+        await nursery.start(serve_control, directory / CONTROL_SOCKET, {"stats": stats})
+        await nursery.start(cache.run_prefetch)
+        nursery.start_soon(fuse_loop)
+        log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
+        on_ready("ready")
+
+
+async def _stop_on_signal(
+    mountpoint: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(*_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # pending ones arrive now
+        task_status.started()
+        async for signum in signals:
+            log.info("%s: %s, unmounting", mountpoint, signal.Signals(signum).name)
+            terminate()
+            return
