@@ -47,11 +47,34 @@ def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int, l
     kept as de-duplicated chunks)."""
     reference = Reference.parse(ref)
     plat = Platform.parse(platform_text) if platform_text else None
+    started = time.monotonic()
+    result = pull_with_progress(
+        c, reference, platform=plat, lazy=lazy, limits=Limits(max_uncompressed=max_layer_size)
+    )
+    elapsed = time.monotonic() - started
+    if lazy:
+        click.echo(layer_table(c.store(), result))
+    click.echo(
+        f"{result.name}: {result.manifest.digest} ({result.platform}), "
+        f"{len(result.layers)} layers, fetched {human_size(result.fetched_bytes)} "
+        f"in {elapsed:.1f}s"
+    )
+
+
+def pull_with_progress(
+    c: Context,
+    reference: Reference,
+    *,
+    platform: Platform | None = None,
+    lazy: bool,
+    limits: Limits | None = None,
+) -> PullResult:
+    """Pull with a progress line on a terminal and the merged-tree check (``mount`` uses it
+    to pull an image lazily first)."""
     store = c.store()
     progress = ProgressLine(f"pulling {reference}" + (" (lazy)" if lazy else ""), unit="layers")
-    started = time.monotonic()
 
-    async def main() -> Any:
+    async def main() -> PullResult:
         async with open_registry_client(
             insecure_registries=c.insecure_registries, ca_file=c.ca_file
         ) as client:
@@ -59,25 +82,17 @@ def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int, l
                 store,
                 client,
                 reference,
-                platform=plat,
+                platform=platform,
                 progress=progress,
-                limits=Limits(max_uncompressed=max_layer_size),
+                limits=limits,
                 check=MergedTree.build,
                 lazy=lazy,
             )
 
     try:
-        result = run_async(main)
+        return run_async(main)
     finally:
         progress.clear()
-    elapsed = time.monotonic() - started
-    if lazy:
-        click.echo(layer_table(store, result))
-    click.echo(
-        f"{result.name}: {result.manifest.digest} ({result.platform}), "
-        f"{len(result.layers)} layers, fetched {human_size(result.fetched_bytes)} "
-        f"in {elapsed:.1f}s"
-    )
 
 
 def layer_table(store: Store, result: PullResult) -> str:

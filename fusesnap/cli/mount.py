@@ -11,8 +11,12 @@ from typing import Any
 import click
 
 from fusesnap.cli.app import SIZE, Context, cli, pass_ctx
+from fusesnap.cli.images import layer_table, pull_with_progress
+from fusesnap.errors import NotFoundError
 from fusesnap.fs.cache import DEFAULT_MAX_BYTES
-from fusesnap.runtime.daemon import serve_image
+from fusesnap.reference import Reference
+from fusesnap.runtime.daemon import check_image, serve_image
+from fusesnap.runtime.lazychunks import RegistryOptions
 from fusesnap.runtime.mount import mount_stats, start_mount, unmount
 from fusesnap.termui import human_size, table
 
@@ -31,6 +35,13 @@ from fusesnap.termui import human_size, table
     default=str(DEFAULT_MAX_BYTES),
     help="Memory for decompressed chunks.  [default: 256M]",
 )
+@click.option(
+    "--prefetch",
+    type=click.Choice(["none", "all"]),
+    default="none",
+    show_default=True,
+    help="all: fetch every chunk in the background while serving (a full pull).",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' here when serving.")
 @pass_ctx
 def mount(
@@ -40,13 +51,32 @@ def mount(
     foreground: bool,
     allow_other: bool,
     cache_size: int,
+    prefetch: str,
     ready_fd: int | None,
 ) -> None:
-    """Mount image REF (pulled) read-only at DIRECTORY; returns once it is ready, the
-    daemon serving in the background (log: ROOT/mounts/ID/daemon.log)."""
+    """Mount image REF read-only at DIRECTORY; returns once it is ready, the daemon serving
+    in the background (log: ROOT/mounts/ID/daemon.log). An image not in the store is pulled
+    lazily first: only the bytes that are read are fetched."""
+    registry = RegistryOptions(c.insecure_registries, c.ca_file)
     if not foreground:
-        options = ["--cache-size", str(cache_size), *(["--allow-other"] if allow_other else [])]
-        state = start_mount(c.root, ref, directory, options=options, verbose=c.verbose)
+        _pull_lazily_if_needed(c, ref)
+        options = [
+            "--cache-size", str(cache_size),
+            *(["--allow-other"] if allow_other else []),
+            *(["--prefetch", prefetch] if prefetch != "none" else []),
+        ]  # fmt: skip
+        global_options = [
+            *(f"--insecure-registry={h}" for h in c.insecure_registries),
+            *([f"--ca-file={c.ca_file}"] if c.ca_file else []),
+        ]
+        state = start_mount(
+            c.root,
+            ref,
+            directory,
+            options=options,
+            global_options=global_options,
+            verbose=c.verbose,
+        )
         click.echo(f"mounted {state.image} at {state.mountpoint} (pid {state.pid})")
         return
     if ready_fd is not None and not c.verbose:
@@ -70,8 +100,26 @@ def mount(
             pass  # the starter is gone: serve anyway, umount still works
 
     serve_image(
-        c.root, ref, directory, allow_other=allow_other, cache_bytes=cache_size, on_ready=on_ready
+        c.root,
+        ref,
+        directory,
+        allow_other=allow_other,
+        cache_bytes=cache_size,
+        on_ready=on_ready,
+        registry=registry,
+        prefetch=prefetch == "all",
     )
+
+
+def _pull_lazily_if_needed(c: Context, ref: str) -> None:
+    """An image not (wholly indexed) in the store is pulled lazily first: manifest, config and
+    layer indexes only; file contents are fetched as they are read."""
+    try:
+        check_image(c.store(), ref)
+    except NotFoundError:
+        result = pull_with_progress(c, Reference.parse(ref), lazy=True)
+        click.echo(layer_table(c.store(), result))
+    c.close()  # the daemon opens the store itself
 
 
 @cli.command()
@@ -100,8 +148,18 @@ def _stats_lines(s: dict[str, Any]) -> str:
         f"chunks:    {cache['loaded']} loaded ({human_size(cache['loaded_bytes'])}; "
         f"{cache['prefetched']} ahead of sequential readers), {cache['load_errors']} failed",
         f"inodes:    {s['inodes_known']} of {s['inodes']} known to the kernel",
-        "",
     ]
+    fetch = s.get("fetch")
+    if fetch is not None:
+        head.append(
+            f"fetched:   {human_size(fetch['bytes_fetched'])} in {fetch['requests']} range "
+            f"requests: {fetch['chunks_fetched']} chunks asked for (+{fetch['chunks_extra']} "
+            f"neighbours), {fetch['chunks_from_store']} already local, "
+            f"{fetch['failures']} failed requests, {fetch['verify_failures']} bad chunks"
+        )
+    else:
+        head.append("fetched:   nothing (every chunk is local)")
+    head.append("")
     rows = [[op, str(n)] for op, n in s["requests"].items()]
     rows += [[f"error {key}", str(n)] for key, n in s["errors"].items()]
     return "\n".join(head) + table(rows, ["REQUEST", "COUNT"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import trio
@@ -107,10 +107,13 @@ class ChunkCache:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         prefetch_bytes: int = PREFETCH_BYTES,
+        load: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes {max_bytes}: negative")
         self._source = source
+        # An async loader (a lazy mount's fetcher) replaces the blocking `source.get`.
+        self._load_async = load
         self._lru: OrderedDict[bytes, bytes] = OrderedDict()
         self._loading: dict[bytes, _Load] = {}
         self._prefetch_bytes = prefetch_bytes
@@ -143,7 +146,10 @@ class ChunkCache:
     async def _load(self, digest: bytes) -> bytes:
         load = self._loading[digest] = _Load()
         try:
-            data = await run_blocking(self._source.get, digest)
+            if self._load_async is not None:
+                data = await self._load_async(digest)
+            else:
+                data = await run_blocking(self._source.get, digest)
         except Exception as exc:
             self.stats.load_errors += 1
             load.error = exc

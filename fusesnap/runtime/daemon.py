@@ -33,12 +33,17 @@ from typing import Any
 
 import trio
 
+from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs.cache import DEFAULT_MAX_BYTES, ChunkCache
 from fusesnap.fs.fuse import FuseOperations, fuse_session, mount_options, serve, terminate
 from fusesnap.fs.source import ImageSource
 from fusesnap.image import ImageView
+from fusesnap.lazy import open_registry_client
+from fusesnap.lazy.fetcher import open_chunk_fetcher
+from fusesnap.reference import Reference
 from fusesnap.runtime.control import serve_control
+from fusesnap.runtime.lazychunks import LazyChunks, RegistryOptions
 from fusesnap.runtime.mountpoint import MountError, detach, is_stale, mount_info
 from fusesnap.runtime.state import (
     CONTROL_SOCKET,
@@ -56,12 +61,10 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def check_image(store: Store, ref: str) -> ImageView:
-    """The stored image ``ref``, every layer of it pulled.
+    """The stored image ``ref``, every layer of it indexed (``pull`` or ``pull --lazy``).
 
     `NotFoundError` (one line, saying to pull) if it is not in the store or a
-    layer is not: this mount serves pulled images only. A pull writes a layer's
-    record after all its chunks, and gc spares the chunks of a recorded layer,
-    so a recorded layer is whole (a chunk missing anyway is an EIO at read time).
+    layer has no index. Chunks need not be local: a lazy mount fetches them.
     """
     view = ImageView.open(store, ref)
     for n, layer in enumerate(view.layers):
@@ -155,6 +158,8 @@ def serve_image(
     allow_other: bool = False,
     cache_bytes: int = DEFAULT_MAX_BYTES,
     on_ready: Callable[[str], None] = lambda message: None,
+    registry: RegistryOptions | None = None,
+    prefetch: bool = False,
 ) -> None:
     """Serve image ``ref`` of the store at ``root`` on ``mountpoint`` until unmounted or
     signalled (module docstring). Blocks; runs its own trio loop."""
@@ -170,7 +175,12 @@ def serve_image(
                 view = check_image(store, ref)
                 for resource in _resources(view):
                     store.leases.add_resource(lease.id, resource)
-                cache = ChunkCache(store.chunks, max_bytes=cache_bytes)
+                lazy = _lazy_chunks(store, view)
+                cache = ChunkCache(
+                    store.chunks,
+                    max_bytes=cache_bytes,
+                    load=None if lazy is None else lazy.get,
+                )
                 ops = FuseOperations(ImageSource(view.tree(), cache))
             state = MountState(
                 mountpoint=str(target),
@@ -183,13 +193,28 @@ def serve_image(
             )
             state.save(directory)
             try:
-                with _signals_blocked(), _mounted(
-                    ops, target, allow_other=allow_other, on_ready=on_ready
+                with (
+                    _signals_blocked(),
+                    _mounted(ops, target, allow_other=allow_other, on_ready=on_ready),
                 ):
-                    trio.run(_main, ops, cache, state, directory, on_ready)
+                    trio.run(
+                        _main, ops, cache, state, directory, on_ready, lazy, registry, prefetch
+                    )
                 log.info("%s: unmounted", target)
             finally:
                 MountState.remove(directory)
+
+
+def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
+    """A fetching chunk source if some chunk of the image is not local, else None."""
+    complete = True
+    for layer in view.layers:
+        presence = store.layers.present_chunks(layer.digest)
+        complete = complete and presence.present == presence.total
+    if complete:
+        return None
+    indexes = [view.layer_index(n) for n in range(len(view.layers))]
+    return LazyChunks(store.chunks, indexes)
 
 
 async def _main(
@@ -198,7 +223,47 @@ async def _main(
     state: MountState,
     directory: Path,
     on_ready: Callable[[str], None],
+    lazy: LazyChunks | None,
+    registry: RegistryOptions | None,
+    prefetch: bool,
 ) -> None:
+    if lazy is None:
+        await _serve(ops, cache, state, directory, on_ready, None, prefetch=False)
+        return
+    options = registry or RegistryOptions()
+    ref = Reference.parse(state.image)
+    async with open_registry_client(
+        insecure_registries=options.insecure_registries, ca_file=options.ca_file
+    ) as client:
+
+        async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:
+            return await client.read_range(ref, digest, offset, length)
+
+        async with open_chunk_fetcher(fetch_range, lazy.chunks) as fetcher:
+            lazy.fetcher = fetcher
+            await _serve(ops, cache, state, directory, on_ready, lazy, prefetch=prefetch)
+
+
+async def _prefetch_all(lazy: LazyChunks) -> None:
+    """``--prefetch all``: fetch every chunk in the background (a full pull while serving)."""
+    assert lazy.fetcher is not None
+    for index, refs in lazy.by_layer():
+        result = await lazy.fetcher.prefetch(index, refs)
+        log.info("prefetched layer %s: %s", index.layer_digest.short, result)
+
+
+async def _serve(
+    ops: FuseOperations,
+    cache: ChunkCache,
+    state: MountState,
+    directory: Path,
+    on_ready: Callable[[str], None],
+    lazy: LazyChunks | None,
+    *,
+    prefetch: bool,
+) -> None:
+    fetcher = None if lazy is None else lazy.fetcher
+
     def stats() -> dict[str, Any]:
         return {
             **asdict(state),
@@ -207,6 +272,7 @@ async def _main(
             "cache": asdict(cache.stats),
             "inodes": ops.source.inode_count,
             "inodes_known": len(ops.lookups),
+            **({"fetch": asdict(fetcher.stats)} if fetcher is not None else {}),
         }
 
     async def fuse_loop() -> None:
@@ -221,6 +287,8 @@ async def _main(
         nursery.start_soon(fuse_loop)
         log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
         on_ready("ready")
+        if prefetch and lazy is not None:
+            nursery.start_soon(_prefetch_all, lazy)
 
 
 async def _stop_on_signal(

@@ -70,13 +70,14 @@ def daemon_command(
     *,
     ready_fd: int,
     options: Sequence[str] = (),
+    global_options: Sequence[str] = (),
     verbose: bool = False,
 ) -> list[str]:
     """The daemon's command line (``root`` made absolute: the daemon runs in /)."""
     return [
         sys.executable, "-m", "fusesnap", "--root", str(Path(root).absolute()),
-        *(["-v"] if verbose else []), "mount", "--foreground", "--ready-fd", str(ready_fd),
-        *options, "--", ref, str(mountpoint),
+        *(["-v"] if verbose else []), *global_options,
+        "mount", "--foreground", "--ready-fd", str(ready_fd), *options, "--", ref, str(mountpoint),
     ]  # fmt: skip
 
 
@@ -86,6 +87,7 @@ def start_mount(
     mountpoint: str | os.PathLike[str],
     *,
     options: Sequence[str] = (),
+    global_options: Sequence[str] = (),
     verbose: bool = False,
     timeout: float = READY_TIMEOUT,
 ) -> MountState:
@@ -103,7 +105,13 @@ def start_mount(
     read_end, write_end = os.pipe()
     try:
         cmd = daemon_command(
-            root, ref, target, ready_fd=write_end, options=options, verbose=verbose
+            root,
+            ref,
+            target,
+            ready_fd=write_end,
+            options=options,
+            global_options=global_options,
+            verbose=verbose,
         )
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
