@@ -38,15 +38,11 @@ import base64
 import binascii
 import bisect
 import datetime
-import io
 import json
 import re
-import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import zstandard
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
@@ -58,6 +54,7 @@ from fusesnap.lazy.layerindex import (
     LayerIndex,
     normalize_path,
 )
+from fusesnap.lazy.spandecode import decompress_frame
 from fusesnap.oci import Descriptor
 
 __all__ = [
@@ -151,16 +148,10 @@ def extract_chunk(compression: str, data: bytes, ref: ChunkRef, *, what: str = "
     Raise `DigestMismatchError` if the bytes do not hash to ``ref.digest``,
     `LayerError` if they do not decompress.
     """
+    if compression not in ("estargz", "zstd:chunked"):
+        raise ValueError(f"not a frame format: {compression!r}")
     want = ref.inner + ref.length
-    try:
-        if compression == "estargz":
-            out = _gunzip_prefix(data, want)
-        elif compression == "zstd:chunked":
-            out = _unzstd_prefix(data, want)
-        else:
-            raise ValueError(f"not a frame format: {compression!r}")
-    except (zlib.error, zstandard.ZstdError) as exc:
-        raise LayerError(f"{what}: corrupt compressed data ({exc})") from None
+    out = decompress_frame(data, want, what=what)  # the fetcher's decoder: one of them
     piece = out[ref.inner : want]
     got = Digest.of(piece)
     if len(piece) != ref.length or bytes.fromhex(got.hex) != ref.digest:
@@ -168,28 +159,6 @@ def extract_chunk(compression: str, data: bytes, ref: ChunkRef, *, what: str = "
             f"{what} sha256:{ref.digest.hex()[:12]}: digest mismatch (got {got[:19]})"
         )
     return piece
-
-
-def _gunzip_prefix(data: bytes, want: int) -> bytes:
-    out = bytearray()
-    while data and len(out) < want:
-        d = zlib.decompressobj(31)
-        out += d.decompress(data, want - len(out))
-        if not d.eof:
-            break  # enough output, or the member is truncated (then the digest says so)
-        data = d.unused_data
-    return bytes(out)
-
-
-def _unzstd_prefix(data: bytes, want: int) -> bytes:
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
-    out = bytearray()
-    while len(out) < want:
-        piece = reader.read(want - len(out))
-        if not piece:
-            break
-        out += piece
-    return bytes(out)
 
 
 class _TocReader:

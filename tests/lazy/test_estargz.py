@@ -207,7 +207,7 @@ async def test_chunk_that_does_not_hash_to_its_digest_is_detected(esgz: Blob) ->
     flipped[len(flipped) // 2] ^= 0xFF
     with pytest.raises((DigestMismatchError, LayerError)):
         extract_chunk("estargz", bytes(flipped), c)
-    with pytest.raises(DigestMismatchError):
+    with pytest.raises((DigestMismatchError, LayerError)):
         extract_chunk("estargz", good[: len(good) // 2], c)  # a truncated member
 
 
