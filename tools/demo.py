@@ -3,7 +3,9 @@
 1. start a real Distribution registry on a loopback port (left running);
 2. build a real Debian 12 image (debootstrap, cached) and push it;
 3. pull it with fusesnap (progress on a terminal), list it, look inside it;
-4. show that a second pull fetches nothing and that gc frees what rmi released.
+4. show that a second pull fetches nothing and that gc frees what rmi released;
+5. push the layer indexes, then mount the image lazily from a cold store, read a
+   file, run python3 in it with chroot, and show how little was fetched.
 
 Each step prints the command it runs, so it doubles as a tutorial.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +29,9 @@ def step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m" if sys.stdout.isatty() else f"\n== {title}", flush=True)
 
 
-def fusesnap(*args: str) -> None:
-    cmd = [sys.executable, "-m", "fusesnap", "--root", str(DEMO_DIR / "store"), *args]
-    print(f"$ fusesnap --root {DEMO_DIR / 'store'} {shlex.join(args)}", flush=True)
+def fusesnap(*args: str, root: Path = DEMO_DIR / "store") -> None:
+    cmd = [sys.executable, "-m", "fusesnap", "--root", str(root), *args]
+    print(f"$ fusesnap --root {root} {shlex.join(args)}", flush=True)
     subprocess.run(cmd, check=True)
 
 
@@ -63,6 +66,26 @@ def main() -> None:
     fusesnap("rmi", image.ref)
     fusesnap("gc")
     fusesnap("pull", image.ref)
+
+    step("Publish the layer indexes next to the image (an OCI referrer), for lazy mounts")
+    fusesnap("index", "--push", image.ref)
+
+    step("Mount it lazily from a cold store: only what is read crosses the network")
+    cold = DEMO_DIR / "cold-store"
+    mnt = DEMO_DIR / "mnt"
+    shutil.rmtree(cold, ignore_errors=True)
+    mnt.mkdir(parents=True, exist_ok=True)
+    fusesnap("mount", image.ref, str(mnt), root=cold)
+    try:
+        print(f"$ head -3 {mnt}/etc/os-release")
+        print("".join((mnt / "etc/os-release").read_text().splitlines(True)[:3]), end="")
+        print(f"$ chroot {mnt} python3 -c 'print(6*7)'")
+        subprocess.run(["chroot", str(mnt), "python3", "-c", "print(6*7)"], check=True)
+        fusesnap("stats", str(mnt), root=cold)
+    finally:
+        fusesnap("umount", str(mnt), root=cold)
+    total = sum(layer.size for layer in image.layers)
+    print(f"(the image is {total / 1e6:.1f} MB compressed; see 'fetched' above)")
 
     print(f"\nThe store is in {DEMO_DIR / 'store'}; the registry keeps running at {host}.")
 
