@@ -15,7 +15,7 @@ from fusesnap.cli.images import layer_table, pull_with_progress
 from fusesnap.errors import NotFoundError
 from fusesnap.fs.cache import DEFAULT_MAX_BYTES
 from fusesnap.reference import Reference
-from fusesnap.runtime.daemon import check_image, serve_image
+from fusesnap.runtime.daemon import PREFETCH_MODES, check_image, serve_image
 from fusesnap.runtime.lazychunks import RegistryOptions
 from fusesnap.runtime.mount import mount_stats, start_mount, unmount
 from fusesnap.termui import human_size, table
@@ -37,10 +37,18 @@ from fusesnap.termui import human_size, table
 )
 @click.option(
     "--prefetch",
-    type=click.Choice(["none", "all"]),
-    default="none",
+    type=click.Choice(list(PREFETCH_MODES)),
+    default="auto",
     show_default=True,
-    help="all: fetch every chunk in the background while serving (a full pull).",
+    help="What a lazy mount fetches in the background once ready. auto: eStargz landmark "
+    "files and the image's recorded access profile, if any; profile: the same, warning if "
+    "there is no profile; all: those, then every chunk (a full pull); none: nothing.",
+)
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Record which chunks are read, in order, and store them at unmount as the image's "
+    "access profile (later mounts prefetch it; kept by a lease, see: fusesnap lease ls).",
 )
 @click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' here when serving.")
 @pass_ctx
@@ -52,6 +60,7 @@ def mount(
     allow_other: bool,
     cache_size: int,
     prefetch: str,
+    record: bool,
     ready_fd: int | None,
 ) -> None:
     """Mount image REF read-only at DIRECTORY; returns once it is ready, the daemon serving
@@ -63,7 +72,8 @@ def mount(
         options = [
             "--cache-size", str(cache_size),
             *(["--allow-other"] if allow_other else []),
-            *(["--prefetch", prefetch] if prefetch != "none" else []),
+            *(["--prefetch", prefetch] if prefetch != "auto" else []),
+            *(["--record"] if record else []),
         ]  # fmt: skip
         global_options = [
             *(f"--insecure-registry={h}" for h in c.insecure_registries),
@@ -107,7 +117,8 @@ def mount(
         cache_bytes=cache_size,
         on_ready=on_ready,
         registry=registry,
-        prefetch=prefetch == "all",
+        prefetch=prefetch,
+        record=record,
     )
 
 
@@ -159,6 +170,15 @@ def _stats_lines(s: dict[str, Any]) -> str:
         )
     else:
         head.append("fetched:   nothing (every chunk is local)")
+    pre = s.get("prefetch")
+    if pre is not None:
+        head.append(
+            f"prefetch:  {pre['mode']}, {pre['state']}: {pre['landmark_chunks']} landmark and "
+            f"{pre['profile_chunks']} profile chunks "
+            f"({'a profile' if pre['profile'] else 'no profile'}); {pre['fetched']} fetched, "
+            f"{pre['already_stored']} already local, {pre['failed']} failed"
+            + ("; recording" if s.get("recording") else "")
+        )
     head.append("")
     rows = [[op, str(n)] for op, n in s["requests"].items()]
     rows += [[f"error {key}", str(n)] for key, n in s["errors"].items()]

@@ -121,6 +121,8 @@ class ChunkCache:
         self._streams: OrderedDict[int, tuple[Entry, int]] = OrderedDict()
         self._hints: trio.MemorySendChannel[bytes] | None = None
         self.stats = CacheStats(max_bytes=max_bytes)
+        # Called with the digest of every chunk a `read` needs, in order (access profiles).
+        self.on_access: Callable[[bytes], None] | None = None
 
     async def get(self, digest: bytes) -> bytes:
         """The verified chunk ``digest``; whatever ``source.get`` raises if it cannot be had."""
@@ -182,6 +184,9 @@ class ChunkCache:
         refs = chunk_span(entry, offset, size)
         if not refs:
             return b""
+        if self.on_access is not None:
+            for ref in refs:
+                self.on_access(ref.digest)
         self._hint_next(entry, offset, offset + size)
         got: dict[bytes, bytes] = {}
         if len(refs) == 1:

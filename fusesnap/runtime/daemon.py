@@ -10,9 +10,13 @@ LMDB store is opened after no fork). In order:
    layers, so ``gc`` spares them while it runs (a killed daemon's lease dies
    with it);
 4. build the merged tree, mount it (``ro``, ``default_permissions``), and
-   answer FUSE requests and the control socket on one trio loop;
+   answer FUSE requests and the control socket on one trio loop; on a lazy
+   mount, once ready, fetch in the background what the start will read
+   (``prefetch``: eStargz landmark files, then the image's recorded access
+   profile, `fusesnap.runtime.profile`; ``all``: then everything);
 5. on SIGTERM/SIGINT/SIGHUP, or when DIR is unmounted from outside: stop,
-   unmount, drop the lease, remove the state file.
+   unmount, drop the lease, remove the state file; with ``record``, store the
+   access profile of what was read (replacing the image's previous one).
 
 Readiness: ``on_ready("ready")`` once the kernel can send requests, or
 ``on_ready("error: ...")`` if a step before that failed (then the error is
@@ -25,9 +29,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,9 @@ from fusesnap.fs.source import ImageSource
 from fusesnap.image import ImageView
 from fusesnap.lazy import open_registry_client
 from fusesnap.lazy.fetcher import open_chunk_fetcher
+from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.reference import Reference
+from fusesnap.runtime import profile as profiles
 from fusesnap.runtime.control import serve_control
 from fusesnap.runtime.lazychunks import LazyChunks, RegistryOptions
 from fusesnap.runtime.mountpoint import MountError, detach, is_stale, mount_info
@@ -159,10 +165,20 @@ def serve_image(
     cache_bytes: int = DEFAULT_MAX_BYTES,
     on_ready: Callable[[str], None] = lambda message: None,
     registry: RegistryOptions | None = None,
-    prefetch: bool = False,
+    prefetch: str | bool = "auto",
+    record: bool = False,
 ) -> None:
     """Serve image ``ref`` of the store at ``root`` on ``mountpoint`` until unmounted or
-    signalled (module docstring). Blocks; runs its own trio loop."""
+    signalled (module docstring). Blocks; runs its own trio loop.
+
+    ``prefetch`` (`PREFETCH_MODES`): ``none`` fetches nothing ahead; ``auto`` the
+    landmark files and the recorded profile, if any; ``profile`` the same, warning
+    if there is no profile; ``all`` those, then every chunk (True/False: all/none).
+    ``record``: write the access profile of this mount at unmount.
+    """
+    mode = ("all" if prefetch else "none") if isinstance(prefetch, bool) else prefetch
+    if mode not in PREFETCH_MODES:
+        raise ValueError(f"prefetch {mode!r}: expected one of {PREFETCH_MODES}")
     with _reported(on_ready):
         target = prepare_mountpoint(mountpoint)
         directory = make_state_dir(root, target)
@@ -182,6 +198,14 @@ def serve_image(
                     load=None if lazy is None else lazy.get,
                 )
                 ops = FuseOperations(ImageSource(view.tree(), cache))
+                recorder = profiles.Recorder() if record else None
+                if recorder is not None:
+                    cache.on_access = recorder.note
+                plan = PrefetchPlan(mode=mode)
+                if lazy is not None and mode != "none":
+                    plan.profile = profiles.load(store, str(view.record.manifest_digest))
+                    if plan.profile is None and mode == "profile":
+                        log.warning("%s: no access profile recorded for this image", ref)
             state = MountState(
                 mountpoint=str(target),
                 image=view.record.name,
@@ -197,12 +221,52 @@ def serve_image(
                     _signals_blocked(),
                     _mounted(ops, target, allow_other=allow_other, on_ready=on_ready),
                 ):
-                    trio.run(
-                        _main, ops, cache, state, directory, on_ready, lazy, registry, prefetch
-                    )
+                    trio.run(_main, ops, cache, state, directory, on_ready, lazy, registry, plan)
                 log.info("%s: unmounted", target)
+                if recorder is not None:
+                    _save_profile(store, view, recorder)
             finally:
                 MountState.remove(directory)
+
+
+PREFETCH_MODES = ("none", "auto", "profile", "all")
+
+
+@dataclass(slots=True)
+class PrefetchPlan:
+    """What a mount fetches in the background once ready, and how far it got (``stats``)."""
+
+    mode: str = "auto"
+    profile: profiles.AccessProfile | None = None
+    state: str = "idle"  # idle -> running -> done; "done" at once when all is local
+    landmark_chunks: int = 0
+    profile_chunks: int = 0
+    already_stored: int = 0
+    fetched: int = 0
+    failed: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "state": self.state,
+            "profile": self.profile is not None,
+            "landmark_chunks": self.landmark_chunks,
+            "profile_chunks": self.profile_chunks,
+            "already_stored": self.already_stored,
+            "fetched": self.fetched,
+            "failed": self.failed,
+        }
+
+
+def _save_profile(store: Store, view: ImageView, recorder: profiles.Recorder) -> None:
+    indexes = [view.layer_index(n) for n in range(len(view.layers))]
+    made = recorder.profile(str(view.record.manifest_digest), indexes)
+    try:
+        digest = profiles.save(store, made)
+    except FusesnapError as exc:
+        log.error("access profile not saved: %s", exc)
+        return
+    log.info("access profile %s: %d chunks", digest.short, len(made.chunks))
 
 
 def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
@@ -225,10 +289,11 @@ async def _main(
     on_ready: Callable[[str], None],
     lazy: LazyChunks | None,
     registry: RegistryOptions | None,
-    prefetch: bool,
+    plan: PrefetchPlan,
 ) -> None:
     if lazy is None:
-        await _serve(ops, cache, state, directory, on_ready, None, prefetch=False)
+        plan.state = "done"  # every chunk is local
+        await _serve(ops, cache, state, directory, on_ready, None, plan)
         return
     options = registry or RegistryOptions()
     ref = Reference.parse(state.image)
@@ -241,15 +306,59 @@ async def _main(
 
         async with open_chunk_fetcher(fetch_range, lazy.chunks) as fetcher:
             lazy.fetcher = fetcher
-            await _serve(ops, cache, state, directory, on_ready, lazy, prefetch=prefetch)
+            await _serve(ops, cache, state, directory, on_ready, lazy, plan)
 
 
-async def _prefetch_all(lazy: LazyChunks) -> None:
-    """``--prefetch all``: fetch every chunk in the background (a full pull while serving)."""
+_PROFILE_BATCH = 64
+
+
+async def _prefetch(lazy: LazyChunks, plan: PrefetchPlan) -> None:
+    """In the background of a ready mount: landmark files, then the access profile's
+    chunks in recorded order (batches of consecutive chunks of one layer), then, for
+    ``all``, every chunk. Best effort: failures are counted and logged."""
     assert lazy.fetcher is not None
-    for index, refs in lazy.by_layer():
-        result = await lazy.fetcher.prefetch(index, refs)
-        log.info("prefetched layer %s: %s", index.layer_digest.short, result)
+    fetcher = lazy.fetcher
+    plan.state = "running"
+
+    async def fetch(index: LayerIndex, items: Sequence[Entry | ChunkRef], what: str) -> None:
+        try:
+            result = await fetcher.prefetch(index, items)
+        except FusesnapError as exc:
+            plan.failed += len(items)
+            log.warning("prefetch (%s) of layer %s: %s", what, index.layer_digest.short, exc)
+            return
+        plan.already_stored += result.already_stored
+        plan.fetched += result.fetched
+        plan.failed += result.failed
+        if result.failed:
+            log.warning("prefetch (%s) of layer %s: %s", what, index.layer_digest.short, result)
+
+    for index, entries in lazy.landmarks():
+        plan.landmark_chunks += len({r.digest for e in entries for r in e.chunks})
+        await fetch(index, entries, "landmarks")
+    if plan.profile is not None:
+        batch: list[ChunkRef] = []
+        batch_index: LayerIndex | None = None
+        for position, digest in plan.profile.chunks:
+            located = lazy.locate(position, digest)
+            if located is None:
+                continue
+            index, ref = located
+            if batch and (index is not batch_index or len(batch) >= _PROFILE_BATCH):
+                assert batch_index is not None
+                await fetch(batch_index, batch, "profile")
+                batch = []
+            batch_index = index
+            batch.append(ref)
+            plan.profile_chunks += 1
+        if batch:
+            assert batch_index is not None
+            await fetch(batch_index, batch, "profile")
+    if plan.mode == "all":
+        for index, refs in lazy.by_layer():
+            await fetch(index, refs, "all")
+    plan.state = "done"
+    log.info("prefetch done: %s", plan.snapshot())
 
 
 async def _serve(
@@ -259,8 +368,7 @@ async def _serve(
     directory: Path,
     on_ready: Callable[[str], None],
     lazy: LazyChunks | None,
-    *,
-    prefetch: bool,
+    plan: PrefetchPlan,
 ) -> None:
     fetcher = None if lazy is None else lazy.fetcher
 
@@ -273,6 +381,8 @@ async def _serve(
             "inodes": ops.source.inode_count,
             "inodes_known": len(ops.lookups),
             **({"fetch": asdict(fetcher.stats)} if fetcher is not None else {}),
+            "prefetch": plan.snapshot(),
+            "recording": cache.on_access is not None,
         }
 
     async def fuse_loop() -> None:
@@ -287,8 +397,11 @@ async def _serve(
         nursery.start_soon(fuse_loop)
         log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
         on_ready("ready")
-        if prefetch and lazy is not None:
-            nursery.start_soon(_prefetch_all, lazy)
+        if lazy is not None:
+            if plan.mode == "none":
+                plan.state = "done"
+            else:
+                nursery.start_soon(_prefetch, lazy, plan)
 
 
 async def _stop_on_signal(

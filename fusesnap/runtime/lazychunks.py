@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from fusesnap.blocking import run_blocking
 from fusesnap.lazy.fetcher import ChunkFetcher
-from fusesnap.lazy.layerindex import ChunkRef, LayerIndex
+from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.store import ChunkStore
 
 __all__ = ["LazyChunks", "RegistryOptions"]
@@ -38,6 +38,7 @@ class LazyChunks:
 
     def __init__(self, chunks: ChunkStore, indexes: Sequence[LayerIndex]) -> None:
         self._chunks = chunks
+        self.indexes: tuple[LayerIndex, ...] = tuple(indexes)
         self._where: dict[bytes, tuple[LayerIndex, ChunkRef]] = {}
         for index in indexes:
             for entry in index.entries:
@@ -61,3 +62,28 @@ class LazyChunks:
         for index, ref in self._where.values():
             out.setdefault(id(index), (index, []))[1].append(ref)
         return list(out.values())
+
+    def landmarks(self) -> list[tuple[LayerIndex, list[Entry]]]:
+        """Per layer with eStargz landmarks (`LayerIndex.prefetch`), those files' entries."""
+        out: list[tuple[LayerIndex, list[Entry]]] = []
+        for index in self.indexes:
+            entries = [index.by_path[p] for p in index.prefetch if p in index.by_path]
+            entries = [e for e in entries if e.chunks]
+            if entries:
+                out.append((index, entries))
+        return out
+
+    def locate(self, position: int, digest: bytes) -> tuple[LayerIndex, ChunkRef] | None:
+        """Chunk ``digest`` of layer ``position`` (an access profile's entry); None if the
+        image has no such chunk there (then anywhere else it has it)."""
+        located = self._where.get(digest)
+        if located is None or not 0 <= position < len(self.indexes):
+            return located
+        index = self.indexes[position]
+        if located[0] is index:
+            return located
+        for entry in index.entries:  # a chunk several layers share: rare
+            for ref in entry.chunks:
+                if ref.digest == digest:
+                    return index, ref
+        return located

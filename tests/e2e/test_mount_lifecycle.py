@@ -221,7 +221,8 @@ def test_errors_users_see(pulled: Pulled, tmp_path: Path) -> None:
     missing = run(pulled.root, "mount", "127.0.0.1:1/not/pulled:1", str(mnt), check=False)
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1
-    assert "not found (pull it first)" in missing.stderr
+    # Not in the store: mount pulls it lazily first, and says in one line why it cannot.
+    assert "127.0.0.1:1" in missing.stderr
     assert mount_info(mnt) is None
 
     nodir = run(pulled.root, "mount", img.ref, str(tmp_path / "absent"), check=False)

@@ -1,0 +1,125 @@
+"""Prefetch on lazy mounts: eStargz landmark files and recorded access profiles arrive
+in the background once the mount is ready, before anything reads them (a real registry
+behind the counting proxy)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.cli import run
+from tools.faultproxy import FaultProxy
+from tools.images.catalog import build_and_push
+from tools.images.estargz import build_and_push_estargz
+
+pytestmark = pytest.mark.e2e
+
+# Read by the "start" of the image: whatever the kernel asks for is what is recorded.
+_FILES = ("etc/passwd", "etc/group", "bin/busybox")
+
+
+@contextmanager
+def mounted(root: Path, ref: str, mnt: Path, *args: str) -> Iterator[Path]:
+    mnt.mkdir(parents=True, exist_ok=True)
+    run(root, "mount", *args, ref, str(mnt), timeout=600)
+    try:
+        yield mnt
+    finally:
+        run(root, "umount", str(mnt))
+
+
+def _stats(root: Path, mnt: Path) -> dict[str, Any]:
+    stats: dict[str, Any] = json.loads(run(root, "stats", "--json", str(mnt)).stdout)
+    return stats
+
+
+def _wait_prefetched(root: Path, mnt: Path, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        prefetch: dict[str, Any] = _stats(root, mnt)["prefetch"]
+        if prefetch["state"] == "done":
+            return prefetch
+        assert time.monotonic() < deadline, prefetch
+        time.sleep(0.1)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_all(mnt: Path, rootfs: Path) -> None:
+    for rel in _FILES:
+        assert _sha(mnt / rel) == _sha(rootfs / rel), rel
+
+
+def test_recorded_profile_is_prefetched_before_it_is_read(
+    registry: Any, faulty: FaultProxy, tmp_path: Path
+) -> None:
+    # Its own repository: the index artifact pushed here must not reach other tests' images.
+    img = build_and_push("busybox", registry, repo="fusesnap-test/busybox-prefetch")
+    run(tmp_path / "builder", "index", "--push", img.ref, timeout=600)
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root, mnt = tmp_path / "store", tmp_path / "mnt"
+
+    # 1. A cold mount that records what is read; the profile is written at unmount.
+    with mounted(root, ref, mnt, "--record"):
+        faulty.reset()
+        _read_all(mnt, rootfs)
+        assert faulty.bytes_sent("blob") > 0  # lazily fetched as read
+        assert _stats(root, mnt)["recording"] is True
+    leases = run(root, "lease", "ls").stdout
+    assert "fusesnap.profile" in leases, leases
+
+    # 2. Forget the image and its chunks; the profile's lease keeps the profile.
+    run(root, "rmi", ref)
+    run(root, "gc")
+    assert "fusesnap.profile" in run(root, "lease", "ls").stdout
+
+    # 3. A cold mount again (default --prefetch auto): the profile's chunks arrive by
+    # themselves; reading the same files afterwards moves no blob byte.
+    with mounted(root, ref, mnt):
+        prefetch = _wait_prefetched(root, mnt)
+        assert prefetch["profile"] is True, prefetch
+        assert prefetch["profile_chunks"] > 0, prefetch
+        assert prefetch["fetched"] > 0, prefetch
+        assert prefetch["failed"] == 0, prefetch
+        faulty.reset()
+        _read_all(mnt, rootfs)
+        assert faulty.bytes_sent("blob") == 0, faulty.records
+
+    # 4. --prefetch none: nothing ahead, even with a profile.
+    run(root, "rmi", ref)
+    run(root, "gc")
+    with mounted(root, ref, mnt, "--prefetch", "none"):
+        prefetch = _wait_prefetched(root, mnt)
+        assert prefetch["fetched"] == 0, prefetch
+        assert prefetch["profile_chunks"] == 0, prefetch
+        faulty.reset()
+        _read_all(mnt, rootfs)
+        assert faulty.bytes_sent("blob") > 0
+
+
+def test_estargz_landmark_files_are_prefetched(
+    registry: Any, faulty: FaultProxy, tmp_path: Path
+) -> None:
+    img = build_and_push_estargz("busybox", registry, prioritized=["bin/busybox"])
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root = tmp_path / "store"
+    with mounted(root, ref, tmp_path / "mnt") as mnt:
+        prefetch = _wait_prefetched(root, mnt)
+        assert prefetch["landmark_chunks"] > 0, prefetch
+        assert prefetch["fetched"] > 0, prefetch
+        assert prefetch["failed"] == 0, prefetch
+        assert prefetch["profile"] is False, prefetch
+        faulty.reset()
+        assert _sha(mnt / "bin/busybox") == _sha(rootfs / "bin/busybox")
+        assert faulty.bytes_sent("blob") == 0, faulty.records

@@ -1,0 +1,230 @@
+"""A slow link on this machine: a network namespace, a veth pair, ``tc tbf`` and a delay proxy.
+
+    host 127.0.0.1:PORT ── DelayForwarder (+delay each way, counts bytes) ──> veth ──>
+        namespace NS (HOST_ADDR/30 <-> NS_ADDR/30; egress of the namespace side shaped by tbf)
+
+`SlowLink` creates the namespace and the veth pair (both removed by `close`); a server
+started with `SlowLink.exec` runs inside it. `DelayForwarder` is a TCP forwarder on the
+loopback interface that holds every piece of data for ``delay`` seconds in each direction
+(so the round trip gains ``2 * delay``) and counts the bytes sent back to clients.
+
+Needs root (``ip netns``, ``tc``). netem is not assumed: tbf shapes the rate, the forwarder
+adds the latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tools._net import LOOPBACK
+
+__all__ = ["DelayForwarder", "SlowLink"]
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", *args], text=True, capture_output=True, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+class SlowLink:
+    """Namespace ``name`` joined to the host by veth ``name-h`` (host) / ``name-n`` (inside).
+
+    ``rate``/``burst``/``latency`` are tbf's parameters for the namespace side's egress
+    (the direction a server inside sends its responses).
+    """
+
+    def __init__(
+        self,
+        name: str = "fsbench",
+        *,
+        host_addr: str = "10.213.77.1",
+        ns_addr: str = "10.213.77.2",
+        rate: str = "100mbit",
+        burst: str = "32kbit",
+        latency: str = "400ms",
+    ) -> None:
+        self.name = name
+        self.host_addr, self.ns_addr = host_addr, ns_addr
+        self.host_dev, self.ns_dev = f"{name}-h", f"{name}-n"
+        self.tbf = ("rate", rate, "burst", burst, "latency", latency)
+        self._up = False
+
+    def open(self) -> SlowLink:
+        self.close()  # leftovers of an interrupted run
+        self._up = True
+        _ip("netns", "add", self.name)
+        _ip("link", "add", self.host_dev, "type", "veth", "peer", "name", self.ns_dev)
+        _ip("link", "set", self.ns_dev, "netns", self.name)
+        _ip("addr", "add", f"{self.host_addr}/30", "dev", self.host_dev)
+        _ip("link", "set", self.host_dev, "up")
+        self.ns("ip", "addr", "add", f"{self.ns_addr}/30", "dev", self.ns_dev)
+        self.ns("ip", "link", "set", self.ns_dev, "up")
+        self.ns("ip", "link", "set", "lo", "up")
+        self.ns("tc", "qdisc", "add", "dev", self.ns_dev, "root", "tbf", *self.tbf)
+        return self
+
+    def ns(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` inside the namespace and wait for it."""
+        proc = subprocess.run(["ip", "netns", "exec", self.name, *cmd],
+                              text=True, capture_output=True, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} (in {self.name}): {proc.stderr.strip()}")
+        return proc
+
+    def exec_cmd(self, cmd: Sequence[str]) -> list[str]:
+        """The command line that runs ``cmd`` inside the namespace (``ip netns exec``)."""
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def tx_bytes(self) -> int:
+        """Bytes the namespace side has sent (what crossed the shaped direction)."""
+        out = self.ns("cat", f"/sys/class/net/{self.ns_dev}/statistics/tx_bytes").stdout
+        return int(out.strip())
+
+    def close(self) -> None:
+        """Delete the namespace (its veth end, and so the pair and the qdisc, go with it)."""
+        _ip("netns", "del", self.name, check=False)
+        _ip("link", "del", self.host_dev, check=False)
+        self._up = False
+
+    def __enter__(self) -> SlowLink:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DelayForwarder:
+    """TCP forwarder ``127.0.0.1:PORT`` → ``target`` adding ``delay`` seconds each way.
+
+    Data is forwarded in order; each piece is written ``delay`` seconds after it was read
+    (pure latency: throughput is not limited by it). `bytes_sent` counts the bytes written
+    back to clients. Runs its own event loop in a daemon thread.
+    """
+
+    def __init__(self, target: tuple[str, int], *, delay: float = 0.010) -> None:
+        self.target = target
+        self.delay = delay
+        self._sent = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def host(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def bytes_sent(self) -> int:
+        with self._lock:
+            return self._sent
+
+    def start(self) -> DelayForwarder:
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._client, LOOPBACK, 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="delay-forwarder", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("delay forwarder did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._thread = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            self._pipe(reader, up_w, count=False),
+            self._pipe(up_r, writer, count=True),
+            return_exceptions=True,
+        )
+        for w in (writer, up_w):
+            with contextlib.suppress(Exception):
+                w.close()
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *,
+                    count: bool) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def writer() -> None:
+            while True:
+                due, data = await queue.get()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if not data:
+                    with contextlib.suppress(OSError):
+                        if dst.can_write_eof():
+                            dst.write_eof()
+                    return
+                dst.write(data)
+                await dst.drain()
+                if count:
+                    with self._lock:
+                        self._sent += len(data)
+
+        task = asyncio.ensure_future(writer())
+        try:
+            while True:
+                data = await src.read(256 * 1024)
+                await queue.put((time.monotonic() + self.delay, data))
+                if not data:
+                    break
+            await task
+        finally:
+            task.cancel()
+
+    def __enter__(self) -> DelayForwarder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def registry_config(path: Path, storage: Path, addr: str) -> Path:
+    """A Distribution config serving ``storage`` on ``addr`` (``host:port``), no auth."""
+    path.write_text(
+        'version: "0.1"\n'
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f'storage:\n  filesystem:\n    rootdirectory: "{storage}"\n'
+        "  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
+        f'http:\n  addr: "{addr}"\n  secret: "fusesnap-bench-secret"\n'
+        "health:\n  storagedriver:\n    enabled: false\n"
+    )
+    os.makedirs(storage, exist_ok=True)
+    return path
