@@ -5,7 +5,8 @@
 3. pull it with fusesnap (progress on a terminal), list it, look inside it;
 4. show that a second pull fetches nothing and that gc frees what rmi released;
 5. push the layer indexes, then mount the image lazily from a cold store, read a
-   file, run python3 in it with chroot, and show how little was fetched.
+   file, run python3 in it with chroot, and show how little was fetched;
+6. run a container from it with runc on a cold store and show what was fetched.
 
 Each step prints the command it runs, so it doubles as a tutorial.
 """
@@ -86,6 +87,13 @@ def main() -> None:
         fusesnap("umount", str(mnt), root=cold)
     total = sum(layer.size for layer in image.layers)
     print(f"(the image is {total / 1e6:.1f} MB compressed; see 'fetched' above)")
+
+    step("Run a container on the lazily mounted image (runc on an overlay over the mount)")
+    cold = DEMO_DIR / "run-store"
+    shutil.rmtree(cold, ignore_errors=True)
+    fusesnap("run", "--rm", image.ref, "--", "python3", "-c", "print(6*7)", root=cold)
+    fusesnap("layers", image.ref, root=cold)
+    print(f"(IN STORE is what the container's start fetched, out of {total / 1e6:.1f} MB)")
 
     print(f"\nThe store is in {DEMO_DIR / 'store'}; the registry keeps running at {host}.")
 
