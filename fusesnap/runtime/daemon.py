@@ -45,6 +45,7 @@ from fusesnap.fs.source import ImageSource
 from fusesnap.image import ImageView
 from fusesnap.lazy import open_registry_client
 from fusesnap.lazy.fetcher import open_chunk_fetcher
+from fusesnap.lazy.indexsource import layer_complete
 from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.reference import Reference
 from fusesnap.runtime import profile as profiles
@@ -271,11 +272,7 @@ def _save_profile(store: Store, view: ImageView, recorder: profiles.Recorder) ->
 
 def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
     """A fetching chunk source if some chunk of the image is not local, else None."""
-    complete = True
-    for layer in view.layers:
-        presence = store.layers.present_chunks(layer.digest)
-        complete = complete and presence.present == presence.total
-    if complete:
+    if all(layer_complete(store, layer.digest) for layer in view.layers):
         return None
     indexes = [view.layer_index(n) for n in range(len(view.layers))]
     return LazyChunks(store.chunks, indexes)

@@ -118,3 +118,16 @@ def test_registry_failure_gives_eio_not_a_hang_and_recovers(registry, faulty, tm
         faulty.reset()
         data = (mnt / "usr/bin/python3.11").read_bytes()
         assert hashlib.sha256(data).hexdigest() == _sha(rootfs / "usr/bin/python3.11")
+
+
+def test_cat_of_a_lazily_pulled_image_fetches_only_that_file(registry, faulty, tmp_path) -> None:
+    img = build_and_push_estargz("busybox", registry)
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root = tmp_path / "store"
+    run(root, "pull", "--lazy", ref)
+    before = faulty.bytes_sent("blob")
+    out = run(root, "cat", ref, "/etc/passwd").stdout
+    assert out == (rootfs / "etc/passwd").read_text()
+    fetched = faulty.bytes_sent("blob") - before
+    assert 0 < fetched < 10_000  # one small frame, not the 1 MB layer
