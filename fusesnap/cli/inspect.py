@@ -16,11 +16,9 @@ import time
 import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx, run_async
-from fusesnap.digest import Digest
 from fusesnap.fs import MergedTree, Node, diff_trees
 from fusesnap.image import ImageView, PathError
-from fusesnap.lazy import open_registry_client
-from fusesnap.lazy.fetcher import open_chunk_fetcher
+from fusesnap.lazy.fetcher import open_registry_fetcher
 from fusesnap.lazy.layerindex import ChunkRef, Entry, EntryType, LayerIndex
 from fusesnap.reference import Reference
 from fusesnap.termui import human_size, table
@@ -157,18 +155,14 @@ def cat(c: Context, ref: str, paths: tuple[str, ...], layer: int | None) -> None
 
 
 def _fetch(c: Context, name: str, index: LayerIndex, refs: list[ChunkRef]) -> None:
-    reference = Reference.parse(name)
-
     async def main() -> None:
-        async with open_registry_client(
-            insecure_registries=c.insecure_registries, ca_file=c.ca_file
-        ) as client:
-
-            async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:
-                return await client.read_range(reference, digest, offset, length)
-
-            async with open_chunk_fetcher(fetch_range, c.store().chunks) as fetcher:
-                await fetcher.get_many(index, refs)
+        async with open_registry_fetcher(
+            Reference.parse(name),
+            c.store().chunks,
+            insecure_registries=c.insecure_registries,
+            ca_file=c.ca_file,
+        ) as fetcher:
+            await fetcher.get_many(index, refs)
 
     run_async(main)
 

@@ -61,6 +61,7 @@ from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.singleflight import Flight, SingleFlight
 from fusesnap.lazy.spandecode import Cut, cut_span
+from fusesnap.reference import Reference
 
 __all__ = [
     "ChunkCache",
@@ -167,6 +168,30 @@ async def open_chunk_fetcher(
             raise exc
         finally:
             exc.__context__ = context
+
+
+@asynccontextmanager
+async def open_registry_fetcher(
+    ref: Reference,
+    chunks: ChunkCache,
+    *,
+    insecure_registries: Sequence[str] = (),
+    ca_file: str | None = None,
+    limits: FetchLimits | None = None,
+) -> AsyncIterator[ChunkFetcher]:
+    """A `ChunkFetcher` reading image ``ref``'s blobs from its registry (a client of its
+    own, open as long as the block): what a lazy mount and ``cat`` need."""
+    from fusesnap.lazy.registry import open_registry_client
+
+    async with open_registry_client(
+        insecure_registries=insecure_registries, ca_file=ca_file
+    ) as client:
+
+        async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:
+            return await client.read_range(ref, digest, offset, length)
+
+        async with open_chunk_fetcher(fetch_range, chunks, limits=limits) as fetcher:
+            yield fetcher
 
 
 class ChunkFetcher:

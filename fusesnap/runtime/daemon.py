@@ -37,14 +37,12 @@ from typing import Any
 
 import trio
 
-from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs.cache import DEFAULT_MAX_BYTES, ChunkCache
 from fusesnap.fs.fuse import FuseOperations, fuse_session, mount_options, serve, terminate
 from fusesnap.fs.source import ImageSource
 from fusesnap.image import ImageView
-from fusesnap.lazy import open_registry_client
-from fusesnap.lazy.fetcher import open_chunk_fetcher
+from fusesnap.lazy.fetcher import open_registry_fetcher
 from fusesnap.lazy.indexsource import layer_complete
 from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.reference import Reference
@@ -293,17 +291,14 @@ async def _main(
         await _serve(ops, cache, state, directory, on_ready, None, plan)
         return
     options = registry or RegistryOptions()
-    ref = Reference.parse(state.image)
-    async with open_registry_client(
-        insecure_registries=options.insecure_registries, ca_file=options.ca_file
-    ) as client:
-
-        async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:
-            return await client.read_range(ref, digest, offset, length)
-
-        async with open_chunk_fetcher(fetch_range, lazy.chunks) as fetcher:
-            lazy.fetcher = fetcher
-            await _serve(ops, cache, state, directory, on_ready, lazy, plan)
+    async with open_registry_fetcher(
+        Reference.parse(state.image),
+        lazy.chunks,
+        insecure_registries=options.insecure_registries,
+        ca_file=options.ca_file,
+    ) as fetcher:
+        lazy.fetcher = fetcher
+        await _serve(ops, cache, state, directory, on_ready, lazy, plan)
 
 
 _PROFILE_BATCH = 64
