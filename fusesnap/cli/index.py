@@ -60,7 +60,10 @@ def index_cmd(
             if not push:
                 return result, None
             indexes = await run_blocking(_indexes, store, result)
-            return result, await push_index_artifact(client, reference, result.manifest, indexes)
+            pushed = await push_index_artifact(
+                client, reference, result.manifest, indexes, load_windows=store.chunks.get_many
+            )
+            return result, pushed
 
     try:
         result, pushed = run_async(main)
@@ -74,5 +77,6 @@ def index_cmd(
     if pushed is not None:
         click.echo(
             f"pushed index artifact {pushed.digest} ({pushed.layers} layer indexes, "
-            f"{human_size(pushed.index_bytes)}); discoverable through {pushed.describe()}"
+            f"{human_size(pushed.index_bytes)}, gzip windows {human_size(pushed.windows_bytes)}); "
+            f"discoverable through {pushed.describe()}"
         )

@@ -12,14 +12,21 @@ Format: an OCI image manifest used as an artifact (image-spec 1.1)::
      "artifactType": "application/vnd.fusesnap.index.v1",
      "config": {"mediaType": "application/vnd.oci.empty.v1+json",
                 "digest": "sha256:44136fa3…", "size": 2, "data": "e30="},      (the bytes {})
-     "layers": [{"mediaType": "application/vnd.fusesnap.layer-index.v2+zstd",
+     "layers": [{"mediaType": "application/vnd.fusesnap.layer-index.v3+zstd",
                  "digest": <sha256 of layercodec.encode(index)>, "size": …,
+                 "annotations": {"io.fusesnap.layer.digest": <image layer digest>}},
+                {"mediaType": "application/vnd.fusesnap.gzip-windows.v1",
+                 "digest": <sha256 of the windows blob>, "size": …,
                  "annotations": {"io.fusesnap.layer.digest": <image layer digest>}}, …],
      "subject": {<the image manifest's mediaType, digest, size>},
      "annotations": {"org.opencontainers.image.created": <RFC 3339, UTC>}}
 
-One blob per image layer, in layer order; a layer listed twice in the image is indexed
-once. The blob is the store's encoded `LayerIndex` (`fusesnap.lazy.layercodec`, format 2).
+One index blob per image layer, in layer order; a layer listed twice in the image is
+indexed once. The blob is an encoded `LayerIndex` (`fusesnap.lazy.layercodec`, format 3;
+format 2 blobs, ``layer-index.v2+zstd``, are still read). A gzip layer's index names its
+checkpoints' 32 KiB windows by digest and points into a windows blob pushed beside it
+(each window's zstd frame, in checkpoint order), so a reader fetches the small index at
+mount and then only the windows of the spans it reads, by range.
 
 Discovery. A registry with the referrers API (``GET /v2/<repo>/referrers/<digest>``)
 lists the artifact once its manifest is pushed with a ``subject``. One without it (404;
@@ -42,12 +49,15 @@ layer falls back to the next index source, never to wrong data.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import zstandard
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
@@ -78,12 +88,20 @@ __all__ = [
     "fallback_tag",
     "find_index_artifact",
     "push_index_artifact",
+    "with_windows_blob",
 ]
 
 log = logging.getLogger(__name__)
 
+LoadWindows = Callable[[Collection[bytes]], Mapping[bytes, bytes]]
+
 ARTIFACT_TYPE = "application/vnd.fusesnap.index.v1"
-LAYER_INDEX_MEDIA_TYPE = "application/vnd.fusesnap.layer-index.v2+zstd"
+LAYER_INDEX_MEDIA_TYPE = "application/vnd.fusesnap.layer-index.v3+zstd"
+LAYER_INDEX_MEDIA_TYPES = frozenset(
+    {LAYER_INDEX_MEDIA_TYPE, "application/vnd.fusesnap.layer-index.v2+zstd"}
+)
+WINDOWS_MEDIA_TYPE = "application/vnd.fusesnap.gzip-windows.v1"
+_WINDOW_ZSTD_LEVEL = 9
 LAYER_DIGEST_ANNOTATION = "io.fusesnap.layer.digest"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 EMPTY_JSON = b"{}"
@@ -97,7 +115,8 @@ MAX_CANDIDATES = 8
 @dataclass(frozen=True, slots=True)
 class PushedArtifact:
     """What `push_index_artifact` did. ``discovery`` is ``referrers`` (the registry's API
-    lists the artifact) or ``tag`` (the fallback tag ``tag`` lists it)."""
+    lists the artifact) or ``tag`` (the fallback tag ``tag`` lists it). ``layers`` counts
+    layer indexes, ``windows_bytes`` the gzip windows blobs beside them."""
 
     digest: Digest
     size: int
@@ -105,6 +124,7 @@ class PushedArtifact:
     index_bytes: int
     discovery: str
     tag: str | None = None
+    windows_bytes: int = 0
 
     def describe(self) -> str:
         if self.discovery == "referrers":
@@ -146,10 +166,14 @@ async def push_index_artifact(
     manifest_desc: Descriptor,
     indexes: Sequence[LayerIndex],
     *,
+    load_windows: LoadWindows | None = None,
     created: str | None = None,
 ) -> PushedArtifact:
     """Push ``indexes`` (of the image manifest ``manifest_desc``, in layer order) as an
     index artifact and make it discoverable (module docstring); return what was pushed.
+
+    ``load_windows(digests)`` (blocking; the chunk store's ``get_many``) supplies the
+    gzip windows an index names but does not carry; `LayerError` if one is missing.
 
     Blobs the repository has already are not uploaded again. The client asks for
     ``push`` scope for the uploads. Raise `RegistryError` when the registry refuses,
@@ -159,34 +183,83 @@ async def push_index_artifact(
     if not indexes:
         raise ValueError("an index artifact needs at least one layer index")
     unique = list({index.layer_digest: index for index in indexes}.values())
-    blobs = await run_blocking(lambda: [encode(index) for index in unique])
     layers = []
-    for index, data in zip(unique, blobs, strict=True):
+    blobs = []
+    for index in unique:
+        annotations = {LAYER_DIGEST_ANNOTATION: str(index.layer_digest)}
+        cp = index.checkpoints
+        if cp is not None and cp.windows_blob is not None:
+            # Came from an index artifact: its windows blob is in the registry already.
+            if not await client.blob_exists(ref, cp.windows_blob):
+                raise LayerError(
+                    f"layer {index.layer_digest.short}: the windows blob "
+                    f"{cp.windows_blob.short} of its index is not in {ref}"
+                )
+            layers.append(Descriptor(WINDOWS_MEDIA_TYPE, cp.windows_blob,
+                                     sum(p.wclength for p in cp.points),
+                                     annotations=annotations))  # fmt: skip
+        else:
+            index, windows = await run_blocking(with_windows_blob, index, load_windows)
+            if windows is not None:
+                wdigest = Digest.of(windows)
+                await _ensure_blob(client, ref, windows, wdigest)
+                layers.append(Descriptor(WINDOWS_MEDIA_TYPE, wdigest, len(windows),
+                                         annotations=annotations))  # fmt: skip
+        data = await run_blocking(encode, index)
+        blobs.append(data)
         digest = Digest.of(data)
         await _ensure_blob(client, ref, data, digest)
-        layers.append(
-            Descriptor(
-                LAYER_INDEX_MEDIA_TYPE,
-                digest,
-                len(data),
-                annotations={LAYER_DIGEST_ANNOTATION: str(index.layer_digest)},
-            )
-        )
+        layers.append(Descriptor(LAYER_INDEX_MEDIA_TYPE, digest, len(data),
+                                 annotations=annotations))  # fmt: skip
     await _ensure_blob(client, ref, EMPTY_JSON, EMPTY_CONFIG.digest)
     annotations = {CREATED_ANNOTATION: created or _now()}
     body = _manifest_bytes(manifest_desc, layers, annotations)
     digest = await client.put_manifest(ref, body, OCI_MANIFEST, tag=None)
     index_bytes = sum(len(b) for b in blobs)
+    windows_bytes = sum(d.size for d in layers if d.media_type == WINDOWS_MEDIA_TYPE)
     listed = await _referrers(client, ref, manifest_desc.digest)
     if listed is not None:
         if all(d.digest != digest for d in listed):
             # The API may list a new referrer a little later; the push itself is done.
             log.debug("%s: referrers of %s do not list %s yet", ref, manifest_desc.digest, digest)
-        return PushedArtifact(digest, len(body), len(layers), index_bytes, "referrers")
+        return PushedArtifact(digest, len(body), len(unique), index_bytes, "referrers",
+                              windows_bytes=windows_bytes)  # fmt: skip
     desc = Descriptor(OCI_MANIFEST, digest, len(body), annotations=annotations,
                       artifact_type=ARTIFACT_TYPE)  # fmt: skip
     tag = await _add_to_fallback_tag(client, ref, manifest_desc.digest, desc)
-    return PushedArtifact(digest, len(body), len(layers), index_bytes, "tag", tag)
+    return PushedArtifact(digest, len(body), len(unique), index_bytes, "tag", tag,
+                          windows_bytes=windows_bytes)  # fmt: skip
+
+
+def with_windows_blob(
+    index: LayerIndex, load_windows: LoadWindows | None
+) -> tuple[LayerIndex, bytes | None]:
+    """(blocking) ``index`` pointing into a windows blob of its gzip windows, and that blob
+    (`None`: the index has no windows)."""
+    cp = index.checkpoints
+    if cp is None or not any(p.digest for p in cp.points):
+        return index, None
+    want = [p.digest for p in cp.points if p.digest and not p.window]
+    found = load_windows(want) if want and load_windows is not None else {}
+    frames: list[bytes] = []
+    points = []
+    compressor = zstandard.ZstdCompressor(level=_WINDOW_ZSTD_LEVEL)
+    for p in cp.points:
+        if not p.digest:
+            points.append(dataclasses.replace(p, window=b"", wclength=0))
+            continue
+        window = p.window or found.get(p.digest)
+        if window is None:
+            raise LayerError(
+                f"layer {index.layer_digest.short}: gzip window sha256:{p.digest.hex()[:12]} "
+                "is not in the store; fetch the layer (pull --all) before pushing its index"
+            )
+        frame = compressor.compress(window)
+        frames.append(frame)
+        points.append(dataclasses.replace(p, window=b"", wclength=len(frame)))
+    blob = b"".join(frames)
+    checkpoints = dataclasses.replace(cp, points=tuple(points), windows_blob=Digest.of(blob))
+    return dataclasses.replace(index, checkpoints=checkpoints), blob
 
 
 async def _ensure_blob(client: RegistryClient, ref: Reference, data: bytes, digest: Digest) -> None:
@@ -345,8 +418,8 @@ async def _load(
     nbytes = len(body)
     indexes: dict[Digest, LayerIndex] = {}
     for blob in parsed.layers:
-        if blob.media_type != LAYER_INDEX_MEDIA_TYPE:
-            continue  # a format this fusesnap does not read
+        if blob.media_type not in LAYER_INDEX_MEDIA_TYPES:
+            continue  # a windows blob (fetched by range when needed), or an unknown format
         try:
             layer = Digest(blob.annotations.get(LAYER_DIGEST_ANNOTATION, ""))
         except InvalidDigestError:

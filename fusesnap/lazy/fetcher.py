@@ -14,27 +14,27 @@ between two checkpoints), decompressed off the trio loop, checked against its
 sha256 and stored (`fusesnap.lazy.spandecode`). Chunks that the caller did not
 ask for but that the same bytes produce (the rest of the inflated gzip span,
 other frames in the range) are verified and stored too: they are what the
-next read wants, and cost no more network.
+next read wants, and cost no more network. A gzip span's window comes from the
+store or the index's windows blob, beside the span's request (`fusesnap.lazy.windows`).
 
 Single flight and batching. Every chunk being fetched has a `Flight` keyed by
 its digest; a `get` of a chunk already on its way waits for that flight. A
 batch of needs (`get_many`) is planned into as few requests as the limits
-allow (`FetchLimits`: needs within ``max_gap`` of each other are merged, up
-to ``max_request`` bytes) and the requests run in parallel, at most
-``max_parallel`` at once over the whole fetcher.
+allow (`FetchLimits`: needs within ``max_gap`` of each other are merged, up to
+``max_request`` bytes), run in parallel, ``max_parallel`` at most per fetcher.
 
 Failures. The registry client retries; what it gives up on (`RegistryError`),
 a range that does not decode (`LayerError`) or a chunk that does not verify
-(`DigestMismatchError`, nothing stored) fails the chunks of that request only.
-Every request runs under ``timeout`` seconds (`RegistryUnavailableError` past
-it). Failures are not remembered: the next call tries again.
+(`DigestMismatchError`, nothing stored) fails that request's chunks only.
+Each request has ``timeout`` seconds (then `RegistryUnavailableError`); failures
+are not remembered: the next call tries again.
 
-Cancellation. Fetches run in the fetcher's own nursery, not in the caller's
-task: a cancelled `get` stops waiting, and the fetch goes on for the other
-waiters (and the store). Leaving `open_chunk_fetcher` cancels what is left.
+Cancellation. Fetches run in the fetcher's own nursery, not in the caller's task:
+a cancelled `get` stops waiting; the fetch goes on for the other waiters (and the
+store). Leaving `open_chunk_fetcher` cancels what is left.
 
-The store must keep what is stored here: hold the layer (its record, or a
-lease on ``("layer", digest)``) while fetching, as `fusesnap.lazy.pull` does.
+The store must keep what is stored here: hold the layer (its record, or a lease
+on ``("layer", digest)``) while fetching, as `fusesnap.lazy.pull` does.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -61,6 +62,7 @@ from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.singleflight import Flight, SingleFlight
 from fusesnap.lazy.spandecode import Cut, cut_span
+from fusesnap.lazy.windows import WindowSource
 from fusesnap.reference import Reference
 
 __all__ = [
@@ -123,6 +125,7 @@ class FetchStats:
     bytes_fetched: int = 0  # blob (compressed) bytes received
     chunks_fetched: int = 0  # chunks asked for, fetched, verified and stored
     chunks_extra: int = 0  # neighbours stored from the same requests, unasked
+    windows_fetched: int = 0  # gzip windows fetched from a windows blob
     chunks_from_store: int = 0  # chunks asked for that the store already had
     single_flight_waits: int = 0  # chunks asked for while already on their way
     verify_failures: int = 0  # chunks whose bytes did not match their digest
@@ -211,12 +214,12 @@ class ChunkFetcher:
         limits: FetchLimits | None = None,
     ) -> None:
         self._fetch_range = fetch_range
-        self._chunks = chunks
-        self._nursery = nursery
+        self._chunks, self._nursery = chunks, nursery
         self.limits = limits or FetchLimits()
         self._slots = trio.CapacityLimiter(self.limits.max_parallel)
         self._flights: SingleFlight[bytes, bytes] = SingleFlight()
         self._stats = FetchStats()
+        self._windows = WindowSource(fetch_range, chunks, self._stats, self._from_store)
 
     @property
     def stats(self) -> FetchStats:
@@ -392,8 +395,8 @@ class ChunkFetcher:
         try:
             async with self._slots:
                 with trio.fail_after(self.limits.timeout):
-                    data = await self._fetch(layout, span.start, span.size)
-                    cut = await run_blocking(self._decode_and_store, layout, span, data)
+                    window, data = await self._fetch_span(layout, span)
+                    cut = await run_blocking(self._decode_and_store, layout, span, data, window)
         except trio.TooSlowError:
             self._stats.failures += 1
             slow = RegistryUnavailableError(f"{what}: no answer within {self.limits.timeout:g} s")
@@ -420,6 +423,10 @@ class ChunkFetcher:
         self._stats.chunks_fetched += asked
         self._stats.chunks_extra += len(cut.chunks) - asked
 
+    async def _fetch_span(self, layout: LayerLayout, span: Span) -> tuple[bytes | None, bytes]:
+        fetch = partial(self._fetch, layout, span.start, span.size)
+        return await self._windows.with_span(layout, span, fetch)
+
     async def _fetch(self, layout: LayerLayout, offset: int, length: int) -> bytes:
         self._stats.requests += 1
         data = await self._fetch_range(layout.index.layer_digest, offset, length)
@@ -430,7 +437,9 @@ class ChunkFetcher:
             )
         return data
 
-    def _decode_and_store(self, layout: LayerLayout, span: Span, data: bytes) -> Cut:
+    def _decode_and_store(
+        self, layout: LayerLayout, span: Span, data: bytes, window: bytes | None
+    ) -> Cut:
         """(worker thread) Decode the span, verify, store; the neighbours too if missing."""
         asked = {r.digest for r in span.refs}
         extra = [r for r in layout.within(span) if r.digest not in asked]
@@ -441,7 +450,9 @@ class ChunkFetcher:
         def read_before(offset: int, length: int) -> bytes:
             return trio.from_thread.run(self._fetch, layout, offset, length)
 
-        cut = cut_span(layout, span, data, [*span.refs, *extra], read_before=read_before)
+        cut = cut_span(
+            layout, span, data, [*span.refs, *extra], read_before=read_before, window=window
+        )
         if cut.chunks:
             try:
                 self._chunks.put_many(cut.chunks.items())

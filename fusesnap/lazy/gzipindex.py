@@ -1,7 +1,7 @@
 """Random access into gzip layers: zran checkpoints, built once, read through a range callback.
 
-Every ``spacing`` bytes of uncompressed output (4 MiB by default, SOCI's span
-size) a checkpoint records where the deflate stream can be resumed: the
+Every ``spacing`` bytes of uncompressed output (256 KiB by default; SOCI's
+spans are 4 MiB) a checkpoint records where the deflate stream can be resumed: the
 compressed byte and bit offset and the 32 KiB window of output before it. To
 produce uncompressed bytes ``[offset, offset + length)`` later, `read_range`
 starts at the nearest checkpoint at or before ``offset`` and inflates forward,
@@ -10,7 +10,7 @@ fetching only that compressed span through ``read_compressed(offset, length)``
 check each chunk against its sha256 from the `LayerIndex`.
 
 Library: indexed_gzip (zran), not rapidgzip. Measured on this machine (2 CPUs)
-with a 4 MiB spacing, a fresh reader per 1 MiB read at 40 random offsets::
+with a 4 MiB spacing (the default then), a fresh reader per 1 MiB read at 40 random offsets::
 
                           build         index, zstd'd    seek+read 1 MiB     compressed bytes read
     35 MB blob (169 MB tar, 12.6k files)
@@ -36,6 +36,16 @@ the local blob (`build_checkpoints`): neither library can be fed from the
 first pass, they pull from a seekable file. The second pass costs 35-60% of
 the first (``python -m tools.bench.index``).
 
+Why 256 KiB: a read inflates from the checkpoint before it, so a small file
+costs up to one spacing of compressed bytes. The windows are most of the
+index (32 KiB each), so an index names them by digest and a pushed index
+locates them in a windows blob (`fusesnap.lazy.layerindex.Checkpoint`): a
+mount fetches none, a read fetches the one its span starts at (a ~14 KB zstd
+frame, in parallel with the span). On the Debian test image (82 MB of gzip),
+``python3 -c 'print(1)'`` reads 7.6 MB through a lazy mount; the registry sends
+23.1 MB with 4 MiB spacing and windows inline (925 kB index), 8.3 MB + 327 kB
+at 512 KiB, and 6.7 MB + 344 kB at 256 KiB (windows blob 9.5 MB, pushed once).
+
 The checkpoints are kept as records (`GzipCheckpoints`), not as the library's
 opaque export: `read_range` hands indexed_gzip a two-point index (the
 checkpoint it needs and an end sentinel), so each read imports 32 KiB, not the
@@ -47,6 +57,7 @@ one ``read_compressed`` call (at most 2 and 4).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import io
 import struct
 from collections.abc import Callable
@@ -57,7 +68,7 @@ import indexed_gzip
 from fusesnap.errors import LayerError
 from fusesnap.lazy.layerindex import Checkpoint, GzipCheckpoints
 
-DEFAULT_SPACING = 4 << 20
+DEFAULT_SPACING = 256 << 10
 WINDOW_SIZE = 32768
 
 ReadCompressed = Callable[[int, int], bytes]
@@ -161,9 +172,13 @@ def read_range(
     offset: int,
     length: int,
     *,
+    window: bytes | None = None,
     what: str = "gzip blob",
 ) -> bytes:
     """Uncompressed bytes ``[offset, offset + length)`` of the blob that ``cp`` indexes.
+
+    ``window`` is the window of the checkpoint the read starts at (`start_point`)
+    when the index does not carry it inline; the caller has verified it.
 
     ``read_compressed(offset, length)`` returns exactly those bytes of the
     compressed blob (it is never asked past the end; fewer is an error). It
@@ -180,11 +195,11 @@ def read_range(
         )
     if length == 0:
         return b""
-    uoffs = [p.uoffset for p in cp.points]
-    i = bisect.bisect_right(uoffs, offset) - 1
-    if i < 0:
-        raise LayerError(f"{what}: gzip index has no checkpoint before offset {offset}")
-    start = cp.points[i]
+    start = cp.points[start_point(cp, offset, what=what)]
+    if start.has_window and not start.window:
+        if window is None or len(window) != cp.window_size:
+            raise LayerError(f"{what}: the window of the checkpoint at {start.uoffset} is missing")
+        start = dataclasses.replace(start, window=window)
     # zran only looks for a point at or before the target, and only up to its last point;
     # an end-of-stream sentinel makes the single real point cover every later offset.
     sentinel = Checkpoint(cp.compressed_size, 0, cp.uncompressed_size, b"")
@@ -212,6 +227,14 @@ def read_range(
     if len(data) != length:
         raise LayerError(f"{what}: short inflate at {offset}: got {len(data)} of {length} bytes")
     return bytes(data)
+
+
+def start_point(cp: GzipCheckpoints, offset: int, *, what: str = "gzip blob") -> int:
+    """The index of the checkpoint that inflating uncompressed ``offset`` starts at."""
+    i = bisect.bisect_right([p.uoffset for p in cp.points], offset) - 1
+    if i < 0:
+        raise LayerError(f"{what}: gzip index has no checkpoint before offset {offset}")
+    return i
 
 
 def _estimate_end(cp: GzipCheckpoints, uend: int) -> int:

@@ -48,15 +48,15 @@ from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, DigestMismatchError, LayerError, ManifestError
 from fusesnap.lazy.artifact import ArtifactIndexes
 from fusesnap.lazy.estargz import TOC_DIGEST_ANNOTATION, read_estargz_index
-from fusesnap.lazy.ingest import ingest_layer_file
-from fusesnap.lazy.layerindex import LayerIndex, decode, encode
+from fusesnap.lazy.ingest import ingest_layer_file, store_layer_index
+from fusesnap.lazy.layerindex import LayerIndex, decode
 from fusesnap.lazy.registry import RegistryClient
 from fusesnap.lazy.tarindex import Limits
 from fusesnap.lazy.tocindex import Fetch
 from fusesnap.lazy.zstdchunked import is_zstdchunked, read_zstdchunked_index
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.reference import Reference
-from fusesnap.store import LayerRecord, Store, pack_chunk_digests
+from fusesnap.store import Store
 from fusesnap.termui import human_size
 
 __all__ = [
@@ -197,7 +197,7 @@ async def resolve_layer_index(
         index = artifact.indexes[layer.digest]
         problem = _artifact_problem(index, layer, diff_id)
         if problem is None:
-            await run_blocking(_store_index, store, layer, index, "artifact")
+            index = await run_blocking(store_layer_index, store, layer, index, "artifact")
             found = ResolvedIndex(index, IndexSource.ARTIFACT)
             say(found.describe())
             return found
@@ -215,7 +215,7 @@ async def resolve_layer_index(
             log.warning("%s: cannot use its %s TOC: %s", what, source, exc)
             continue
         counter.add(fetch.nbytes, blobs=fetch.requests)
-        await run_blocking(_store_index, store, layer, index, str(source))
+        index = await run_blocking(store_layer_index, store, layer, index, str(source))
         found = ResolvedIndex(index, source, fetch.nbytes, tuple(skipped))
         say(found.describe())
         return found
@@ -285,23 +285,6 @@ def _artifact_problem(index: LayerIndex, layer: Descriptor, diff_id: Digest) -> 
 
 def _stored_index(store: Store, digest: Digest) -> LayerIndex:
     return decode(store.layers.index(digest))
-
-
-def _store_index(store: Store, layer: Descriptor, index: LayerIndex, source: str) -> None:
-    """(worker thread) The layer record of a lazily indexed layer: no chunks stored yet."""
-    store.layers.put(
-        LayerRecord(
-            digest=layer.digest,
-            diff_id=index.diff_id,
-            media_type=layer.media_type,
-            size=layer.size,
-            uncompressed_size=index.uncompressed_size,
-            entry_count=index.entry_count,
-            source=source,
-            index=encode(index),
-            chunks=pack_chunk_digests(index.chunk_digests()),
-        )
-    )
 
 
 # -- the streaming build (also a full pull's download) ----------------------------------------

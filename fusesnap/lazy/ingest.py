@@ -4,7 +4,9 @@ The blob is read once, locally: `tarindex.build_index` walks the tar, every
 file's chunks go into the de-duplicated chunk store in batches, and the layer
 record (encoded index + chunk list) is written last. The raw blob is not kept:
 the chunks are the layer's contents, and any byte of the blob can be fetched
-again from the registry by range using the index's gzip checkpoints.
+again from the registry by range using the index's gzip checkpoints. Their
+windows go to the chunk store too (`store_layer_index`): the stored index
+names them by digest, so loading it does not load them.
 
 Ordering against gc: the caller holds a lease with ``("layer", digest)``
 before calling this, so chunks written before the record exists are safe
@@ -84,6 +86,24 @@ def ingest_layer_file(
             f"match the image config's diff_id {diff_id.short}"
         )
     batcher.flush()
+    return store_layer_index(store, layer, index, "built")
+
+
+def store_layer_index(
+    store: Store, layer: Descriptor, index: LayerIndex, source: str
+) -> LayerIndex:
+    """Write ``index`` as ``layer``'s record; return it as stored.
+
+    Gzip windows carried inline move to the chunk store first, and the
+    stored index names them by digest (`LayerIndex.without_windows`). The
+    record lists the chunks and windows for gc; the chunks need not be
+    stored yet (a lazily indexed layer). Blocking.
+    """
+    if index.checkpoints is not None:
+        inline = index.checkpoints.inline_windows()
+        if inline:
+            store.chunks.put_many(inline.items())
+        index = index.without_windows()
     store.layers.put(
         LayerRecord(
             digest=layer.digest,
@@ -92,9 +112,10 @@ def ingest_layer_file(
             size=layer.size,
             uncompressed_size=index.uncompressed_size,
             entry_count=index.entry_count,
-            source="built",
+            source=source,
             index=encode(index),
             chunks=pack_chunk_digests(index.chunk_digests()),
+            windows=pack_chunk_digests(index.window_digests()),
         )
     )
     return index

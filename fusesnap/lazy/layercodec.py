@@ -1,6 +1,6 @@
 """The encoded form of a `LayerIndex` (what the store and index artifacts hold).
 
-Format version 2 (`encode` writes it; `decode` reads versions 1 and 2)::
+Format version 3 (`encode` writes it; `decode` reads versions 1 to 3)::
 
     b"FSLI" | version:u8 | zstd( msgpack( body ) )
 
@@ -17,7 +17,12 @@ Format version 2 (`encode` writes it; `decode` reads versions 1 and 2)::
     lengths = nil (the fixed ``chunk_size`` split of the file) | [length, ...]
     inners  = nil (all 0) | [inner, ...]
     gz      = nil | [spacing, window_size, [coffset, ...], [bits, ...],
-                     [uoffset, ...], [window, ...]]
+                     [uoffset, ...], [window, ...],
+                     [window_sha256, ...], [wclength, ...], windows_blob]
+                                        (versions 1, 2: the first 6 only)
+    window  = b"" (none inline, or none at all) | the 32 KiB window
+    window_sha256 = b"" (no window: a gzip member start) | 32 bytes
+    windows_blob  = nil | digest of the blob of the windows' zstd frames
     root    = nil | row (the "./" entry: empty path, a dir, no chunks)
     source  = "built" | "estargz" | "zstd:chunked"
     prefetch = [path, ...]                    (eStargz prioritized files, blob order)
@@ -40,6 +45,12 @@ chunk in the layer: frames follow each other through the blob, so the numbers
 stay small (negative where several chunks share one frame, eStargz
 ``innerOffset``). ``inner`` is almost always 0 and then not stored at all.
 
+Gzip windows (32 KiB before each checkpoint) are most of a gzip index's size,
+and a read needs only the one its span starts at; so an index names each
+window by sha256 and a pushed one locates it (``wclength`` and the windows
+blob: frames in point order, offsets implied) instead of carrying it. Inline
+windows (versions 1 and 2, or a freshly built index) are still read.
+
 The version byte sits outside the zstd frame so that a reader can refuse a
 newer format before decompressing anything. `decode` treats its input as
 untrusted (an index may come from a registry): every field is type-checked
@@ -48,6 +59,7 @@ and every path re-validated.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Any
@@ -123,7 +135,9 @@ def encode(index: LayerIndex) -> bytes:
         gz = [
             cp.spacing, cp.window_size, [p.coffset for p in cp.points],
             [p.bits for p in cp.points], [p.uoffset for p in cp.points],
-            [p.window for p in cp.points],
+            [p.window for p in cp.points], [p.digest for p in cp.points],
+            [p.wclength for p in cp.points],
+            None if cp.windows_blob is None else str(cp.windows_blob),
         ]  # fmt: skip
     body = [
         str(index.layer_digest), str(index.diff_id), index.media_type, index.compression,
@@ -249,7 +263,7 @@ def _decode_body(body: Any, version: int) -> LayerIndex:
         prefetch = tuple(_path(p, f"prefetch entry {i}") for i, p in enumerate(f.array()))
     checkpoints = None
     if gz is not None:
-        checkpoints = _decode_checkpoints(gz, compressed_size, uncompressed_size)
+        checkpoints = _decode_checkpoints(gz, compressed_size, uncompressed_size, version)
     state = _State(chunk_size, compressed_size, uncompressed_size, version)
     root = None if raw_root is None else _decode_row(raw_root, _State(chunk_size, 0, 0, 1), -1)
     entries = [_decode_row(row, state, i) for i, row in enumerate(rows)]
@@ -395,24 +409,40 @@ def _decode_frame_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[Chunk
     return tuple(refs)
 
 
-def _decode_checkpoints(raw: Any, csize: int, usize: int) -> GzipCheckpoints:
-    f = _Fields(raw, 6, "checkpoints")
+def _decode_checkpoints(raw: Any, csize: int, usize: int, version: int) -> GzipCheckpoints:
+    f = _Fields(raw, 6 if version < 3 else 9, "checkpoints")
     spacing, window_size = f.uint(), f.uint()
     coffs, bits, uoffs, windows = f.array(), f.array(), f.array(), f.array()
-    if not len(coffs) == len(bits) == len(uoffs) == len(windows):
+    n = len(coffs)
+    digests: list[Any] = [None] * n
+    wclengths: list[Any] = [0] * n
+    windows_blob = None
+    if version >= 3:
+        digests, wclengths, raw_blob = f.array(), f.array(), f.any()
+        if raw_blob is not None:
+            windows_blob = _Fields([raw_blob], 1, "checkpoints windows blob").digest()
+    if not n == len(bits) == len(uoffs) == len(windows) == len(digests) == len(wclengths):
         raise _Corrupt("checkpoints: columns differ in length")
     points = []
     last_c, last_u = -1, -1
-    for c, b, u, w in zip(coffs, bits, uoffs, windows, strict=True):
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (c, b, u)):
+    for c, b, u, w, d, wl in zip(coffs, bits, uoffs, windows, digests, wclengths, strict=True):
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (c, b, u, wl)):
             raise _Corrupt("checkpoints: non-integer offset")
         if not isinstance(w, bytes) or len(w) not in (0, window_size) or not 0 <= b <= 7:
             raise _Corrupt("checkpoints: bad window or bit offset")
-        if c < last_c or u <= last_u or c > csize or u > usize:
+        if c < last_c or u <= last_u or c > csize or u > usize or wl < 0:
             raise _Corrupt("checkpoints: offsets out of order or out of range")
+        if d is None:  # versions 1, 2: windows inline
+            d = hashlib.sha256(w).digest() if w else b""
+        elif not isinstance(d, bytes) or len(d) not in (0, SHA256_SIZE):
+            raise _Corrupt("checkpoints: bad window digest")
+        elif w and hashlib.sha256(w).digest() != d:
+            raise _Corrupt("checkpoints: inline window does not match its digest")
+        if not d and (w or wl):
+            raise _Corrupt("checkpoints: window without a digest")
         last_c, last_u = c, u
-        points.append(Checkpoint(c, b, u, w))
-    return GzipCheckpoints(csize, usize, spacing, window_size, tuple(points))
+        points.append(Checkpoint(c, b, u, w, d, wl))
+    return GzipCheckpoints(csize, usize, spacing, window_size, tuple(points), windows_blob)
 
 
 class _Fields:

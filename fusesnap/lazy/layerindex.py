@@ -16,13 +16,15 @@ once. Where a chunk's bytes live depends on the layer's format:
   `fusesnap.lazy.zstdchunked`): a chunk names a compressed byte range of the
   blob that decompresses on its own (``ChunkRef.coffset``/``clength``/``inner``).
 
-The encoded form (`encode` / `decode`, format version 2; version 1 is still
-read) is described in `fusesnap.lazy.layercodec`.
+The encoded form (`encode` / `decode`, format version 3; versions 1 and 2
+are still read) is described in `fusesnap.lazy.layercodec`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -46,7 +48,7 @@ __all__ = [
     "normalize_path",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAGIC = b"FSLI"
 DEFAULT_CHUNK_SIZE = 1 << 20
 SHA256_SIZE = 32
@@ -124,23 +126,71 @@ class Checkpoint:
     many bits of the byte before it still belong to the next deflate block,
     ``uoffset`` the matching offset in the uncompressed stream, and ``window``
     the 32 KiB of uncompressed data before it (empty at a gzip member start).
+
+    A window is needed only to inflate from this point, so an index need not
+    carry it: ``digest`` (the window's sha256; empty when there is no window)
+    names it in the chunk store, and ``wclength`` is the length of its zstd
+    frame in the layer's windows blob (`GzipCheckpoints.windows_blob`), where
+    it is fetched from when the store lacks it. ``window`` is then empty.
     """
 
     coffset: int
     bits: int
     uoffset: int
     window: bytes
+    digest: bytes = b""
+    wclength: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window and not self.digest:
+            object.__setattr__(self, "digest", hashlib.sha256(self.window).digest())
+
+    @property
+    def has_window(self) -> bool:
+        return bool(self.window or self.digest)
 
 
 @dataclass(frozen=True, slots=True)
 class GzipCheckpoints:
-    """Random-access checkpoints of one gzip blob, sorted by offset."""
+    """Random-access checkpoints of one gzip blob, sorted by offset.
+
+    ``windows_blob`` is the digest of the blob (in the image's repository, pushed
+    beside an index artifact) that holds the windows the points do not carry
+    inline: each one's zstd frame, in point order (`window_range`).
+    """
 
     compressed_size: int
     uncompressed_size: int
     spacing: int
     window_size: int
     points: tuple[Checkpoint, ...]
+    windows_blob: Digest | None = None
+    _window_offsets: tuple[int, ...] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
+
+    def window_range(self, point: int) -> tuple[int, int]:
+        """(offset, length) of point ``point``'s window frame in the windows blob."""
+        if self._window_offsets is None:
+            offs, off = [], 0
+            for p in self.points:
+                offs.append(off)
+                off += p.wclength
+            object.__setattr__(self, "_window_offsets", tuple(offs))
+        assert self._window_offsets is not None
+        return self._window_offsets[point], self.points[point].wclength
+
+    def without_windows(self) -> GzipCheckpoints:
+        """The same points naming their windows by digest only (none inline)."""
+        points = tuple(dataclasses.replace(p, window=b"") for p in self.points)
+        return dataclasses.replace(self, points=points)
+
+    def inline_windows(self) -> dict[bytes, bytes]:
+        """The windows carried inline, by digest."""
+        return {p.digest: p.window for p in self.points if p.window}
+
+    def window_digests(self) -> frozenset[bytes]:
+        return frozenset(p.digest for p in self.points if p.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +241,18 @@ class LayerIndex:
         return len(self.entries)
 
     def chunk_digests(self) -> frozenset[bytes]:
-        """The raw sha256 of every chunk this layer references (what GC must keep)."""
+        """The raw sha256 of every chunk this layer's files are made of."""
         return frozenset(c.digest for e in self.entries for c in e.chunks)
+
+    def window_digests(self) -> frozenset[bytes]:
+        """The raw sha256 of every gzip window the index names (kept in the chunk store)."""
+        return frozenset() if self.checkpoints is None else self.checkpoints.window_digests()
+
+    def without_windows(self) -> LayerIndex:
+        """This index with its gzip windows named by digest only (see `Checkpoint`)."""
+        if self.checkpoints is None:
+            return self
+        return dataclasses.replace(self, checkpoints=self.checkpoints.without_windows())
 
 
 # -- paths ---------------------------------------------------------------------------------
@@ -230,7 +290,7 @@ def encode(index: LayerIndex) -> bytes:
 
 
 def decode(data: bytes) -> LayerIndex:
-    """Parse what `encode` wrote (format 1 or 2); raise `LayerError` if it is corrupt or
+    """Parse what `encode` wrote (format 1 to 3); raise `LayerError` if it is corrupt or
     from a newer fusesnap. The input is treated as untrusted."""
     from fusesnap.lazy import layercodec
 

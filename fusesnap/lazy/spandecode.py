@@ -53,12 +53,14 @@ def cut_span(
     refs: Sequence[ChunkRef],
     *,
     read_before: ReadBefore | None = None,
+    window: bytes | None = None,
 ) -> Cut:
     """Produce ``refs`` (chunks inside ``span``) from ``data``, the blob's span bytes.
 
     ``read_before(offset, length)`` fetches blob bytes before the span if the
     gzip library asks for some (it should not; it keeps a wrong plan from
-    failing). A whole-span failure (a gzip region that does not inflate) is
+    failing). ``window`` is the gzip window of the span's start point when the
+    index does not carry it. A whole-span failure (a gzip region that does not inflate) is
     recorded for every chunk.
     """
     cut = Cut()
@@ -74,7 +76,7 @@ def cut_span(
         _cut_frames(cut, layout, span, data, refs)
     else:
         try:
-            plain = _inflate(layout, span, data, read_before)
+            plain = _inflate(layout, span, data, read_before, window)
         except FusesnapError as exc:
             cut.errors = dict.fromkeys((r.digest for r in refs), exc)
             return cut
@@ -123,8 +125,9 @@ def decompress_frame(data: bytes, need: int, *, what: str = "frame") -> bytes:
     """
     if data.startswith(_GZIP_MAGIC):
         out = _gunzip(data, need, what)
-    elif data.startswith(_ZSTD_MAGIC) or (len(data) >= 4 and data[0] & 0xF0 == 0x50
-                                          and data[1:4] == b"\x2a\x4d\x18"):
+    elif data.startswith(_ZSTD_MAGIC) or (
+        len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18"
+    ):
         out = _unzstd(data, need, what)
     else:
         raise LayerError(f"{what}: neither a gzip member nor a zstd frame")
@@ -169,7 +172,11 @@ def _unzstd(data: bytes, need: int, what: str) -> bytes:
 
 
 def _inflate(
-    layout: LayerLayout, span: Span, data: bytes, read_before: ReadBefore | None
+    layout: LayerLayout,
+    span: Span,
+    data: bytes,
+    read_before: ReadBefore | None,
+    window: bytes | None,
 ) -> bytes:
     checkpoints = layout.index.checkpoints
     assert checkpoints is not None
@@ -189,5 +196,21 @@ def _inflate(
         return head + read_compressed(base, length - len(head)) if length > len(head) else head
 
     return gzipindex.read_range(
-        checkpoints, read_compressed, span.ustart, span.uend - span.ustart, what=layout.what
+        checkpoints,
+        read_compressed,
+        span.ustart,
+        span.uend - span.ustart,
+        window=window,
+        what=layout.what,
     )
+
+
+def decode_window(frame: bytes, size: int, digest: bytes, what: str) -> bytes:
+    """A gzip window from its zstd frame in a windows blob, checked against its sha256."""
+    window = decompress_frame(frame, size, what=what)
+    got = hashlib.sha256(window).digest()
+    if len(window) != size or got != digest:
+        raise DigestMismatchError(
+            f"{what}: digest mismatch (got sha256:{got.hex()[:12]}, {len(window)} bytes)"
+        )
+    return window

@@ -46,6 +46,7 @@ from fusesnap.store.schema import (
     LAYER_CHUNKS_PART,
     LAYER_DATA,
     LAYER_INDEX_PART,
+    LAYER_WINDOWS_PART,
     LAYERS,
     SEGMENT_SIZE,
     chunk_key,
@@ -89,17 +90,19 @@ def _check(record: LayerRecord) -> LayerRecord:
         if getattr(record, field) < 0:
             raise ValueError(f"{what}: negative {field}")
     packed = record.chunks
-    if len(packed) % CHUNK_DIGEST_SIZE:
-        raise ValueError(f"{what}: chunk list is not a multiple of 32 bytes")
-    keys = list(split_chunk_digests(packed))
-    if any(a >= b for a, b in itertools.pairwise(keys)):
-        raise ValueError(f"{what}: chunk list is not sorted and unique (pack_chunk_digests)")
+    for name, part in (("chunk list", packed), ("window list", record.windows)):
+        if len(part) % CHUNK_DIGEST_SIZE:
+            raise ValueError(f"{what}: {name} is not a multiple of 32 bytes")
+        keys = list(split_chunk_digests(part))
+        if any(a >= b for a, b in itertools.pairwise(keys)):
+            raise ValueError(f"{what}: {name} is not sorted and unique (pack_chunk_digests)")
     return dataclasses.replace(
         record,
         digest=digest,
         diff_id=Digest(record.diff_id),
         index=bytes(record.index),
         chunks=bytes(packed),
+        windows=bytes(record.windows),
         created=record.created or time.time(),
     )
 
@@ -130,9 +133,14 @@ def iter_infos(txn: Txn, env: Env) -> Iterator[LayerInfo]:
 
 
 def read_part(txn: Txn, env: Env, info: LayerInfo, part: bytes) -> bytes:
-    """The index or the chunk list, checked against the header."""
+    """The index, the chunk list or the window list, checked against the header."""
     if part == LAYER_INDEX_PART:
         size, want, what = info.index_size, info.index_sha256, "index"
+    elif part == LAYER_WINDOWS_PART:
+        if not info.window_count:
+            return b""
+        size, want = info.window_count * CHUNK_DIGEST_SIZE, info.windows_sha256
+        what = "window list"
     else:
         size, want, what = info.chunk_count * CHUNK_DIGEST_SIZE, info.chunks_sha256, "chunk list"
     db = env.db(LAYER_DATA)
@@ -154,7 +162,12 @@ def put_layer(txn: Txn, env: Env, record: LayerRecord, info: LayerInfo) -> None:
     """Replace the layer's header and parts (``info`` is ``record.info()``)."""
     delete_layer(txn, env, record.digest)
     db = env.db(LAYER_DATA)
-    for part, data in ((LAYER_INDEX_PART, record.index), (LAYER_CHUNKS_PART, record.chunks)):
+    parts = (
+        (LAYER_INDEX_PART, record.index),
+        (LAYER_CHUNKS_PART, record.chunks),
+        (LAYER_WINDOWS_PART, record.windows),
+    )
+    for part, data in parts:
         view = memoryview(data)
         for n, start in enumerate(range(0, len(view), SEGMENT_SIZE)):
             txn.put(
@@ -178,8 +191,8 @@ def delete_layer(txn: Txn, env: Env, digest: Digest) -> LayerInfo | None:
 
 
 def stored_size(info: LayerInfo) -> int:
-    """Bytes of the two parts (what deleting the record frees, about)."""
-    return info.index_size + info.chunk_count * CHUNK_DIGEST_SIZE
+    """Bytes of the parts (what deleting the record frees, about)."""
+    return info.index_size + (info.chunk_count + info.window_count) * CHUNK_DIGEST_SIZE
 
 
 class LayerStore:
@@ -206,7 +219,8 @@ class LayerStore:
             info = require_info(txn, self._env, digest)
             index = read_part(txn, self._env, info, LAYER_INDEX_PART)
             packed = read_part(txn, self._env, info, LAYER_CHUNKS_PART)
-        return LayerRecord.from_parts(info, index, packed)
+            windows = read_part(txn, self._env, info, LAYER_WINDOWS_PART)
+        return LayerRecord.from_parts(info, index, packed, windows)
 
     def info(self, digest: Digest) -> LayerInfo:
         """The header only (no index, no chunk list)."""

@@ -8,8 +8,8 @@ Roots are every image and every live lease's resources. Links::
     ("content", manifest)  -> ("content", config), and for each layer
                               descriptor ("content", digest) and ("layer", digest)
     ("content", artifact)  -> ("content", blob) for each of its blobs
-    ("layer", digest)      -> every chunk its record lists (leaves: raw
-                              sha256 keys in one set, see `gc`)
+    ("layer", digest)      -> every chunk and gzip window its record lists
+                              (leaves: raw sha256 keys in one set, see `gc`)
 
 A layer is usually stored as a layer record plus chunks, not as a blob;
 the ("content", digest) link keeps a layer blob stored as content too. A
@@ -41,7 +41,7 @@ from fusesnap.store.env import Env
 from fusesnap.store.images import get_image, iter_images
 from fusesnap.store.leases import is_live, iter_leases
 from fusesnap.store.records import CONTENT, IMAGE, LAYER, ContentInfo
-from fusesnap.store.schema import LAYER_CHUNKS_PART
+from fusesnap.store.schema import LAYER_CHUNKS_PART, LAYER_WINDOWS_PART
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Marker:
         # Grows only during one collection: a chunk marked once stays
         # marked, which can only spare too much, never delete too much.
         self._chunks: set[bytes] = set()
-        self._chunk_lists: dict[str, bytes] = {}  # layer -> chunks_sha256 marked
+        self._chunk_lists: dict[str, tuple[bytes, bytes]] = {}  # layer -> lists marked
         self._corrupt = ""
 
     def mark(self, txn: Txn) -> Marks:
@@ -93,14 +93,16 @@ class Marker:
     def _new_chunks(self, txn: Txn, node: gc.Node) -> Iterable[bytes]:
         try:
             info = layers.get_info(txn, self._env, Digest(node[1]))
-            if info is None or self._chunk_lists.get(info.digest) == info.chunks_sha256:
+            lists = (b"", b"") if info is None else (info.chunks_sha256, info.windows_sha256)
+            if info is None or self._chunk_lists.get(info.digest) == lists:
                 return ()
             packed = layers.read_part(txn, self._env, info, LAYER_CHUNKS_PART)
+            packed += layers.read_part(txn, self._env, info, LAYER_WINDOWS_PART)
         except StoreError as exc:
             log.warning("gc: %s; not sweeping chunks", exc)
             self._corrupt = str(exc)
             return ()
-        self._chunk_lists[info.digest] = info.chunks_sha256
+        self._chunk_lists[info.digest] = lists
         return layers.split_chunk_digests(packed)
 
     def _refs(self, txn: Txn, node: gc.Node) -> tuple[gc.Node, ...]:

@@ -252,6 +252,8 @@ class LayerInfo:
     chunk_count: int
     index_sha256: bytes = field(repr=False)
     chunks_sha256: bytes = field(repr=False)
+    window_count: int = 0
+    windows_sha256: bytes = field(default=b"", repr=False)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -268,6 +270,8 @@ class LayerInfo:
             "chunk_count": self.chunk_count,
             "index_sha256": self.index_sha256,
             "chunks_sha256": self.chunks_sha256,
+            "window_count": self.window_count,
+            "windows_sha256": self.windows_sha256,
         }
 
     @classmethod
@@ -287,6 +291,8 @@ class LayerInfo:
                 chunk_count=int(d["chunk_count"]),
                 index_sha256=bytes(d["index_sha256"]),
                 chunks_sha256=bytes(d["chunks_sha256"]),
+                window_count=int(d.get("window_count", 0)),
+                windows_sha256=bytes(d.get("windows_sha256", b"")),
             )
 
 
@@ -298,8 +304,9 @@ class LayerRecord:
     `index` is an encoded `LayerIndex`, opaque to the store; `chunks` is the
     sorted, unique, concatenated 32-byte sha256 of every chunk the layer's
     files are made of (`pack_chunk_digests` builds it), for gc and for
-    "how much of this layer is here". `created` is filled in by
-    `LayerStore.put` when 0.
+    "how much of this layer is here"; `windows` is the same for the gzip
+    windows its index names (kept in the chunk store, for gc only).
+    `created` is filled in by `LayerStore.put` when 0.
     """
 
     digest: Digest
@@ -312,6 +319,7 @@ class LayerRecord:
     index: bytes = field(repr=False)
     chunks: bytes = field(repr=False)
     created: float = 0.0
+    windows: bytes = field(default=b"", repr=False)
 
     @property
     def chunk_count(self) -> int:
@@ -332,10 +340,14 @@ class LayerRecord:
             chunk_count=self.chunk_count,
             index_sha256=hashlib.sha256(self.index).digest(),
             chunks_sha256=hashlib.sha256(self.chunks).digest(),
+            window_count=len(self.windows) // 32,
+            windows_sha256=hashlib.sha256(self.windows).digest() if self.windows else b"",
         )
 
     @classmethod
-    def from_parts(cls, info: LayerInfo, index: bytes, chunks: bytes) -> LayerRecord:
+    def from_parts(
+        cls, info: LayerInfo, index: bytes, chunks: bytes, windows: bytes = b""
+    ) -> LayerRecord:
         return cls(
             digest=info.digest,
             diff_id=info.diff_id,
@@ -347,4 +359,5 @@ class LayerRecord:
             index=index,
             chunks=chunks,
             created=info.created,
+            windows=windows,
         )

@@ -96,9 +96,10 @@ SEGMENT_SIZE = 1024 * 1024
 # inside a transaction with a message that names nothing.
 MAX_KEY_SIZE = 511
 
-# A layer's two big parts in ``layer_data``.
+# A layer's big parts in ``layer_data``.
 LAYER_INDEX_PART = b"i"
 LAYER_CHUNKS_PART = b"c"
+LAYER_WINDOWS_PART = b"w"  # gzip windows the index names (records without it: none)
 CHUNK_DIGEST_SIZE = 32  # raw sha256
 # Format byte in front of a stored chunk.
 CHUNK_RAW = 0

@@ -4,15 +4,17 @@ tampered blobs, another subject, an index of another layer. Against `FakeRegistr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
+import zstandard
 
 from fusesnap import oci
 from fusesnap.digest import Digest
-from fusesnap.errors import ManifestError
+from fusesnap.errors import LayerError, ManifestError
 from fusesnap.lazy import Credentials, RegistryClient
 from fusesnap.lazy.artifact import (
     ARTIFACT_TYPE,
@@ -20,11 +22,12 @@ from fusesnap.lazy.artifact import (
     EMPTY_CONFIG,
     LAYER_DIGEST_ANNOTATION,
     LAYER_INDEX_MEDIA_TYPE,
+    WINDOWS_MEDIA_TYPE,
     fallback_tag,
     find_index_artifact,
     push_index_artifact,
 )
-from fusesnap.lazy.layerindex import LayerIndex, encode
+from fusesnap.lazy.layerindex import LayerIndex, decode, encode
 from fusesnap.oci import Descriptor
 from fusesnap.reference import Reference
 from tests.lazy.conftest import REF, Connect
@@ -66,6 +69,21 @@ def image(fake: FakeRegistry) -> tuple[Descriptor, list[LayerIndex]]:
     return manifest, [lay.index for lay in layers]
 
 
+def same(a: Mapping[Digest, LayerIndex], b: Mapping[Digest, LayerIndex]) -> bool:
+    """The same indexes, whether the gzip windows are carried or only named."""
+
+    def plain(index: LayerIndex) -> LayerIndex:
+        index = index.without_windows()
+        cp = index.checkpoints
+        if cp is None:
+            return index
+        points = tuple(dataclasses.replace(p, wclength=0) for p in cp.points)
+        cp = dataclasses.replace(cp, points=points, windows_blob=None)
+        return dataclasses.replace(index, checkpoints=cp)
+
+    return {k: plain(v) for k, v in a.items()} == {k: plain(v) for k, v in b.items()}
+
+
 def manifest_doc(fake: FakeRegistry, digest: Digest) -> dict:
     body, _ = fake.manifests[(REPO, str(digest))]
     return json.loads(body)
@@ -98,15 +116,58 @@ async def test_push_then_find_through_the_referrers_api(fake, connect: Connect, 
     assert doc["subject"] == {"mediaType": manifest.media_type, "digest": str(manifest.digest),
                               "size": manifest.size}  # fmt: skip
     assert CREATED_ANNOTATION in doc["annotations"]
-    for blob, index in zip(doc["layers"], indexes, strict=True):
-        assert blob["mediaType"] == LAYER_INDEX_MEDIA_TYPE
+    # Per layer: its windows blob, then its index, which points into it.
+    kinds = [WINDOWS_MEDIA_TYPE, LAYER_INDEX_MEDIA_TYPE]
+    assert [b["mediaType"] for b in doc["layers"]] == kinds * 2
+    pairs = zip(doc["layers"][::2], doc["layers"][1::2], strict=True)
+    for (wblob, blob), index in zip(pairs, indexes, strict=True):
         assert blob["annotations"] == {LAYER_DIGEST_ANNOTATION: str(index.layer_digest)}
-        assert fake.blobs[blob["digest"]] == encode(index)
+        assert wblob["annotations"] == blob["annotations"]
+        pushed_index = decode(fake.blobs[blob["digest"]])
+        assert pushed_index.entries == index.entries
+        cp, orig = pushed_index.checkpoints, index.checkpoints
+        assert cp is not None
+        assert orig is not None
+        assert cp.windows_blob == Digest(wblob["digest"])
+        windows = fake.blobs[wblob["digest"]]
+        assert not any(p.window for p in cp.points)  # only named, not carried
+        for i, (p, q) in enumerate(zip(cp.points, orig.points, strict=True)):
+            assert (p.coffset, p.bits, p.uoffset, p.digest) == (
+                q.coffset,
+                q.bits,
+                q.uoffset,
+                q.digest,
+            )
+            offset, length = cp.window_range(i)
+            frame = windows[offset : offset + length]
+            assert (zstandard.ZstdDecompressor().decompress(frame) if length else b"") == q.window
+        assert sum(p.wclength for p in cp.points) == len(windows)
 
     assert found is not None
     assert (found.digest, found.discovery) == (pushed.digest, "referrers")
-    assert found.indexes == {index.layer_digest: index for index in indexes}
+    assert found.indexes == {
+        index.layer_digest: decode(fake.blobs[blob["digest"]])
+        for index, blob in zip(indexes, doc["layers"][1::2], strict=True)
+    }
     assert found.fetched_bytes >= pushed.size + pushed.index_bytes
+
+
+async def test_push_takes_windows_from_the_store_and_refuses_without_them(fake, connect, image):
+    manifest, indexes = image
+    stripped = [index.without_windows() for index in indexes]
+    windows = {d: w for index in indexes for d, w in index.checkpoints.inline_windows().items()}
+    async with connect() as client:
+        with pytest.raises(LayerError, match=r"gzip window sha256:\w+ is not in the store"):
+            await push_index_artifact(client, REF, manifest, stripped)
+        pushed = await push_index_artifact(
+            client, REF, manifest, stripped, load_windows=lambda ds: {d: windows[d] for d in ds}
+        )
+        found = await find_index_artifact(client, REF, manifest.digest)
+    assert pushed.layers == 2
+    assert found is not None
+    got = found.indexes[indexes[0].layer_digest].checkpoints
+    assert got is not None
+    assert got.windows_blob is not None
 
 
 async def test_fallback_tag_is_merged_not_replaced_and_newest_wins(fake, connect, image) -> None:
@@ -143,7 +204,7 @@ async def test_fallback_tag_is_merged_not_replaced_and_newest_wins(fake, connect
 
     assert found is not None
     assert (found.digest, found.discovery) == (newer.digest, "tag")
-    assert found.indexes == {index.layer_digest: index for index in indexes}
+    assert same(found.indexes, {index.layer_digest: index for index in indexes})
 
 
 async def test_nothing_to_find(fake, connect, image) -> None:
@@ -158,14 +219,14 @@ async def test_tampered_blob_is_skipped_with_a_warning(fake, connect, image, cap
     manifest, indexes = image
     async with connect() as client:
         pushed = await push(client, image)
-        first, second = manifest_doc(fake, pushed.digest)["layers"]
+        first, second = manifest_doc(fake, pushed.digest)["layers"][1::2]  # the index blobs
         data = bytearray(fake.blobs[first["digest"]])
         data[len(data) // 2] ^= 0xFF
         fake.blobs[first["digest"]] = bytes(data)
         with caplog.at_level(logging.WARNING):
             found = await find_index_artifact(client, REF, manifest.digest)
         assert found is not None
-        assert found.indexes == {indexes[1].layer_digest: indexes[1]}
+        assert same(found.indexes, {indexes[1].layer_digest: indexes[1]})
         assert "digest mismatch" in caplog.text
 
         fake.blobs[second["digest"]] = fake.blobs[first["digest"]]
@@ -230,7 +291,7 @@ async def test_wrong_subject_and_index_of_another_layer_are_refused(
                 assert "its subject is not manifest" in caplog.text
             else:
                 assert found is not None
-                assert found.indexes == {b.layer_digest: b}
+                assert same(found.indexes, {b.layer_digest: b})
                 assert "holds the index of" in caplog.text
 
 
@@ -238,18 +299,15 @@ async def test_only_the_wanted_layers_are_fetched(fake, connect, image) -> None:
     manifest, indexes = image
     async with connect() as client:
         pushed = await push(client, image)
-        blobs = {d["digest"] for d in manifest_doc(fake, pushed.digest)["layers"]}
+        blobs = [d["digest"] for d in manifest_doc(fake, pushed.digest)["layers"]]
         fake.requests.clear()
         found = await find_index_artifact(client, REF, manifest.digest,
                                           layers=[indexes[1].layer_digest])  # fmt: skip
     assert found is not None
     assert list(found.indexes) == [indexes[1].layer_digest]
     fetched = [r.url.path.rsplit("/", 1)[-1] for r in fake.api_requests("/blobs/")]
-    assert [d for d in fetched if d in blobs] == [encode_digest(indexes[1])]
-
-
-def encode_digest(index: LayerIndex) -> str:
-    return str(Digest.of(encode(index)))
+    # The second layer's index blob only: no other index, and no windows (read by range later).
+    assert [d for d in fetched if d in blobs] == [blobs[3]]
 
 
 async def test_a_fallback_tag_that_is_no_index_is_not_overwritten(fake, connect, image) -> None:
@@ -271,6 +329,32 @@ async def test_push_has_push_scope_and_skips_blobs_already_there(fake, connect, 
         await push(client, image)
         uploads = len(fake.api_requests("/blobs/uploads/"))
         await push(client, image, created="2030-01-01T00:00:00Z")
-    assert uploads == 2 * 3  # POST + PUT for two indexes and the empty config
+    assert uploads == 2 * 5  # POST + PUT for two indexes, their windows and the empty config
     assert len(fake.api_requests("/blobs/uploads/")) == uploads  # nothing uploaded again
     assert "repository:team/app:pull,push" in {r.url.params["scope"] for r in fake.token_requests}
+
+
+async def test_an_index_from_an_artifact_is_pushed_again_with_the_same_windows_blob(
+    fake, connect, image
+) -> None:
+    """``index --push`` on a machine that got the indexes from an artifact: the windows are
+    not local, but their blob is in the repository already."""
+    manifest, indexes = image
+    async with connect() as client:
+        await push(client, image)
+        found = await find_index_artifact(client, REF, manifest.digest)
+        assert found is not None
+        again = [found.indexes[i.layer_digest] for i in indexes]
+        uploads = len(fake.api_requests("/blobs/uploads/"))
+        pushed = await push_index_artifact(
+            client, REF, manifest, again, created="2030-01-01T00:00:00Z"
+        )
+        assert len(fake.api_requests("/blobs/uploads/")) == uploads  # nothing new to upload
+        doc = manifest_doc(fake, pushed.digest)
+        wanted = {str(i.checkpoints.windows_blob) for i in again if i.checkpoints is not None}
+        assert {
+            b["digest"] for b in doc["layers"] if b["mediaType"] == WINDOWS_MEDIA_TYPE
+        } == wanted
+        del fake.blobs[Digest(next(iter(wanted)))]
+        with pytest.raises(LayerError, match=r"windows blob \S+ of its index is not in"):
+            await push_index_artifact(client, REF, manifest, again)

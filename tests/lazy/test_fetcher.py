@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from fusesnap.errors import DigestMismatchError, LayerError, RegistryUnavailableError
+from fusesnap.lazy.artifact import with_windows_blob
 from fusesnap.lazy.fetcher import ChunkFetcher, FetchLimits, open_chunk_fetcher
 from fusesnap.lazy.layerindex import ChunkRef, LayerIndex
 from fusesnap.store import Store, open_store
@@ -71,8 +72,13 @@ def span_of(index: LayerIndex, ref: ChunkRef) -> tuple[int, int]:
 
 def big_chunk(layer: Layer, n: int = 1) -> ChunkRef:
     """The ``n``-th full 1 MiB chunk of a text file past the first checkpoint span."""
-    refs = [r for e in layer.index.entries if "text" in e.path for r in e.chunks
-            if r.length == MiB and r.offset > 2 * SPACING]
+    refs = [
+        r
+        for e in layer.index.entries
+        if "text" in e.path
+        for r in e.chunks
+        if r.length == MiB and r.offset > 2 * SPACING
+    ]
     return refs[n]
 
 
@@ -144,9 +150,10 @@ async def test_get_many_of_adjacent_chunks_is_one_request(gz, store) -> None:
     async with fetcher(blobs, store) as f:
         got = await f.get_many(gz.index, entry.chunks)
     assert len(blobs.calls) == 1
-    assert b"".join(got[r.digest] for r in entry.chunks) == gz.tar[
-        entry.chunks[0].offset : entry.chunks[0].offset + entry.size
-    ]
+    assert (
+        b"".join(got[r.digest] for r in entry.chunks)
+        == gz.tar[entry.chunks[0].offset : entry.chunks[0].offset + entry.size]
+    )
 
 
 async def test_independent_needs_run_in_parallel_within_the_limit(raw, store) -> None:
@@ -341,3 +348,69 @@ async def test_stats_count_what_happened(gz, store) -> None:
     assert st.bytes_fetched > ref.length // 4
     st.requests = 99  # a copy
     assert f.stats.requests == 1
+
+
+# -- gzip windows by range -------------------------------------------------------------------
+
+
+def pushed_form(layer: Layer, blobs: Blobs) -> LayerIndex:
+    """``layer``'s index as an index artifact carries it, its windows blob served by ``blobs``."""
+    index, windows = with_windows_blob(layer.index, None)
+    assert index.checkpoints is not None
+    assert windows is not None
+    assert index.checkpoints.windows_blob is not None
+    blobs.blobs[index.checkpoints.windows_blob] = windows
+    return index
+
+
+async def test_a_window_not_stored_is_fetched_by_range_verified_and_kept(gz, store) -> None:
+    blobs = Blobs(gz)
+    index = pushed_form(gz, blobs)
+    ref, other = big_chunk(gz, 1), big_chunk(gz, 2)
+    cp = index.checkpoints
+    assert cp is not None
+    point = cp.points[bisect.bisect_right([p.uoffset for p in cp.points], ref.offset) - 1]
+    assert point.digest
+    assert not point.window
+    async with fetcher(blobs, store) as f:
+        assert await f.get(index, ref) == gz.truth(ref)
+        # The span and the window (one small zstd frame), fetched side by side.
+        start, end = span_of(index, ref)
+        assert sorted(blobs.calls) == sorted(
+            [(start, end - start), cp.window_range(cp.points.index(point))]
+        )
+        assert f.stats.windows_fetched == 1
+        assert store.chunks.get(point.digest) == gz.index.checkpoints.inline_windows()[point.digest]
+        for p in cp.points:  # kept in the store: no second window fetch from those points
+            if p.digest and p.digest != point.digest:
+                store.chunks.put_many([(p.digest, gz.index.checkpoints.inline_windows()[p.digest])])
+        blobs.calls.clear()
+        assert await f.get(index, other) == gz.truth(other)
+        assert f.stats.windows_fetched == 1
+        assert len(blobs.calls) == 1
+
+
+async def test_a_tampered_window_fails_the_read_and_is_not_stored(gz, store) -> None:
+    blobs = Blobs(gz)
+    index = pushed_form(gz, blobs)
+    assert index.checkpoints is not None
+    wblob = index.checkpoints.windows_blob
+    assert wblob is not None
+    # Another window's frame in its place: a valid zstd frame, the wrong bytes.
+    frames = bytearray(blobs.blobs[wblob])
+    blobs.blobs[wblob] = bytes(frames[::-1])
+    ref = big_chunk(gz)
+    async with fetcher(blobs, store) as f:
+        with pytest.raises((DigestMismatchError, LayerError)):
+            await f.get(index, ref)
+    assert not stored(store, gz.refs)
+    assert store.chunks.missing(index.window_digests()) == index.window_digests()
+
+
+async def test_a_window_nowhere_to_be_had_is_a_clear_error(gz, store) -> None:
+    index = gz.index.without_windows()  # named, not stored, no windows blob
+    async with fetcher(Blobs(gz), store) as f:
+        with pytest.raises(
+            LayerError, match="is not in the store, and the index names no windows blob"
+        ):
+            await f.get(index, big_chunk(gz))

@@ -119,7 +119,7 @@ def test_newer_version_is_refused_clearly():
     data = bytearray(encode(sample_index()))
     data[len(MAGIC)] = FORMAT_VERSION + 1
     with pytest.raises(
-        LayerError, match=r"format version 3 is newer than this fusesnap reads \(2\)"
+        LayerError, match=r"format version 4 is newer than this fusesnap reads \(3\)"
     ):
         decode(bytes(data))
 
@@ -241,7 +241,7 @@ def test_index_is_a_small_fraction_of_a_real_layer(tmp_path):
         idx = build_index(
             f, layer_digest="sha256:" + hashlib.sha256(blob).hexdigest(), media_type=OCI_LAYER_GZIP
         )
-    encoded = encode(idx)
+    encoded = encode(idx.without_windows())  # as stored and pushed: windows by digest
     ratio = len(encoded) / len(blob)
     print(
         f"\nlayer {len(blob) / 1e6:.1f} MB gz, {idx.uncompressed_size / 1e6:.1f} MB tar, "
@@ -250,6 +250,6 @@ def test_index_is_a_small_fraction_of_a_real_layer(tmp_path):
         f"index {len(encoded) / 1e3:.0f} kB = {100 * ratio:.2f}% of the blob"
     )
     assert idx.entry_count > 500
-    assert ratio < 0.05
-    assert decode(encoded) == idx
+    assert ratio < 0.03  # mostly the 32-byte chunk digests, which do not compress
+    assert decode(encoded) == idx.without_windows()
     assert io.BytesIO(encoded).read(4) == MAGIC

@@ -69,7 +69,7 @@ def rebuild(body: list, version: int = FORMAT_VERSION) -> bytes:
 def test_version_2_round_trip_of_frame_chunks() -> None:
     idx = frame_index()
     data = encode(idx)
-    assert data[len(MAGIC)] == FORMAT_VERSION == 2
+    assert data[len(MAGIC)] == FORMAT_VERSION == 3
     assert decode(data) == idx
     assert decode(data).by_path["b"].chunks[0] == ChunkRef(0, 5, digest(b"b"), 300, 50, 3)
 
