@@ -4,7 +4,15 @@
 registers one family of commands on it.
 """
 
-from fusesnap.cli import images, index, inspect, maintenance, mount, run  # noqa: F401  (registers the commands)
+from fusesnap.cli import (  # noqa: F401  (registers the commands)
+    images,
+    index,
+    inspect,
+    maintenance,
+    mount,
+    run,
+    snapshots,
+)
 from fusesnap.cli.app import cli, main
 
 __all__ = ["cli", "main"]

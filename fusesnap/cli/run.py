@@ -1,7 +1,8 @@
-"""Commands that run containers on a lazy mount with runc: run, ps, rm."""
+"""Commands that run containers on a lazy mount with runc: run, ps, rm, containers info."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import time
@@ -10,32 +11,33 @@ import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
-from fusesnap.errors import NotFoundError
-from fusesnap.image import ImageView
+from fusesnap.errors import AlreadyExistsError, NotFoundError
 from fusesnap.reference import Reference
 from fusesnap.runtime import container
 from fusesnap.runtime.daemon import check_image
-from fusesnap.runtime.spec import parse_env_option
+from fusesnap.runtime.runner import start_detached
+from fusesnap.runtime.spec import SpecError, parse_env_option
 from fusesnap.termui import table
 
 
-def _image_config(c: Context, ref: str) -> dict[str, object]:
-    """The image's config dict; an image not (wholly indexed) in the store is pulled lazily
-    first (like ``mount``; the pull's table goes to stderr: stdout is the container's)."""
+def _ensure_image(c: Context, ref: str) -> None:
+    """An image not (wholly indexed) in the store is pulled lazily first (like ``mount``;
+    the pull's table goes to stderr: stdout is the container's)."""
     try:
         check_image(c.store(), ref)
     except NotFoundError:
         result = pull_with_progress(c, Reference.parse(ref), lazy=True)
         click.echo(layer_table(c.store(), result), err=True)
-    config = dict(ImageView.open(c.store(), ref).config.config)
     c.close()  # the mount daemon opens the store itself
-    return config
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.argument("ref")
 @click.argument("command", nargs=-1)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option(
+    "-d", "--detach", is_flag=True, help="Run in the background; print the container's name."
+)
 @click.option("--name", help="Container name (default: IMAGE-RANDOM).")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
@@ -47,21 +49,33 @@ def _image_config(c: Context, ref: str) -> dict[str, object]:
     show_default=True,
     help="none: a network namespace of its own (loopback only); host: the host's.",
 )
+@click.option("--read-only", "readonly", is_flag=True, help="A read-only root filesystem.")
+@click.option(
+    "-t/-T",
+    "--tty/--no-tty",
+    "tty",
+    default=None,
+    help="A terminal for the container (default: when stdin is one, and not with -d).",
+)
 @pass_ctx
 def run(
     c: Context,
     ref: str,
     command: tuple[str, ...],
     remove: bool,
+    detach: bool,
     name: str | None,
     env: tuple[str, ...],
     workdir: str | None,
     user: str | None,
     net: str,
+    readonly: bool,
+    tty: bool | None,
 ) -> None:
     """Run a container of image REF (pulled lazily if not in the store) with runc, on an
     overlay over the image's lazy mount; COMMAND (after --) replaces the image's Cmd.
-    Exits with the container's exit code (127: command not found in the image)."""
+    Exits with the container's exit code (127: command not found in the image); with -d,
+    prints the container's name once it runs and exits 0 (its output: container.log)."""
     if command[:1] == ("--",):  # options stop at REF; "--" only marks where CMD starts
         command = command[1:]
     for item in env:
@@ -69,31 +83,46 @@ def run(
     if name is None:
         base = Reference.parse(ref).repository.rsplit("/", 1)[-1]
         name = f"{base}-{secrets.token_hex(3)}"
-    container.container_dir(c.root, name)  # a bad name fails before any pull
-    config = _image_config(c, ref)
-    terminal = sys.stdin.isatty()
+    if tty and detach:
+        raise SpecError("--tty with -d: a detached container has no terminal to use")
+    if tty and not sys.stdin.isatty():
+        raise SpecError("--tty: stdin is not a terminal (runc hands the container ours)")
+    terminal = (sys.stdin.isatty() and not detach) if tty is None else tty
+    if container.container_dir(c.root, name).exists():  # fails before any pull
+        raise AlreadyExistsError(f"container {name}: the name is in use (fusesnap rm {name})")
+    for reaped in container.reap(c.root):
+        click.echo(f"fusesnap: cleaned up dead container {reaped}", err=True)
+    _ensure_image(c, ref)
     container.create(
         c.root,
         name,
         ref,
-        config,
         command=command,
         env=env,
         workdir=workdir,
         user=user,
         terminal=terminal,
         net_host=net == "host",
+        readonly=readonly,
+        detached=detach,
+        auto_remove=remove,
         global_options=[
             *(f"--insecure-registry={h}" for h in c.insecure_registries),
             *([f"--ca-file={c.ca_file}"] if c.ca_file else []),
         ],
         verbose=c.verbose,
     )
-    try:
-        result = container.run(c.root, name, terminal=terminal)
-    finally:
-        if remove:
-            container.remove(c.root, name, force=True)
+    if detach:
+        result = start_detached(c.root, name)
+        if result is None or result.error is None:  # running, or already done
+            click.echo(name)
+            return
+    else:
+        try:
+            result = container.run(c.root, name, terminal=terminal)
+        finally:
+            if remove:
+                container.remove(c.root, name, force=True)
     if result.error is not None:
         click.echo(f"fusesnap: error: container {name}: {result.error}", err=True)
     raise SystemExit(result.exit_code)
@@ -117,10 +146,35 @@ def ps(c: Context) -> None:
 
 @cli.command()
 @click.argument("names", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.option("-f", "--force", is_flag=True, help="Kill a running container (no SIGTERM first).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=container.STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds from SIGTERM to SIGKILL when stopping a running container.",
+)
 @pass_ctx
-def rm(c: Context, names: tuple[str, ...], force: bool) -> None:
-    """Remove containers: runc's state, the overlay, the image mount, the state dir."""
+def rm(c: Context, names: tuple[str, ...], force: bool, timeout: float) -> None:
+    """Remove containers: stop a running one (SIGTERM, then SIGKILL), then runc's state,
+    the overlay, the image mount, the snapshot, the state dir. Also cleans up after
+    containers whose ``fusesnap run`` was killed."""
+    for reaped in container.reap(c.root):
+        if reaped not in names:
+            click.echo(f"fusesnap: cleaned up dead container {reaped}", err=True)
     for name in names:
-        container.remove(c.root, name, force=force)
+        container.remove(c.root, name, force=force, timeout=timeout)
         click.echo(name)
+
+
+@cli.group()
+def containers() -> None:
+    """Inspect containers."""
+
+
+@containers.command("info")
+@click.argument("name")
+@pass_ctx
+def containers_info(c: Context, name: str) -> None:
+    """Print container NAME's record, OCI runtime spec and snapshot as JSON."""
+    click.echo(json.dumps(container.info(c.root, name), indent=2))

@@ -3,17 +3,24 @@
 Each container has a state directory, which is also its OCI bundle::
 
     ROOT/containers/NAME/
-        container.json  `ContainerRecord`: name, image, created, status, exit code
+        container.json  `ContainerRecord`: name, image, status, exit code, runner, options
         config.json     the OCI runtime config (`fusesnap.runtime.spec`)
         lower/          the image, mounted read-only by a fusesnap daemon (allow_other)
-        upper/ work/    the overlay's upper and work dirs: what the container writes
-        rootfs/         the overlay of upper on lower: the container's root
+        rootfs/         the overlay of the container's snapshot on lower: its root
         runc.log        runc's own log (JSON lines)
+        container.log   a detached container's stdout and stderr
 
-runc keeps its state under ``ROOT/runc`` (``runc --root``); the runc container id is
-NAME. `create` sets all of it up, `run` runs the container in the foreground (runc
-passes stdio on), `remove` takes it down: runc's container, the overlay, the lower
-mount, then the directory.
+The container's writes go to the upper dir of its active snapshot
+``containers/NAME`` (a view, without upper dir, with ``readonly``), see
+`fusesnap.runtime.snapshots`; the store also records the container
+(`ContainerRef`), which keeps its image from gc.
+
+`create` sets all of it up, `run` runs the container in the foreground and takes
+the mounts down when it exits (the upper dir stays until `remove`), `remove` stops
+it and takes everything down. The *runner* is the process that runs runc (``fusesnap
+run``, or `fusesnap.runtime.runner` for a detached container); its pid is recorded.
+`reap` takes the mounts and runc state of containers whose runner died without
+saying how the container ended (SIGKILL), unless runc still runs them.
 """
 
 from __future__ import annotations
@@ -24,22 +31,24 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
+from fusesnap.runtime import runc
+from fusesnap.runtime.daemon import check_image
 from fusesnap.runtime.mount import start_mount, unmount
 from fusesnap.runtime.mountpoint import MountError, mount_info
+from fusesnap.runtime.runc import RunResult, runc_status
+from fusesnap.runtime.snapshots import Snapshotter
 from fusesnap.runtime.spec import build_spec, resolve_user
+from fusesnap.runtime.state import process_start_time
+from fusesnap.store import ContainerRef, open_store
 
 __all__ = [
     "ContainerError",
@@ -48,26 +57,26 @@ __all__ = [
     "RunResult",
     "container_dir",
     "create",
+    "info",
     "list_containers",
+    "reap",
     "remove",
     "run",
     "runc_status",
+    "snapshot_key",
 ]
 
 log = logging.getLogger(__name__)
 
 CONTAINERS = "containers"
-RUNC_ROOT = "runc"
 RECORD = "container.json"
-RUNC = "runc"
+SPEC = "config.json"
+LOG = "container.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# What runc puts before an error of the container's start ("runc run failed: ...").
-_RUNC_ERROR = b"runc run failed: "
-_START_PREFIX = "unable to start container process: "
-
-EXIT_NOT_FOUND = 127
-EXIT_CANNOT_EXEC = 126
-EXIT_RUNTIME = 125
+STOP_TIMEOUT = 10.0
+RUNNER_EXIT_TIMEOUT = 60.0
+# Statuses of a container whose runner has not yet said how it ended.
+_UNFINISHED = frozenset({"creating", "created", "running"})
 
 
 class ContainerError(FusesnapError):
@@ -81,14 +90,22 @@ class ContainerRecord:
     name: str
     image: str
     created: float
-    status: str = "creating"  # creating, created, running, exited
+    status: str = "creating"  # creating, created, running, exited, dead
     exit_code: int | None = None
+    error: str | None = None
+    runner_pid: int | None = None
+    runner_start: int | None = None
+    detached: bool = False
+    auto_remove: bool = False
+    readonly: bool = False
+    snapshot: str = ""
 
     @classmethod
     def load(cls, directory: Path) -> ContainerRecord | None:
         try:
             doc = json.loads((directory / RECORD).read_text())
-            return cls(**doc)
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in doc.items() if k in known})
         except (OSError, ValueError, TypeError):
             return None
 
@@ -97,13 +114,16 @@ class ContainerRecord:
         tmp.write_text(json.dumps(dataclasses.asdict(self)))
         os.replace(tmp, directory / RECORD)
 
+    def claim(self) -> None:
+        """Make this process the container's runner."""
+        self.runner_pid = os.getpid()
+        self.runner_start = process_start_time(self.runner_pid)
 
-@dataclass(frozen=True)
-class RunResult:
-    """How a container's run ended: its exit code, or runc's error if it never started."""
-
-    exit_code: int
-    error: str | None = None
+    def runner_alive(self) -> bool:
+        if self.runner_pid is None:
+            return False
+        start = process_start_time(self.runner_pid)
+        return start is not None and start == self.runner_start
 
 
 def containers_root(root: Path) -> Path:
@@ -118,27 +138,17 @@ def container_dir(root: Path, name: str) -> Path:
     return containers_root(root) / name
 
 
-def _runc(root: Path, *args: str) -> list[str]:
-    runc_root = Path(root).absolute() / RUNC_ROOT
-    return [RUNC, "--root", str(runc_root), *args]
+def snapshot_key(name: str) -> str:
+    """The key of container ``name``'s active snapshot (or view)."""
+    return f"{CONTAINERS}/{name}"
 
 
-def runc_status(root: Path, name: str) -> str | None:
-    """runc's status of container ``name`` (created, running, paused, stopped); None if
-    runc does not know it."""
-    try:
-        proc = subprocess.run(
-            _runc(root, "state", name), capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0:
-        return None
-    try:
-        status = json.loads(proc.stdout).get("status")
-    except ValueError:
-        return None
-    return str(status) if status else None
+def _load(root: Path, name: str) -> tuple[Path, ContainerRecord]:
+    directory = container_dir(root, name)
+    record = ContainerRecord.load(directory)
+    if record is None:
+        raise NotFoundError(f"container {name}: not found")
+    return directory, record
 
 
 def _read_image_file(lower: Path, path: str) -> str:
@@ -157,7 +167,6 @@ def create(
     root: Path,
     name: str,
     ref: str,
-    image_config: dict[str, Any],
     *,
     command: Sequence[str] = (),
     env: Sequence[str] = (),
@@ -165,12 +174,15 @@ def create(
     user: str | None = None,
     terminal: bool = False,
     net_host: bool = False,
+    readonly: bool = False,
+    detached: bool = False,
+    auto_remove: bool = False,
     global_options: Sequence[str] = (),
     verbose: bool = False,
 ) -> Path:
-    """Set up container ``name`` of image ``ref`` (already in the store, ``image_config``
-    its config dict): mount, overlay, ``config.json``. Its directory; on failure nothing
-    is left behind. `AlreadyExistsError` if the name is in use."""
+    """Set up container ``name`` of image ``ref`` (in the store, every layer indexed):
+    snapshot, mount, overlay, ``config.json``. Its directory; on failure nothing is left
+    behind. `AlreadyExistsError` if the name is in use."""
     directory = container_dir(root, name)
     directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     try:
@@ -179,12 +191,38 @@ def create(
         raise AlreadyExistsError(
             f"container {name}: the name is in use (fusesnap rm {name})"
         ) from None
-    record = ContainerRecord(name=name, image=ref, created=time.time())
+    record = ContainerRecord(
+        name=name,
+        image=ref,
+        created=time.time(),
+        detached=detached,
+        auto_remove=auto_remove,
+        readonly=readonly,
+        snapshot=snapshot_key(name),
+    )
+    record.claim()
     record.save(directory)
     try:
-        lower, upper, work, rootfs = (directory / d for d in ("lower", "upper", "work", "rootfs"))
-        for d in (lower, upper, work, rootfs):
+        lower, rootfs = directory / "lower", directory / "rootfs"
+        for d in (lower, rootfs):
             d.mkdir()
+        with open_store(root) as store:
+            view = check_image(store, ref)
+            image_config = dict(view.config.config)
+            snapshots = Snapshotter(store, root)
+            top = snapshots.ensure_image(view)
+            make = snapshots.view if readonly else snapshots.prepare
+            make(record.snapshot, top, labels={"fusesnap.container": name})
+            store.containers.put(
+                ContainerRef(
+                    name=name,
+                    image=view.record.name,
+                    manifest_digest=view.record.manifest_digest,
+                    snapshot=record.snapshot,
+                    created=record.created,
+                )
+            )
+            options = snapshots.overlay_options(record.snapshot, lower)
         start_mount(
             root,
             ref,
@@ -193,7 +231,10 @@ def create(
             global_options=global_options,
             verbose=verbose,
         )
-        _mount_overlay(lower, upper, work, rootfs)
+        # FUSE's root inode has mode 0 until its first getattr, and an overlay without
+        # an upper dir (a view) takes its root's mode from the lower at mount time.
+        lower.stat()
+        _mount_overlay(options, rootfs)
         who = resolve_user(
             user if user is not None else str(image_config.get("User") or ""),
             _read_image_file(lower, "etc/passwd"),
@@ -209,8 +250,9 @@ def create(
             terminal=terminal,
             hostname=name,
             net_host=net_host,
+            readonly=readonly,
         )
-        (directory / "config.json").write_text(json.dumps(spec, indent=1))
+        (directory / SPEC).write_text(json.dumps(spec, indent=1))
         record.status = "created"
         record.save(directory)
     except BaseException:
@@ -220,8 +262,7 @@ def create(
     return directory
 
 
-def _mount_overlay(lower: Path, upper: Path, work: Path, rootfs: Path) -> None:
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+def _mount_overlay(options: str, rootfs: Path) -> None:
     proc = subprocess.run(
         ["mount", "-t", "overlay", "overlay", "-o", options, str(rootfs)],
         capture_output=True,
@@ -245,171 +286,132 @@ def _umount(path: Path) -> None:
                 raise MountError(f"{path}: cannot unmount: {proc.stderr.strip()}")
 
 
-class _StderrFilter:
-    """Relays runc's stderr (which, without a terminal, is also the container's) to ours,
-    holding back runc's own error line (``runc run failed: ...``)."""
-
-    def __init__(self, src: int, dst: int) -> None:
-        self.src = src
-        self.dst = dst
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._relay, daemon=True)
-        self.thread.start()
-
-    def _relay(self) -> None:
-        pending = b""  # the start of a line that may be runc's error
-        at_line_start = True
-        while True:
-            try:
-                data = os.read(self.src, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            out = b""
-            for piece in data.splitlines(keepends=True):
-                if at_line_start or pending:
-                    pending += piece
-                    if pending.endswith(b"\n"):
-                        if pending.startswith(_RUNC_ERROR):
-                            self.errors.append(pending.decode("utf-8", "replace").strip())
-                        else:
-                            out += pending
-                        pending = b""
-                        at_line_start = True
-                        continue
-                    if _RUNC_ERROR.startswith(pending) or pending.startswith(_RUNC_ERROR):
-                        at_line_start = False
-                        continue  # wait for more
-                    out += pending
-                    pending = b""
-                    at_line_start = False
-                else:
-                    out += piece
-                    at_line_start = piece.endswith(b"\n")
-            self._write(out)
-        if pending.startswith(_RUNC_ERROR):
-            self.errors.append(pending.decode("utf-8", "replace").strip())
-        else:
-            self._write(pending)
-        os.close(self.src)
-
-    def _write(self, data: bytes) -> None:
-        while data:
-            try:
-                n = os.write(self.dst, data)
-            except OSError:
-                return
-            data = data[n:]
-
-    def join(self) -> list[str]:
-        self.thread.join()
-        return self.errors
-
-
-def _error_result(message: str) -> RunResult:
-    text = message.removeprefix(_RUNC_ERROR.decode()).removeprefix(_START_PREFIX)
-    lowered = text.lower()
-    if "executable file not found" in lowered or "no such file or directory" in lowered:
-        return RunResult(EXIT_NOT_FOUND, text)
-    if "permission denied" in lowered:
-        return RunResult(EXIT_CANNOT_EXEC, text)
-    return RunResult(EXIT_RUNTIME, text)
-
-
-def run(root: Path, name: str, *, terminal: bool = False) -> RunResult:
-    """Run container ``name`` (made by `create`) in the foreground: runc passes our stdin
-    and stdout on (a terminal of its own with ``terminal``), its stderr comes through
-    `_StderrFilter`; SIGINT, SIGTERM and SIGHUP are forwarded to runc, which passes them
-    to the container. Returns when runc exits (it deletes its container then)."""
-    directory = container_dir(root, name)
-    record = ContainerRecord.load(directory)
-    if record is None:
-        raise NotFoundError(f"container {name}: not found")
-    record.status = "running"
-    record.save(directory)
-    cmd = _runc(
-        root, "--log", str(directory / "runc.log"), "--log-format", "json",
-        "run", "--bundle", str(directory), name,
-    )  # fmt: skip
-    read_end, write_end = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stderr=write_end,
-            # Without a terminal, Ctrl-C reaches us alone and we forward it once; with one,
-            # runc must stay in the terminal's foreground process group (it puts it in raw
-            # mode: Ctrl-C is then a byte for the container).
-            process_group=None if terminal else 0,
-        )
-    except OSError as exc:
-        os.close(read_end)
-        raise ContainerError(f"cannot start runc: {exc}") from None
-    finally:
-        os.close(write_end)
-    relay = _StderrFilter(read_end, sys.stderr.fileno())
-    with _forwarding_signals(proc.pid):
-        code = proc.wait()
-    errors = relay.join()
-    if code < 0:
-        code = 128 - code
-    result = _error_result(errors[-1]) if errors and code != 0 else RunResult(code)
-    record.status = "exited"
-    record.exit_code = result.exit_code
-    record.save(directory)
-    return result
-
-
-class _forwarding_signals:  # used like a function
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.saved: dict[int, Any] = {}
-
-    def _forward(self, signum: int, frame: FrameType | None) -> None:
-        with suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            self.saved[sig] = signal.signal(sig, self._forward)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-
-
-def remove(root: Path, name: str, *, force: bool = False) -> None:
-    """Take container ``name`` down: runc's container (a running one only with ``force``:
-    SIGKILL), the overlay, the lower mount, the state directory."""
-    directory = container_dir(root, name)
-    if not directory.is_dir():
-        raise NotFoundError(f"container {name}: not found")
-    status = runc_status(root, name)
-    if status is not None:
-        if status in ("running", "paused") and not force:
-            raise ContainerError(f"container {name} is {status} (fusesnap rm -f {name} kills it)")
-        if status in ("running", "paused", "created"):
-            subprocess.run(_runc(root, "kill", name, "KILL"), capture_output=True, check=False)
-        proc = subprocess.run(
-            _runc(root, "delete", "--force", name), capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0 and runc_status(root, name) is not None:
-            raise ContainerError(f"container {name}: runc delete: {proc.stderr.strip()}")
+def _take_down(root: Path, directory: Path) -> None:
+    """The overlay, then the lower mount (its daemon exits); the upper dir stays."""
     rootfs, lower = directory / "rootfs", directory / "lower"
     _umount(rootfs)
     try:
         unmount(root, lower, lazy=True)
     except MountError as exc:
         if mount_info(lower) is not None:
-            raise ContainerError(f"container {name}: {exc}") from None
+            raise ContainerError(f"container {directory.name}: {exc}") from None
     for path in (rootfs, lower):
         if mount_info(path) is not None:  # never let rmtree walk into a mount
-            raise ContainerError(f"container {name}: {path} is still mounted")
+            raise ContainerError(f"container {directory.name}: {path} is still mounted")
+
+
+def run(root: Path, name: str, *, terminal: bool = False) -> RunResult:
+    """Run container ``name`` (made by `create`) in the foreground (`runc.run_foreground`),
+    as its runner; record how it ended and take its mounts down."""
+    directory, record = _load(root, name)
+    record.status = "running"
+    record.claim()
+    record.save(directory)
+    result = runc.run_foreground(root, directory, name, terminal=terminal)
+    now = ContainerRecord.load(directory)  # `remove` may be taking it down meanwhile
+    if now is not None:
+        now.status = "exited"
+        now.exit_code = result.exit_code
+        now.error = result.error
+        with suppress(OSError):
+            now.save(directory)
+        try:
+            _take_down(root, directory)
+        except FusesnapError as exc:
+            log.warning("%s", exc)
+    return result
+
+
+def stop(root: Path, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop container ``name`` if runc runs it: SIGTERM, then SIGKILL after ``timeout``
+    seconds (at once with ``force``); then wait for its runner to finish."""
+    _, record = _load(root, name)
+    if runc_status(root, name) in runc.LIVE:
+        if not force:
+            runc.kill(root, name, "TERM")
+        if force or not runc.wait_not_live(root, name, timeout):
+            runc.kill(root, name, "KILL")
+            if not runc.wait_not_live(root, name, STOP_TIMEOUT):
+                raise ContainerError(f"container {name}: does not die")
+    if record.runner_pid != os.getpid():
+        deadline = time.monotonic() + RUNNER_EXIT_TIMEOUT
+        while record.runner_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def remove(root: Path, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> None:
+    """Take container ``name`` down: stop it (`stop`), runc's state, the overlay, the
+    lower mount, its snapshot and record, the state directory."""
+    directory = container_dir(root, name)
+    if not directory.is_dir():
+        raise NotFoundError(f"container {name}: not found")
+    if (directory / RECORD).exists():
+        stop(root, name, force=force, timeout=timeout)
+        if not directory.is_dir():
+            return  # its runner removed it (``run --rm``)
+    if runc_status(root, name) is not None:
+        runc.delete(root, name)
+    _take_down(root, directory)
+    with open_store(root) as store:
+        store.containers.delete(name)
+        with suppress(NotFoundError):
+            Snapshotter(store, root).remove(snapshot_key(name))
     shutil.rmtree(directory)
+
+
+def reap(root: Path) -> list[str]:
+    """Take down the mounts and runc state of every container whose runner died before
+    it recorded the end (a SIGKILLed ``fusesnap run``) and that runc no longer runs;
+    they stay listed as ``dead`` until removed. The names reaped."""
+    reaped = []
+    for directory in _directories(root):
+        record = ContainerRecord.load(directory)
+        if record is None or record.status not in _UNFINISHED or record.runner_alive():
+            continue
+        status = runc_status(root, record.name)
+        if status in ("running", "paused"):
+            continue  # still running: `rm` stops it
+        try:
+            if status is not None:
+                runc.delete(root, record.name)
+            _take_down(root, directory)
+        except FusesnapError as exc:
+            log.warning("container %s: cannot clean up: %s", record.name, exc)
+            continue
+        record.status = "dead"
+        record.save(directory)
+        reaped.append(record.name)
+    return reaped
+
+
+def info(root: Path, name: str) -> dict[str, Any]:
+    """Container ``name`` as ``containers info`` shows it: its record, its OCI runtime
+    spec, its snapshot."""
+    directory, record = _load(root, name)
+    try:
+        spec = json.loads((directory / SPEC).read_text())
+    except (OSError, ValueError):
+        spec = None
+    with open_store(root) as store:
+        snapshots = Snapshotter(store, root)
+        try:
+            snap = snapshots.stat(record.snapshot)
+        except NotFoundError:
+            snapshot = None
+        else:
+            path = snapshots.path(snap)
+            snapshot = {
+                "key": snap.key,
+                "kind": snap.kind,
+                "parent": snap.parent,
+                "path": None if path is None else str(path),
+                "upper": str(path / "fs") if path is not None and snap.kind == "active" else None,
+            }
+    return {
+        "record": {**dataclasses.asdict(record), "runc_status": runc_status(root, name)},
+        "spec": spec,
+        "snapshot": snapshot,
+    }
 
 
 @dataclass(frozen=True)
@@ -422,15 +424,16 @@ class ContainerInfo:
     created: float
 
 
+def _directories(root: Path) -> Iterator[Path]:
+    base = containers_root(root)
+    if base.is_dir():
+        yield from (d for d in sorted(base.iterdir()) if d.is_dir())
+
+
 def list_containers(root: Path) -> Iterator[ContainerInfo]:
     """The containers under ``ROOT/containers``, by name, with runc's status (or how they
     ended)."""
-    base = containers_root(root)
-    if not base.is_dir():
-        return
-    for directory in sorted(base.iterdir()):
-        if not directory.is_dir():
-            continue
+    for directory in _directories(root):
         record = ContainerRecord.load(directory)
         if record is None:
             yield ContainerInfo(directory.name, "?", "unknown", directory.stat().st_mtime)
@@ -439,8 +442,8 @@ def list_containers(root: Path) -> Iterator[ContainerInfo]:
         if status is None:
             if record.status == "exited":
                 status = f"exited ({record.exit_code})"
-            elif record.status == "running":
-                status = "gone"  # fusesnap was killed while runc ran
+            elif record.status in _UNFINISHED and not record.runner_alive():
+                status = "dead"  # its runner was killed: `reap` cleans up
             else:
                 status = record.status
         yield ContainerInfo(record.name, record.image, status, record.created)

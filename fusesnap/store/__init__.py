@@ -22,6 +22,13 @@ from fusesnap.store.records import (
     LeaseRecord,
     Resource,
 )
+from fusesnap.store.snapshots import (
+    ContainerRef,
+    ContainerStore,
+    SnapshotInUseError,
+    SnapshotRecord,
+    SnapshotStore,
+)
 from fusesnap.store.store import Store, default_root, open_store
 
 __all__ = [
@@ -29,6 +36,8 @@ __all__ = [
     "ChunkPutStats",
     "ChunkStats",
     "ChunkStore",
+    "ContainerRef",
+    "ContainerStore",
     "ContentInfo",
     "ContentStore",
     "ContentWriter",
@@ -42,6 +51,9 @@ __all__ = [
     "LeaseManager",
     "LeaseRecord",
     "Resource",
+    "SnapshotInUseError",
+    "SnapshotRecord",
+    "SnapshotStore",
     "Store",
     "collect_garbage",
     "default_root",

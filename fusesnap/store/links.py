@@ -1,7 +1,9 @@
 """The store's gc graph: roots and typed links, read from LMDB (the
 algorithm is in `gc`, the sweeping in `collect`).
 
-Roots are every image and every live lease's resources. Links::
+Roots are every image, every live lease's resources, and (`snapshots.gc_roots`)
+every committed snapshot's ("layer", digest) and container's ("content",
+manifest). Links::
 
     ("image", name)        -> ("content", target), ("content", platform manifest)
     ("content", index)     -> ("content", manifest) for each entry
@@ -42,6 +44,7 @@ from fusesnap.store.images import get_image, iter_images
 from fusesnap.store.leases import is_live, iter_leases
 from fusesnap.store.records import CONTENT, IMAGE, LAYER, ContentInfo
 from fusesnap.store.schema import LAYER_CHUNKS_PART, LAYER_WINDOWS_PART
+from fusesnap.store.snapshots import gc_roots as snapshot_roots
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class Marker:
 
     def mark(self, txn: Txn) -> Marks:
         roots: list[gc.Node] = [(IMAGE, image.name) for image in iter_images(txn, self._env)]
+        roots.extend(snapshot_roots(txn, self._env))  # snapshots' layers, containers' manifests
         hold = ""
         for lease in iter_leases(txn, self._env):
             if not is_live(lease, self._now):

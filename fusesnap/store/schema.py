@@ -17,8 +17,9 @@ change of layout is one diff next to `SCHEMA_VERSION` and its migration::
      │    ├── chunks                sha256(chunk), 32 raw bytes -> format byte + payload   v2
      │    │                           0: the chunk as is (zstd did not shrink it)
      │    │                           1: one zstd frame, content size in its header
-     │    ├── snapshots             reserved: chain id -> snapshot
-     │    └── containers            reserved: container id -> container
+     │    ├── snapshots             key -> SnapshotRecord            (msgpack, v=1)     v3
+     │    │                           committed: named by chain id; active/view: any key
+     │    └── containers            name -> ContainerRef             (msgpack, v=1)     v3
      └── ingest/                    partial downloads, one file per digest
           └── sha256-<hex>          bytes so far; flock-ed while a writer has it
 
@@ -47,6 +48,11 @@ is opened, so created, in that same transaction before it runs):
 - v1 -> v2: adds ``layer_data`` and gives ``layers`` and ``chunks`` their
   layout. v1 only reserved those names and never wrote them; anything found
   there is not ours and is dropped (logged), since v2 would misread it.
+- v2 -> v3: gives ``snapshots`` and ``containers`` their layout (records in
+  `fusesnap.store.snapshots`), as v2 did for layers: they were reserved and
+  never written, so anything found there is dropped. A version bump rather
+  than a silent use of the reserved names: snapshots and containers are gc
+  roots, and an older fusesnap that ignored them would sweep their layers.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from fusesnap.errors import InvalidDigestError, StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 META = b"meta"
 CONTENT = b"content"
@@ -117,7 +123,15 @@ def _v1_to_v2(txn: lmdb.Transaction, dbs: Databases) -> None:
             txn.drop(dbs[name], delete=False)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+def _v2_to_v3(txn: lmdb.Transaction, dbs: Databases) -> None:
+    for name in (SNAPSHOTS, CONTAINERS):
+        entries = txn.stat(dbs[name])["entries"]
+        if entries:
+            log.warning("schema v3: dropping %d unknown entries of %s", entries, name.decode())
+            txn.drop(dbs[name], delete=False)
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def ensure_schema(txn: lmdb.Transaction, dbs: Databases, *, where: str) -> None:
@@ -233,6 +247,14 @@ def lease_key(lease_id: str) -> bytes:
 
 def decode_lease_key(key: bytes) -> str:
     return key.decode("utf-8")
+
+
+def snapshot_key(key: str) -> bytes:
+    return _checked(key.encode("utf-8"), f"snapshot {key!r}")
+
+
+def container_key(name: str) -> bytes:
+    return _checked(name.encode("utf-8"), f"container {name!r}")
 
 
 def ingest_name(digest: Digest) -> str:

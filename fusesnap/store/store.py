@@ -12,6 +12,7 @@ from fusesnap.store.env import DEFAULT_MAP_SIZE, Env, open_env
 from fusesnap.store.images import ImageStore
 from fusesnap.store.layers import LayerStore
 from fusesnap.store.leases import LeaseManager
+from fusesnap.store.snapshots import ContainerStore, SnapshotStore
 
 
 def default_root() -> Path:
@@ -27,8 +28,8 @@ def default_root() -> Path:
 
 
 class Store:
-    """The store under one root: `content`, `images`, `leases`, `layers`
-    and `chunks`.
+    """The store under one root: `content`, `images`, `leases`, `layers`,
+    `chunks`, `snapshots` and `containers`.
 
     Close it (or use it as a context manager). Several `Store` objects for
     one root may be open in a process; they share one LMDB environment.
@@ -45,6 +46,8 @@ class Store:
         self.leases = LeaseManager(env)
         self.layers = LayerStore(env)
         self.chunks = ChunkStore(env)
+        self.snapshots = SnapshotStore(env)
+        self.containers = ContainerStore(env)
 
     @property
     def closed(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def test_writes_land_in_the_upper_dir_and_go_with_rm(busybox, tmp_path) -> None:
     root = tmp_path / "store"
     run(root, "run", "--name", "w1", "--env", "GREETING=hello", "--workdir", "/tmp",
         busybox.ref, "--", "sh", "-c", 'echo "$GREETING" > note.txt')  # fmt: skip
-    upper = root / "containers" / "w1" / "upper"
+    upper = Path(json.loads(run(root, "containers", "info", "w1").stdout)["snapshot"]["upper"])
     assert (upper / "tmp" / "note.txt").read_text() == "hello\n"
     ps = run(root, "ps").stdout
     assert "w1" in ps, ps
@@ -76,6 +77,7 @@ def test_writes_land_in_the_upper_dir_and_go_with_rm(busybox, tmp_path) -> None:
     assert "in use" in again.stderr, again.stderr
     run(root, "rm", "w1")
     assert not (root / "containers" / "w1").exists()
+    assert not upper.exists()
     assert "w1" not in run(root, "ps").stdout
     # --rm: the same write, gone at exit
     run(root, "run", "--rm", "--name", "w2", busybox.ref, "--", "sh", "-c", "echo x > /x")

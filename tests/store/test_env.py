@@ -95,7 +95,9 @@ V1_DATABASES = (
 )
 
 
-def test_v1_store_is_migrated_to_v2(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_v1_store_is_migrated_to_the_current_version(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A store as fusesnap v1 wrote it: content, no layer_data, and layers
     and chunks only reserved (here with a stray entry v2 would misread)."""
     data = b"content from the v1 days"
@@ -114,7 +116,8 @@ def test_v1_store_is_migrated_to_v2(root: Path, caplog: pytest.LogCaptureFixture
 
     with open_store(root) as store:
         with store.env.txn() as txn:
-            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 2
+            got = unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META)))
+            assert got == SCHEMA_VERSION
         assert "dropping 1 unknown entries of chunks" in caplog.text
         assert store.content.read(info.digest) == data
         assert store.chunks.stats().count == 0
@@ -128,10 +131,34 @@ def test_v1_store_is_migrated_to_v2(root: Path, caplog: pytest.LogCaptureFixture
     finally:
         env.close()
     caplog.clear()
-    with open_store(root) as store:  # v2 now: opens without migrating again
+    with open_store(root) as store:  # current now: opens without migrating again
         assert store.chunks.get(chunk(data)[0]) == data
         assert store.layers.get(layer_digest("a")).chunks == chunk(data)[0]
     assert "dropping" not in caplog.text
+
+
+def test_v2_store_is_migrated_to_v3(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """v2 reserved ``snapshots`` and ``containers``: a stray entry is dropped, the rest
+    of the store is kept, and snapshots can be written after."""
+    data = b"content from the v2 days"
+    info = ContentInfo(Digest.of(data), len(data), "x", created=1.0, segments=1)
+    (root / "store.lmdb").mkdir(parents=True)
+    env = raw_env(root)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name, txn=txn, create=True) for name in DATABASES}
+            txn.put(SCHEMA_VERSION_KEY, pack(2), db=dbs[META])
+            txn.put(content_key(info.digest), pack(info.to_record()), db=dbs[CONTENT])
+            txn.put(blob_key(info.digest, 0), data, db=dbs[b"blobs"])
+            txn.put(b"stray", b"not a snapshot", db=dbs[b"snapshots"])
+    finally:
+        env.close()
+    with open_store(root) as store:
+        with store.env.txn() as txn:
+            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 3
+        assert "dropping 1 unknown entries of snapshots" in caplog.text
+        assert store.content.read(info.digest) == data
+        assert store.snapshots.list() == []
 
 
 def test_data_file_stays_small_with_a_huge_map(root: Path) -> None:

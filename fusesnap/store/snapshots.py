@@ -1,0 +1,279 @@
+"""Snapshot and container records: the ``snapshots`` and ``containers`` databases.
+
+The snapshotter's bookkeeping (containerd's snapshot metadata); the directories
+and mounts are `fusesnap.runtime.snapshots`' business. Vocabulary:
+
+- a *committed* snapshot is immutable and named; those made from an image are
+  named by their chain ID and record the layer whose contents they add on top
+  of their parent;
+- an *active* snapshot (``prepare``) is writable: an upper dir over its parent;
+- a *view* is a read-only active snapshot.
+
+Every snapshot but the bottom one has a parent, which is always committed. A
+snapshot with children cannot be deleted, so a parent chain is never broken.
+
+A container record (`ContainerRef`) names the image and manifest a container
+was made from and its snapshot.
+
+GC: `gc_roots` makes each committed snapshot's layer and each container's
+manifest a root, so a snapshot keeps its layer (and so its chunks) and a
+container its image, even after ``rmi``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusesnap.digest import Digest
+from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError, StoreError
+from fusesnap.store.blobs import Txn
+from fusesnap.store.env import Env
+from fusesnap.store.records import CONTENT, LAYER, RECORD_VERSION
+from fusesnap.store.schema import CONTAINERS, SNAPSHOTS, container_key, pack, snapshot_key, unpack
+
+COMMITTED = "committed"
+ACTIVE = "active"
+VIEW = "view"
+KINDS = frozenset({COMMITTED, ACTIVE, VIEW})
+
+
+class SnapshotInUseError(FusesnapError):
+    """A snapshot that other snapshots stand on cannot be removed."""
+
+
+def _optional_digest(value: Any) -> Digest | None:
+    return None if value is None else Digest(str(value))
+
+
+def _decode(what: str, d: Mapping[str, Any]) -> None:
+    if d.get("v") != RECORD_VERSION:
+        raise StoreError(f"{what} record has version {d.get('v')!r}; want {RECORD_VERSION}")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """One snapshot. ``id`` names its directory under ``ROOT/snapshots`` ("" for a
+    committed snapshot of an image layer: the layer store holds its contents)."""
+
+    key: str
+    kind: str
+    parent: str | None = None
+    id: str = ""
+    layer: Digest | None = None
+    diff_id: Digest | None = None
+    created: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"snapshot {self.key}: unknown kind {self.kind!r}")
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "key": self.key,
+            "kind": self.kind,
+            "parent": self.parent,
+            "id": self.id,
+            "layer": None if self.layer is None else str(self.layer),
+            "diff_id": None if self.diff_id is None else str(self.diff_id),
+            "created": self.created,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> SnapshotRecord:
+        _decode("snapshot", d)
+        try:
+            parent = d.get("parent")
+            return cls(
+                key=str(d["key"]),
+                kind=str(d["kind"]),
+                parent=None if parent is None else str(parent),
+                id=str(d.get("id") or ""),
+                layer=_optional_digest(d.get("layer")),
+                diff_id=_optional_digest(d.get("diff_id")),
+                created=float(d["created"]),
+                labels={str(k): str(v) for k, v in (d.get("labels") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"corrupt snapshot record in store: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRef:
+    """A container as gc sees it: the image it runs and its snapshot."""
+
+    name: str
+    image: str
+    manifest_digest: Digest
+    snapshot: str
+    created: float = 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "name": self.name,
+            "image": self.image,
+            "manifest_digest": str(self.manifest_digest),
+            "snapshot": self.snapshot,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> ContainerRef:
+        _decode("container", d)
+        try:
+            return cls(
+                name=str(d["name"]),
+                image=str(d["image"]),
+                manifest_digest=Digest(str(d["manifest_digest"])),
+                snapshot=str(d["snapshot"]),
+                created=float(d["created"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"corrupt container record in store: {exc!r}") from None
+
+
+def get_snapshot(txn: Txn, env: Env, key: str) -> SnapshotRecord | None:
+    raw = txn.get(snapshot_key(key), db=env.db(SNAPSHOTS))
+    return None if raw is None else SnapshotRecord.from_record(unpack(bytes(raw)))
+
+
+def iter_snapshots(txn: Txn, env: Env) -> Iterator[SnapshotRecord]:
+    for _key, raw in txn.cursor(db=env.db(SNAPSHOTS)):
+        yield SnapshotRecord.from_record(unpack(bytes(raw)))
+
+
+def iter_containers(txn: Txn, env: Env) -> Iterator[ContainerRef]:
+    for _key, raw in txn.cursor(db=env.db(CONTAINERS)):
+        yield ContainerRef.from_record(unpack(bytes(raw)))
+
+
+def gc_roots(txn: Txn, env: Env) -> list[tuple[str, str]]:
+    """The gc roots of snapshots and containers (module docstring)."""
+    roots: list[tuple[str, str]] = [
+        (LAYER, str(s.layer)) for s in iter_snapshots(txn, env) if s.layer is not None
+    ]
+    roots.extend((CONTENT, str(c.manifest_digest)) for c in iter_containers(txn, env))
+    return roots
+
+
+def _not_found(key: str) -> NotFoundError:
+    return NotFoundError(f"snapshot {key}: not found")
+
+
+class SnapshotStore:
+    """Snapshot records: create, read, commit, delete (each one transaction)."""
+
+    def __init__(self, env: Env) -> None:
+        self._env = env
+
+    def _put(self, txn: Txn, record: SnapshotRecord) -> None:
+        txn.put(snapshot_key(record.key), pack(record.to_record()), db=self._env.db(SNAPSHOTS))
+
+    def _check_parent(self, txn: Txn, record: SnapshotRecord) -> None:
+        if record.parent is None:
+            return
+        parent = get_snapshot(txn, self._env, record.parent)
+        if parent is None:
+            raise NotFoundError(f"snapshot {record.key}: parent {record.parent}: not found")
+        if parent.kind != COMMITTED:
+            raise StoreError(f"snapshot {record.key}: parent {record.parent} is not committed")
+
+    def create(self, record: SnapshotRecord, *, exist_ok: bool = False) -> SnapshotRecord:
+        """Store a new snapshot (``created`` now if 0). `AlreadyExistsError` if the key is
+        taken, unless ``exist_ok`` (then the stored one is returned unchanged)."""
+        if not record.created:
+            record = _with_created(record)
+        with self._env.txn(write=True) as txn:
+            old = get_snapshot(txn, self._env, record.key)
+            if old is not None:
+                if exist_ok:
+                    return old
+                raise AlreadyExistsError(f"snapshot {record.key}: already exists")
+            self._check_parent(txn, record)
+            self._put(txn, record)
+        return record
+
+    def commit(self, committed: SnapshotRecord, active_key: str) -> SnapshotRecord:
+        """Replace active snapshot ``active_key`` by ``committed`` in one transaction."""
+        committed = _with_created(committed)
+        with self._env.txn(write=True) as txn:
+            active = get_snapshot(txn, self._env, active_key)
+            if active is None:
+                raise _not_found(active_key)
+            if active.kind != ACTIVE:
+                raise StoreError(f"snapshot {active_key}: is {active.kind}, not active")
+            if get_snapshot(txn, self._env, committed.key) is not None:
+                raise AlreadyExistsError(f"snapshot {committed.key}: already exists")
+            self._check_parent(txn, committed)
+            txn.delete(snapshot_key(active_key), db=self._env.db(SNAPSHOTS))
+            self._put(txn, committed)
+        return committed
+
+    def get(self, key: str) -> SnapshotRecord:
+        with self._env.txn() as txn:
+            record = get_snapshot(txn, self._env, key)
+        if record is None:
+            raise _not_found(key)
+        return record
+
+    def exists(self, key: str) -> bool:
+        with self._env.txn() as txn:
+            return get_snapshot(txn, self._env, key) is not None
+
+    def list(self) -> builtins.list[SnapshotRecord]:
+        """Every snapshot, by key."""
+        items = self._env.iter_items(SNAPSHOTS)
+        return [SnapshotRecord.from_record(unpack(raw)) for _k, raw in items]
+
+    def delete(self, key: str) -> SnapshotRecord:
+        """Remove snapshot ``key``; `SnapshotInUseError` if another stands on it."""
+        with self._env.txn(write=True) as txn:
+            record = get_snapshot(txn, self._env, key)
+            if record is None:
+                raise _not_found(key)
+            children = sorted(s.key for s in iter_snapshots(txn, self._env) if s.parent == key)
+            if children:
+                more = f" and {len(children) - 1} more" if len(children) > 1 else ""
+                raise SnapshotInUseError(
+                    f"snapshot {key}: in use as the parent of {children[0]}{more}"
+                )
+            txn.delete(snapshot_key(key), db=self._env.db(SNAPSHOTS))
+        return record
+
+
+def _with_created(record: SnapshotRecord) -> SnapshotRecord:
+    return dataclasses.replace(record, created=record.created or time.time())
+
+
+class ContainerStore:
+    """Container records (for gc): put, get, delete, list."""
+
+    def __init__(self, env: Env) -> None:
+        self._env = env
+
+    def put(self, ref: ContainerRef) -> None:
+        with self._env.txn(write=True) as txn:
+            txn.put(container_key(ref.name), pack(ref.to_record()), db=self._env.db(CONTAINERS))
+
+    def get(self, name: str) -> ContainerRef:
+        with self._env.txn() as txn:
+            raw = txn.get(container_key(name), db=self._env.db(CONTAINERS))
+        if raw is None:
+            raise NotFoundError(f"container {name}: not found")
+        return ContainerRef.from_record(unpack(bytes(raw)))
+
+    def delete(self, name: str) -> bool:
+        with self._env.txn(write=True) as txn:
+            return bool(txn.delete(container_key(name), db=self._env.db(CONTAINERS)))
+
+    def list(self) -> builtins.list[ContainerRef]:
+        items = self._env.iter_items(CONTAINERS)
+        return [ContainerRef.from_record(unpack(raw)) for _k, raw in items]
