@@ -197,6 +197,12 @@ class Env:
         shared.env.close()
 
 
+def any_open() -> bool:
+    """Whether this process has a store open (then it must not fork a store user)."""
+    with _REGISTRY_LOCK:
+        return bool(_REGISTRY)
+
+
 def open_env(root: Path, *, map_size: int = DEFAULT_MAP_SIZE) -> Env:
     """Open (or share) the environment under ``root``, creating it if new.
 

@@ -61,7 +61,9 @@ def sh(*cmd: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 
 
 def fusesnap(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"}
+    # As a user runs it: with its bytecode cached (a developer's shell may say otherwise).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUSESNAP_ROOT", "PYTHONDONTWRITEBYTECODE")}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "fusesnap", "--root", str(root), *args],
                           text=True, capture_output=True, check=False, timeout=timeout,
                           env=env)  # fmt: skip
