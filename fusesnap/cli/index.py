@@ -11,6 +11,7 @@ from fusesnap.cli.app import Context, cli, pass_ctx, run_async
 from fusesnap.cli.images import MAX_LAYER_SIZE, layer_table
 from fusesnap.fs import MergedTree
 from fusesnap.lazy import PushedArtifact, open_registry_client, push_index_artifact
+from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.layerindex import LayerIndex, decode
 from fusesnap.lazy.pull import PullResult
 from fusesnap.lazy.pull import pull as pull_image
@@ -60,9 +61,11 @@ def index_cmd(
             if not push:
                 return result, None
             indexes = await run_blocking(_indexes, store, result)
+            profile = await run_blocking(profiles.load, store, str(result.manifest.digest))
             pushed = await push_index_artifact(
-                client, reference, result.manifest, indexes, load_windows=store.chunks.get_many
-            )
+                client, reference, result.manifest, indexes,
+                load_windows=store.chunks.get_many, profile=profile,
+            )  # fmt: skip
             return result, pushed
 
     try:
@@ -77,6 +80,7 @@ def index_cmd(
     if pushed is not None:
         click.echo(
             f"pushed index artifact {pushed.digest} ({pushed.layers} layer indexes, "
-            f"{human_size(pushed.index_bytes)}, gzip windows {human_size(pushed.windows_bytes)}); "
+            f"{human_size(pushed.index_bytes)}, gzip windows {human_size(pushed.windows_bytes)}"
+            f"{', an access profile' if pushed.profile else ''}); "
             f"discoverable through {pushed.describe()}"
         )

@@ -21,6 +21,10 @@ Format: an OCI image manifest used as an artifact (image-spec 1.1)::
      "subject": {<the image manifest's mediaType, digest, size>},
      "annotations": {"org.opencontainers.image.created": <RFC 3339, UTC>}}
 
+An access profile (`fusesnap.lazy.profile`: which chunks the image's start read, in
+order) may come along as one more blob of media type
+``application/vnd.fusesnap.access-profile.v1+json``; a lazy pull keeps it for prefetch.
+
 One index blob per image layer, in layer order; a layer listed twice in the image is
 indexed once. The blob is an encoded `LayerIndex` (`fusesnap.lazy.layercodec`, format 3;
 format 2 blobs, ``layer-index.v2+zstd``, are still read). A gzip layer's index names its
@@ -71,7 +75,9 @@ from fusesnap.errors import (
     RegistryNotFoundError,
     RegistryUnavailableError,
 )
+from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.layerindex import LayerIndex, decode, encode
+from fusesnap.lazy.profile import AccessProfile, ProfileError
 from fusesnap.lazy.registry import RegistryClient
 from fusesnap.oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest
 from fusesnap.oci import parse_manifest as parse_document
@@ -108,6 +114,7 @@ EMPTY_JSON = b"{}"
 EMPTY_CONFIG = Descriptor(OCI_EMPTY, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
 # An encoded index is a small fraction of its layer; a bigger blob is hostile or broken.
 MAX_INDEX_BLOB = 256 << 20
+MAX_PROFILE_BLOB = 16 << 20
 # Artifacts tried, newest first, before giving up on the source.
 MAX_CANDIDATES = 8
 
@@ -125,6 +132,7 @@ class PushedArtifact:
     discovery: str
     tag: str | None = None
     windows_bytes: int = 0
+    profile: bool = False
 
     def describe(self) -> str:
         if self.discovery == "referrers":
@@ -144,6 +152,7 @@ class ArtifactIndexes:
     indexes: Mapping[Digest, LayerIndex]
     fetched_bytes: int = 0
     created: str = ""
+    profile: AccessProfile | None = None
 
 
 def fallback_tag(subject: Digest) -> str:
@@ -167,6 +176,7 @@ async def push_index_artifact(
     indexes: Sequence[LayerIndex],
     *,
     load_windows: LoadWindows | None = None,
+    profile: AccessProfile | None = None,
     created: str | None = None,
 ) -> PushedArtifact:
     """Push ``indexes`` (of the image manifest ``manifest_desc``, in layer order) as an
@@ -174,6 +184,7 @@ async def push_index_artifact(
 
     ``load_windows(digests)`` (blocking; the chunk store's ``get_many``) supplies the
     gzip windows an index names but does not carry; `LayerError` if one is missing.
+    ``profile`` (of this image) goes along for the prefetch of whoever pulls it.
 
     Blobs the repository has already are not uploaded again. The client asks for
     ``push`` scope for the uploads. Raise `RegistryError` when the registry refuses,
@@ -211,6 +222,12 @@ async def push_index_artifact(
         await _ensure_blob(client, ref, data, digest)
         layers.append(Descriptor(LAYER_INDEX_MEDIA_TYPE, digest, len(data),
                                  annotations=annotations))  # fmt: skip
+    if profile is not None:
+        if profile.image != str(manifest_desc.digest):
+            raise ValueError(f"the access profile is of {profile.image}, not this image")
+        data = profiles.encode(profile)
+        await _ensure_blob(client, ref, data, Digest.of(data))
+        layers.append(Descriptor(profiles.MEDIA_TYPE, Digest.of(data), len(data)))
     await _ensure_blob(client, ref, EMPTY_JSON, EMPTY_CONFIG.digest)
     annotations = {CREATED_ANNOTATION: created or _now()}
     body = _manifest_bytes(manifest_desc, layers, annotations)
@@ -223,12 +240,12 @@ async def push_index_artifact(
             # The API may list a new referrer a little later; the push itself is done.
             log.debug("%s: referrers of %s do not list %s yet", ref, manifest_desc.digest, digest)
         return PushedArtifact(digest, len(body), len(unique), index_bytes, "referrers",
-                              windows_bytes=windows_bytes)  # fmt: skip
+                              windows_bytes=windows_bytes, profile=profile is not None)  # fmt: skip
     desc = Descriptor(OCI_MANIFEST, digest, len(body), annotations=annotations,
                       artifact_type=ARTIFACT_TYPE)  # fmt: skip
     tag = await _add_to_fallback_tag(client, ref, manifest_desc.digest, desc)
     return PushedArtifact(digest, len(body), len(unique), index_bytes, "tag", tag,
-                          windows_bytes=windows_bytes)  # fmt: skip
+                          windows_bytes=windows_bytes, profile=profile is not None)  # fmt: skip
 
 
 def with_windows_blob(
@@ -358,8 +375,7 @@ async def find_index_artifact(
             continue
         nbytes += found.fetched_bytes
         if found.indexes or (layers is not None and not layers):
-            return ArtifactIndexes(found.digest, found.discovery, found.indexes, nbytes,
-                                   found.created)  # fmt: skip
+            return dataclasses.replace(found, fetched_bytes=nbytes)
     return None
 
 
@@ -417,7 +433,12 @@ async def _load(
         raise ManifestError(f"{what}: its subject is not manifest {subject.short}")
     nbytes = len(body)
     indexes: dict[Digest, LayerIndex] = {}
+    profile = None
     for blob in parsed.layers:
+        if blob.media_type == profiles.MEDIA_TYPE and profile is None:
+            profile = await _load_profile(client, ref, blob, subject, what)
+            nbytes += blob.size if profile is not None else 0
+            continue
         if blob.media_type not in LAYER_INDEX_MEDIA_TYPES:
             continue  # a windows blob (fetched by range when needed), or an unknown format
         try:
@@ -444,4 +465,22 @@ async def _load(
             continue
         indexes[layer] = index
     created = parsed.annotations.get(CREATED_ANNOTATION, "")
-    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created)
+    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created, profile)
+
+
+async def _load_profile(
+    client: RegistryClient, ref: Reference, blob: Descriptor, subject: Digest, what: str
+) -> AccessProfile | None:
+    """The artifact's access profile of ``subject``; None (logged) if it is not one."""
+    if blob.size > MAX_PROFILE_BLOB:
+        log.warning("%s: access profile of %d bytes, over the limit; ignored", what, blob.size)
+        return None
+    try:
+        profile = profiles.decode(await client.get_blob(ref, blob))
+    except (DigestMismatchError, ProfileError, RegistryNotFoundError) as exc:
+        log.warning("%s: access profile ignored: %s", what, exc)
+        return None
+    if profile.image != str(subject):
+        log.warning("%s: access profile of %s, not %s; ignored", what, profile.image, subject)
+        return None
+    return profile

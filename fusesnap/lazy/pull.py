@@ -32,6 +32,7 @@ import trio
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, LayerError, ManifestError
+from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.artifact import ArtifactIndexes, find_index_artifact
 from fusesnap.lazy.fetcher import ChunkFetcher, FetchLimits, open_chunk_fetcher
 from fusesnap.lazy.indexsource import (
@@ -46,6 +47,7 @@ from fusesnap.lazy.indexsource import (
     toc_source,
 )
 from fusesnap.lazy.layerindex import LayerIndex, decode
+from fusesnap.lazy.profile import AccessProfile
 from fusesnap.lazy.ranges import layout_of
 from fusesnap.lazy.registry import RegistryClient, Resolved
 from fusesnap.lazy.tarindex import Limits
@@ -328,7 +330,10 @@ class _Job:
             self.progress.note(
                 f"index artifact {artifact.digest.short} (found through the {how}): "
                 f"indexes for {len(artifact.indexes)} of {len(layers)} layers"
+                + (", and an access profile" if artifact.profile is not None else "")
             )
+            if artifact.profile is not None:
+                await run_blocking(_keep_profile, self.store, artifact.profile)
         return artifact
 
     # -- full: every chunk --------------------------------------------------------------------
@@ -387,6 +392,12 @@ class _Job:
             raise result.first_error
         if not await run_blocking(layer_complete, self.store, layer.digest):
             raise LayerError(f"{what}: chunks still missing after fetching them all")
+
+
+def _keep_profile(store: Store, profile: AccessProfile) -> None:
+    """(blocking) An artifact's access profile, unless the store has one of its own."""
+    if profiles.load(store, profile.image) is None:
+        profiles.save(store, profile)
 
 
 def _lazy_outcome(layer: Descriptor, got: ResolvedIndex) -> LayerOutcome:

@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
+from fusesnap.image import ImageView
+from fusesnap.lazy import profile as profiles
+from fusesnap.lazy.indexsource import layer_complete
 from fusesnap.runtime import runc
 from fusesnap.runtime.daemon import check_image
 from fusesnap.runtime.mount import start_mount, unmount
@@ -48,7 +51,7 @@ from fusesnap.runtime.runc import RunResult, runc_status
 from fusesnap.runtime.snapshots import Snapshotter
 from fusesnap.runtime.spec import build_spec, resolve_user
 from fusesnap.runtime.state import process_start_time
-from fusesnap.store import ContainerRef, open_store
+from fusesnap.store import ContainerRef, Store, open_store
 
 __all__ = [
     "ContainerError",
@@ -128,6 +131,13 @@ class ContainerRecord:
 
 def containers_root(root: Path) -> Path:
     return Path(root).absolute() / CONTAINERS
+
+
+def _wants_profile(store: Store, view: ImageView) -> bool:
+    """Record an access profile of this start (the first of a lazily pulled image)?"""
+    if profiles.load(store, str(view.record.manifest_digest)) is not None:
+        return False
+    return not all(layer_complete(store, layer.digest) for layer in view.layers)
 
 
 def container_dir(root: Path, name: str) -> Path:
@@ -223,11 +233,12 @@ def create(
                 )
             )
             options = snapshots.overlay_options(record.snapshot, lower)
+            record_profile = _wants_profile(store, view)
         start_mount(
             root,
             ref,
             lower,
-            options=["--allow-other"],
+            options=["--allow-other", *(["--record"] if record_profile else [])],
             global_options=global_options,
             verbose=verbose,
         )

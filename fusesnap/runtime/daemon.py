@@ -13,7 +13,7 @@ LMDB store is opened after no fork). In order:
    answer FUSE requests and the control socket on one trio loop; on a lazy
    mount, once ready, fetch in the background what the start will read
    (``prefetch``: eStargz landmark files, then the image's recorded access
-   profile, `fusesnap.runtime.profile`; ``all``: then everything);
+   profile, `fusesnap.lazy.profile`; ``all``: then everything);
 5. on SIGTERM/SIGINT/SIGHUP, or when DIR is unmounted from outside: stop,
    unmount, drop the lease, remove the state file; with ``record``, store the
    access profile of what was read (replacing the image's previous one).
@@ -42,11 +42,11 @@ from fusesnap.fs.cache import DEFAULT_MAX_BYTES, ChunkCache
 from fusesnap.fs.fuse import FuseOperations, fuse_session, mount_options, serve, terminate
 from fusesnap.fs.source import ImageSource
 from fusesnap.image import ImageView
+from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.fetcher import open_registry_fetcher
 from fusesnap.lazy.indexsource import layer_complete
 from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
 from fusesnap.reference import Reference
-from fusesnap.runtime import profile as profiles
 from fusesnap.runtime.control import serve_control
 from fusesnap.runtime.lazychunks import LazyChunks, RegistryOptions
 from fusesnap.runtime.mountpoint import MountError, detach, is_stale, mount_info

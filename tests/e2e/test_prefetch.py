@@ -106,6 +106,20 @@ def test_recorded_profile_is_prefetched_before_it_is_read(
         _read_all(mnt, rootfs)
         assert faulty.bytes_sent("blob") > 0
 
+    # 5. The profile travels with the index artifact: pushed from this store, a cold mount
+    # in another store prefetches it, and reading moves no blob byte.
+    out = run(root, "index", "--push", ref, timeout=600).stdout
+    assert "an access profile" in out, out
+    other = tmp_path / "other"
+    with mounted(other, ref, mnt):
+        assert "fusesnap.profile" in run(other, "lease", "ls").stdout
+        prefetch = _wait_prefetched(other, mnt)
+        assert prefetch["profile"] is True, prefetch
+        assert prefetch["profile_chunks"] > 0, prefetch
+        faulty.reset()
+        _read_all(mnt, rootfs)
+        assert faulty.bytes_sent("blob") == 0, faulty.records
+
 
 def test_estargz_landmark_files_are_prefetched(
     registry: Any, faulty: FaultProxy, tmp_path: Path
@@ -123,3 +137,4 @@ def test_estargz_landmark_files_are_prefetched(
         faulty.reset()
         assert _sha(mnt / "bin/busybox") == _sha(rootfs / "bin/busybox")
         assert faulty.bytes_sent("blob") == 0, faulty.records
+

@@ -123,3 +123,18 @@ def test_unknown_user_fails_cleanly(busybox, tmp_path) -> None:
     assert "fusesnap: error: user 'ghost': not found" in proc.stderr, proc.stderr
     assert not list((root / "containers").iterdir())
     assert not _fusesnap_mounts(root)
+
+
+def test_first_run_of_a_lazy_image_records_its_access_profile(registry, tmp_path) -> None:
+    # Its own repository: the index artifact must not reach the other tests' images.
+    img = build_and_push("busybox", registry, repo="fusesnap-test/busybox-run-profile")
+    run(tmp_path / "builder", "index", "--push", img.ref, timeout=600)
+    root = tmp_path / "store"
+    run(root, "run", "--rm", img.ref, "--", "cat", "/etc/passwd")
+    leases = run(root, "lease", "ls").stdout
+    assert "fusesnap.profile" in leases, leases
+    # Once: a second run neither records nor replaces it.
+    before = [line for line in leases.splitlines() if "fusesnap.profile" in line]
+    run(root, "run", "--rm", img.ref, "--", "true")
+    after = run(root, "lease", "ls").stdout
+    assert [line for line in after.splitlines() if "fusesnap.profile" in line] == before

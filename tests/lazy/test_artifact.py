@@ -16,6 +16,7 @@ from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError, ManifestError
 from fusesnap.lazy import Credentials, RegistryClient
+from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.artifact import (
     ARTIFACT_TYPE,
     CREATED_ANNOTATION,
@@ -28,6 +29,7 @@ from fusesnap.lazy.artifact import (
     push_index_artifact,
 )
 from fusesnap.lazy.layerindex import LayerIndex, decode, encode
+from fusesnap.lazy.profile import AccessProfile
 from fusesnap.oci import Descriptor
 from fusesnap.reference import Reference
 from tests.lazy.conftest import REF, Connect
@@ -358,3 +360,28 @@ async def test_an_index_from_an_artifact_is_pushed_again_with_the_same_windows_b
         del fake.blobs[Digest(next(iter(wanted)))]
         with pytest.raises(LayerError, match=r"windows blob \S+ of its index is not in"):
             await push_index_artifact(client, REF, manifest, again)
+
+
+async def test_an_access_profile_travels_with_the_artifact(fake, connect, image, caplog) -> None:
+    manifest, indexes = image
+    first = indexes[0].entries[-1].chunks or next(e.chunks for e in indexes[0].entries if e.chunks)
+    profile = AccessProfile(str(manifest.digest), tuple((0, c.digest) for c in first))
+    async with connect() as client:
+        with pytest.raises(ValueError, match="not this image"):
+            await push_index_artifact(client, REF, manifest, indexes,
+                                      profile=AccessProfile("sha256:" + "0" * 64, ()))  # fmt: skip
+        pushed = await push_index_artifact(client, REF, manifest, indexes, profile=profile)
+        assert pushed.profile
+        found = await find_index_artifact(client, REF, manifest.digest)
+        assert found is not None
+        assert found.profile == profile
+        # A profile blob that is not one is ignored, the indexes still used.
+        doc = manifest_doc(fake, pushed.digest)
+        blob = next(b for b in doc["layers"] if b["mediaType"] == profiles.MEDIA_TYPE)
+        fake.blobs[blob["digest"]] = b"not json"
+        with caplog.at_level(logging.WARNING):
+            found = await find_index_artifact(client, REF, manifest.digest)
+    assert found is not None
+    assert found.profile is None
+    assert len(found.indexes) == len(indexes)
+    assert "access profile ignored" in caplog.text

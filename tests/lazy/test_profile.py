@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.runtime import profile as profiles
-from fusesnap.runtime.profile import AccessProfile, ProfileError, Recorder
+from fusesnap.lazy import profile as profiles
+from fusesnap.lazy.profile import AccessProfile, ProfileError, Recorder
 from fusesnap.store import open_store
 from fusesnap.store.collect import collect_garbage
 

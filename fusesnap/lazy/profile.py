@@ -11,7 +11,12 @@ from gc by a lease that never expires and has no owner, labelled
 ``fusesnap.profile=<manifest digest>`` (`save`): gc keeps what a live lease
 holds, ``fusesnap lease ls`` shows it, and ``fusesnap lease rm`` forgets it. A
 new profile for the same image replaces the old lease (the old blob is then
-gc's). `load` finds the newest one. Profiles stay local: they are not pushed.
+gc's). `load` finds the newest one.
+
+``fusesnap run`` records one on its own when the image has none and is not
+wholly local. ``fusesnap index REF --push`` pushes the image's profile with
+its index artifact (`fusesnap.lazy.artifact`), and a lazy pull that finds one
+there keeps it, unless the store has a profile of its own for the image.
 """
 
 from __future__ import annotations
