@@ -1,3 +1,3 @@
-from fusesnap.cli import main
+from fusesnap.cli import main_and_exit
 
-main()
+main_and_exit()

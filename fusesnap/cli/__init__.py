@@ -13,6 +13,6 @@ from fusesnap.cli import (  # noqa: F401  (registers the commands)
     run,
     snapshots,
 )
-from fusesnap.cli.app import cli, main
+from fusesnap.cli.app import cli, main, main_and_exit
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "main", "main_and_exit"]

@@ -57,11 +57,11 @@ import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import zstandard
+import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
@@ -79,6 +79,7 @@ from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.layerindex import LayerIndex, decode, encode
 from fusesnap.lazy.profile import AccessProfile, ProfileError
 from fusesnap.lazy.registry import RegistryClient
+from fusesnap.lazy.windows import LoadWindows, with_windows_blob
 from fusesnap.oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest
 from fusesnap.oci import parse_manifest as parse_document
 from fusesnap.reference import Reference
@@ -94,12 +95,10 @@ __all__ = [
     "fallback_tag",
     "find_index_artifact",
     "push_index_artifact",
-    "with_windows_blob",
 ]
 
 log = logging.getLogger(__name__)
 
-LoadWindows = Callable[[Collection[bytes]], Mapping[bytes, bytes]]
 
 ARTIFACT_TYPE = "application/vnd.fusesnap.index.v1"
 LAYER_INDEX_MEDIA_TYPE = "application/vnd.fusesnap.layer-index.v3+zstd"
@@ -107,7 +106,6 @@ LAYER_INDEX_MEDIA_TYPES = frozenset(
     {LAYER_INDEX_MEDIA_TYPE, "application/vnd.fusesnap.layer-index.v2+zstd"}
 )
 WINDOWS_MEDIA_TYPE = "application/vnd.fusesnap.gzip-windows.v1"
-_WINDOW_ZSTD_LEVEL = 9
 LAYER_DIGEST_ANNOTATION = "io.fusesnap.layer.digest"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 EMPTY_JSON = b"{}"
@@ -144,7 +142,8 @@ class PushedArtifact:
 class ArtifactIndexes:
     """The usable layer indexes of one index artifact, by image layer digest.
 
-    ``fetched_bytes`` counts what finding it cost (listings, manifests, blobs).
+    ``fetched_bytes`` counts what finding it cost (listings, manifests, blobs);
+    ``encoded`` holds each index's blob (the store keeps it as it is).
     """
 
     digest: Digest
@@ -153,6 +152,7 @@ class ArtifactIndexes:
     fetched_bytes: int = 0
     created: str = ""
     profile: AccessProfile | None = None
+    encoded: Mapping[Digest, bytes] = dataclasses.field(default_factory=dict, repr=False)
 
 
 def fallback_tag(subject: Digest) -> str:
@@ -246,37 +246,6 @@ async def push_index_artifact(
     tag = await _add_to_fallback_tag(client, ref, manifest_desc.digest, desc)
     return PushedArtifact(digest, len(body), len(unique), index_bytes, "tag", tag,
                           windows_bytes=windows_bytes, profile=profile is not None)  # fmt: skip
-
-
-def with_windows_blob(
-    index: LayerIndex, load_windows: LoadWindows | None
-) -> tuple[LayerIndex, bytes | None]:
-    """(blocking) ``index`` pointing into a windows blob of its gzip windows, and that blob
-    (`None`: the index has no windows)."""
-    cp = index.checkpoints
-    if cp is None or not any(p.digest for p in cp.points):
-        return index, None
-    want = [p.digest for p in cp.points if p.digest and not p.window]
-    found = load_windows(want) if want and load_windows is not None else {}
-    frames: list[bytes] = []
-    points = []
-    compressor = zstandard.ZstdCompressor(level=_WINDOW_ZSTD_LEVEL)
-    for p in cp.points:
-        if not p.digest:
-            points.append(dataclasses.replace(p, window=b"", wclength=0))
-            continue
-        window = p.window or found.get(p.digest)
-        if window is None:
-            raise LayerError(
-                f"layer {index.layer_digest.short}: gzip window sha256:{p.digest.hex()[:12]} "
-                "is not in the store; fetch the layer (pull --all) before pushing its index"
-            )
-        frame = compressor.compress(window)
-        frames.append(frame)
-        points.append(dataclasses.replace(p, window=b"", wclength=len(frame)))
-    blob = b"".join(frames)
-    checkpoints = dataclasses.replace(cp, points=tuple(points), windows_blob=Digest.of(blob))
-    return dataclasses.replace(index, checkpoints=checkpoints), blob
 
 
 async def _ensure_blob(client: RegistryClient, ref: Reference, data: bytes, digest: Digest) -> None:
@@ -434,6 +403,7 @@ async def _load(
     nbytes = len(body)
     indexes: dict[Digest, LayerIndex] = {}
     profile = None
+    candidates: dict[Digest, list[Descriptor]] = {}  # by layer, in artifact order
     for blob in parsed.layers:
         if blob.media_type == profiles.MEDIA_TYPE and profile is None:
             profile = await _load_profile(client, ref, blob, subject, what)
@@ -446,26 +416,46 @@ async def _load(
         except InvalidDigestError:
             log.warning("%s: blob %s names no layer; ignored", what, blob.digest.short)
             continue
-        if (layers is not None and layer not in layers) or layer in indexes:
+        if layers is not None and layer not in layers:
             continue
         if blob.size > MAX_INDEX_BLOB:
             log.warning("%s: index of layer %s is %d bytes, over the limit; ignored",
                         what, layer.short, blob.size)  # fmt: skip
             continue
-        try:
-            data = await client.get_blob(ref, blob)
-            nbytes += len(data)
-            index = await run_blocking(decode, data)
-        except (DigestMismatchError, LayerError, RegistryNotFoundError) as exc:
-            log.warning("%s: index of layer %s ignored: %s", what, layer.short, exc)
-            continue
-        if index.layer_digest != layer:
-            log.warning("%s: blob for layer %s holds the index of %s; ignored",
-                        what, layer.short, index.layer_digest.short)  # fmt: skip
-            continue
-        indexes[layer] = index
+        candidates.setdefault(layer, []).append(blob)
+    errors: list[Exception] = []
+    encoded: dict[Digest, bytes] = {}
+
+    async def load_layer(layer: Digest, blobs: list[Descriptor]) -> None:
+        nonlocal nbytes
+        for blob in blobs:  # the first that is sound
+            try:
+                data = await client.get_blob(ref, blob)
+                nbytes += len(data)
+                index = await run_blocking(decode, data)
+            except (DigestMismatchError, LayerError, RegistryNotFoundError) as exc:
+                log.warning("%s: index of layer %s ignored: %s", what, layer.short, exc)
+                continue
+            except Exception as exc:  # the registry failing: raised below, as itself
+                errors.append(exc)
+                return
+            if index.layer_digest != layer:
+                log.warning("%s: blob for layer %s holds the index of %s; ignored",
+                            what, layer.short, index.layer_digest.short)  # fmt: skip
+                continue
+            indexes[layer] = index
+            encoded[layer] = data
+            return
+
+    # Side by side: at mount time each round trip counts.
+    async with trio.open_nursery() as nursery:
+        for layer, blobs in candidates.items():
+            nursery.start_soon(load_layer, layer, blobs)
+    if errors:
+        raise errors[0]
+    indexes = {layer: indexes[layer] for layer in candidates if layer in indexes}
     created = parsed.annotations.get(CREATED_ANNOTATION, "")
-    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created, profile)
+    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created, profile, encoded)
 
 
 async def _load_profile(

@@ -197,7 +197,10 @@ async def resolve_layer_index(
         index = artifact.indexes[layer.digest]
         problem = _artifact_problem(index, layer, diff_id)
         if problem is None:
-            index = await run_blocking(store_layer_index, store, layer, index, "artifact")
+            encoded = artifact.encoded.get(layer.digest)
+            index = await run_blocking(
+                partial(store_layer_index, store, layer, index, "artifact", encoded=encoded)
+            )
             found = ResolvedIndex(index, IndexSource.ARTIFACT)
             say(found.describe())
             return found

@@ -90,20 +90,26 @@ def ingest_layer_file(
 
 
 def store_layer_index(
-    store: Store, layer: Descriptor, index: LayerIndex, source: str
+    store: Store,
+    layer: Descriptor,
+    index: LayerIndex,
+    source: str,
+    *,
+    encoded: bytes | None = None,
 ) -> LayerIndex:
     """Write ``index`` as ``layer``'s record; return it as stored.
 
     Gzip windows carried inline move to the chunk store first, and the
     stored index names them by digest (`LayerIndex.without_windows`). The
     record lists the chunks and windows for gc; the chunks need not be
-    stored yet (a lazily indexed layer). Blocking.
+    stored yet (a lazily indexed layer). ``encoded``: the bytes ``index`` was
+    decoded from, stored as they are if they carry no window. Blocking.
     """
     if index.checkpoints is not None:
         inline = index.checkpoints.inline_windows()
         if inline:
             store.chunks.put_many(inline.items())
-        index = index.without_windows()
+            index, encoded = index.without_windows(), None
     store.layers.put(
         LayerRecord(
             digest=layer.digest,
@@ -113,7 +119,7 @@ def store_layer_index(
             uncompressed_size=index.uncompressed_size,
             entry_count=index.entry_count,
             source=source,
-            index=encode(index),
+            index=encode(index) if encoded is None else encoded,
             chunks=pack_chunk_digests(index.chunk_digests()),
             windows=pack_chunk_digests(index.window_digests()),
         )

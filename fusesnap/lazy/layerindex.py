@@ -291,7 +291,22 @@ def encode(index: LayerIndex) -> bytes:
 
 def decode(data: bytes) -> LayerIndex:
     """Parse what `encode` wrote (format 1 to 3); raise `LayerError` if it is corrupt or
-    from a newer fusesnap. The input is treated as untrusted."""
+    from a newer fusesnap. The input is treated as untrusted.
+
+    The last few decoded indexes are kept by the sha256 of their bytes (an index is
+    immutable): a mount daemon forked after a pull finds what the pull decoded.
+    """
     from fusesnap.lazy import layercodec
 
-    return layercodec.decode(data)
+    key = hashlib.sha256(data).digest()
+    index = _DECODED.get(key)
+    if index is None:
+        index = layercodec.decode(data)
+        _DECODED[key] = index
+        while len(_DECODED) > _DECODED_MAX:
+            _DECODED.pop(next(iter(_DECODED)), None)
+    return index
+
+
+_DECODED: dict[bytes, LayerIndex] = {}
+_DECODED_MAX = 16

@@ -1,21 +1,27 @@
-"""Gzip windows for the fetcher: the 32 KiB a span's inflation starts from.
+"""Gzip windows: the 32 KiB a span's inflation starts from, apart from the index.
 
 An index names each checkpoint's window by sha256 (`fusesnap.lazy.layerindex.Checkpoint`)
-rather than carrying it. `WindowSource.get` returns it from the chunk store, or else
-fetches its zstd frame from the index's windows blob (one range request), checks it
-against the digest and stores it. Concurrent gets of one window share one fetch.
+rather than carrying it. `with_windows_blob` makes the blob an index artifact pushes
+beside the index: each window's zstd frame, in checkpoint order. `WindowSource.get`
+returns a window from the chunk store, or else fetches its frame from that blob (one
+range request), checks it against the digest and stores it. Concurrent gets of one
+window share one fetch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import trio
+import zstandard
 
 from fusesnap.blocking import run_blocking
+from fusesnap.digest import Digest
 from fusesnap.errors import LayerError, RegistryError, StoreError
+from fusesnap.lazy.layerindex import LayerIndex
 from fusesnap.lazy.ranges import Access, LayerLayout, Span
 from fusesnap.lazy.singleflight import SingleFlight
 from fusesnap.lazy.spandecode import decode_window
@@ -23,9 +29,12 @@ from fusesnap.lazy.spandecode import decode_window
 if TYPE_CHECKING:
     from fusesnap.lazy.fetcher import ChunkCache, FetchRange
 
-__all__ = ["WindowSource", "window_point"]
+__all__ = ["LoadWindows", "WindowSource", "window_point", "with_windows_blob"]
 
 log = logging.getLogger(__name__)
+
+LoadWindows = Callable[[Collection[bytes]], Mapping[bytes, bytes]]
+_WINDOW_ZSTD_LEVEL = 9
 
 
 class _Counters(Protocol):
@@ -133,3 +142,34 @@ class WindowSource:
         except (StoreError, ValueError) as exc:
             log.warning("%s: cannot store: %s", what, exc)
         return window
+
+
+def with_windows_blob(
+    index: LayerIndex, load_windows: LoadWindows | None
+) -> tuple[LayerIndex, bytes | None]:
+    """(blocking) ``index`` pointing into a windows blob of its gzip windows, and that blob
+    (`None`: the index has no windows)."""
+    cp = index.checkpoints
+    if cp is None or not any(p.digest for p in cp.points):
+        return index, None
+    want = [p.digest for p in cp.points if p.digest and not p.window]
+    found = load_windows(want) if want and load_windows is not None else {}
+    frames: list[bytes] = []
+    points = []
+    compressor = zstandard.ZstdCompressor(level=_WINDOW_ZSTD_LEVEL)
+    for p in cp.points:
+        if not p.digest:
+            points.append(dataclasses.replace(p, window=b"", wclength=0))
+            continue
+        window = p.window or found.get(p.digest)
+        if window is None:
+            raise LayerError(
+                f"layer {index.layer_digest.short}: gzip window sha256:{p.digest.hex()[:12]} "
+                "is not in the store; fetch the layer (pull --all) before pushing its index"
+            )
+        frame = compressor.compress(window)
+        frames.append(frame)
+        points.append(dataclasses.replace(p, window=b"", wclength=len(frame)))
+    blob = b"".join(frames)
+    checkpoints = dataclasses.replace(cp, points=tuple(points), windows_blob=Digest.of(blob))
+    return dataclasses.replace(index, checkpoints=checkpoints), blob

@@ -17,7 +17,6 @@ The new image's layers are all local: it mounts and runs without a registry.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import tempfile
@@ -33,7 +32,7 @@ from fusesnap.lazy.ingest import ingest_layer_file
 from fusesnap.oci import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, Descriptor
 from fusesnap.reference import Reference
 from fusesnap.runtime import container
-from fusesnap.runtime.difftar import write_diff_tar
+from fusesnap.runtime.difftar import HashingWriter, write_diff_tar
 from fusesnap.runtime.snapshots import SnapshotError, Snapshotter, chain_ids
 from fusesnap.store import ImageRecord, Resource, SnapshotRecord, Store, open_store
 from fusesnap.store.snapshots import ACTIVE, COMMITTED
@@ -52,21 +51,6 @@ class CommitResult:
     layer: Descriptor
     diff_id: Digest
     chain_id: str
-
-
-class _Hashing:
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return int(self.out.write(data))
-
-    def flush(self) -> None:
-        self.out.flush()
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -92,7 +76,7 @@ def commit_upper(
     store.env.ingest_dir.mkdir(parents=True, exist_ok=True)
     with store.leases.lease(owner_pid=os.getpid(), labels={"fusesnap.commit": name}) as lease:
         with tempfile.NamedTemporaryFile(dir=store.env.ingest_dir, prefix="commit-") as tmp:
-            hashing = _Hashing(tmp)
+            hashing = HashingWriter(tmp)
             with gzip.GzipFile(fileobj=hashing, mode="wb", mtime=0) as gz:
                 diff_id, _ = write_diff_tar(upper, gz)
             tmp.flush()

@@ -304,6 +304,31 @@ async def _main(
 _PROFILE_BATCH = 64
 
 
+def _profile_batches(
+    lazy: LazyChunks, plan: PrefetchPlan
+) -> Iterator[tuple[LayerIndex, list[ChunkRef]]]:
+    """The profile's chunks in recorded order, in batches of consecutive chunks of one
+    layer (counted in ``plan.profile_chunks``)."""
+    assert plan.profile is not None
+    batch: list[ChunkRef] = []
+    batch_index: LayerIndex | None = None
+    for position, digest in plan.profile.chunks:
+        located = lazy.locate(position, digest)
+        if located is None:
+            continue
+        index, ref = located
+        if batch and (index is not batch_index or len(batch) >= _PROFILE_BATCH):
+            assert batch_index is not None
+            yield batch_index, batch
+            batch = []
+        batch_index = index
+        batch.append(ref)
+        plan.profile_chunks += 1
+    if batch:
+        assert batch_index is not None
+        yield batch_index, batch
+
+
 async def _prefetch(lazy: LazyChunks, plan: PrefetchPlan) -> None:
     """In the background of a ready mount: landmark files, then the access profile's
     chunks in recorded order (batches of consecutive chunks of one layer), then, for
@@ -329,23 +354,11 @@ async def _prefetch(lazy: LazyChunks, plan: PrefetchPlan) -> None:
         plan.landmark_chunks += len({r.digest for e in entries for r in e.chunks})
         await fetch(index, entries, "landmarks")
     if plan.profile is not None:
-        batch: list[ChunkRef] = []
-        batch_index: LayerIndex | None = None
-        for position, digest in plan.profile.chunks:
-            located = lazy.locate(position, digest)
-            if located is None:
-                continue
-            index, ref = located
-            if batch and (index is not batch_index or len(batch) >= _PROFILE_BATCH):
-                assert batch_index is not None
-                await fetch(batch_index, batch, "profile")
-                batch = []
-            batch_index = index
-            batch.append(ref)
-            plan.profile_chunks += 1
-        if batch:
-            assert batch_index is not None
-            await fetch(batch_index, batch, "profile")
+        # All at once, in recorded order: the fetcher's request slots bound the parallelism,
+        # and a read of a chunk on its way waits for it rather than asking again.
+        async with trio.open_nursery() as nursery:
+            for index, batch in _profile_batches(lazy, plan):
+                nursery.start_soon(fetch, index, batch, "profile")
     if plan.mode == "all":
         for index, refs in lazy.by_layer():
             await fetch(index, refs, "all")

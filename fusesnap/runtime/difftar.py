@@ -28,7 +28,7 @@ from typing import Protocol
 
 from fusesnap.digest import Digest
 
-__all__ = ["OPAQUE", "WHITEOUT_PREFIX", "Writable", "write_diff_tar"]
+__all__ = ["OPAQUE", "WHITEOUT_PREFIX", "HashingWriter", "Writable", "write_diff_tar"]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -38,8 +38,10 @@ _OPAQUE_XATTR = "trusted.overlay.opaque"
 class Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
+    def flush(self) -> object: ...
 
-class _HashingWriter:
+
+class HashingWriter:
     """A write-only file that hashes what passes through it."""
 
     def __init__(self, out: Writable) -> None:
@@ -47,10 +49,13 @@ class _HashingWriter:
         self.sha = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes, /) -> int:
         self.sha.update(data)
         self.size += len(data)
         return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -84,7 +89,7 @@ def _empty(name: str, like: os.stat_result) -> tarfile.TarInfo:
 def write_diff_tar(upper: Path, out: Writable) -> tuple[Digest, int]:
     """Write the OCI layer tar of overlay upper dir ``upper`` to ``out``; its digest (the
     layer's diff ID) and size."""
-    writer = _HashingWriter(out)
+    writer = HashingWriter(out)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for path, name in _walk(upper):
             st = os.lstat(path)

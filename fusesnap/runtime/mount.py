@@ -56,6 +56,7 @@ from fusesnap.runtime.state import (
     DAEMON_LOG,
     MountState,
     make_state_dir,
+    process_start_time,
     state_dir,
 )
 from fusesnap.store import open_store
@@ -204,7 +205,7 @@ class _Forked:
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while self.pid and _pid_alive(self.pid):
+        while self.pid and process_start_time(self.pid) is not None:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -244,16 +245,6 @@ def _daemon_child(args: list[str], ready_fd: int, read_fd: int, log_fd: int) -> 
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _wait_ready(fd: int, proc: _Daemon, timeout: float) -> str:

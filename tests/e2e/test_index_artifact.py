@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 
 from fusesnap.digest import Digest
-from fusesnap.image import ImageView
 from fusesnap.lazy.layerindex import decode
 from fusesnap.store import open_store
 from tests.e2e.cli import run
 from tests.e2e.test_lazy_pull import assert_matches_umoci, compressed_size, layer_requests
 from tests.e2e.test_pull import image_blobs, stored
-from tests.oracle import tree_view
 from tools.images.catalog import PushedImage, build_and_push
 from tools.registry import Registry
 
@@ -82,9 +80,9 @@ def test_index_artifact_makes_a_cold_pull_lazy(registry, faulty, tmp_path) -> No
     assert all(r.range for r in fetched), "a layer blob was fetched whole"
     assert size * 0.9 < full_bytes < size * 1.15  # not 2x: nothing fetched twice
     assert stored(b).keys() == image_blobs(img)
-    with open_store(a) as sa, open_store(b) as sb:
-        truth = tree_view(ImageView.open(sa, img.ref).tree(), sa.chunks)
-        assert tree_view(ImageView.open(sb, ref).tree(), sb.chunks) == truth
+    # Store A may itself have taken the indexes from an artifact (an earlier test's): the
+    # truth is what umoci unpacks.
+    assert_matches_umoci(b, ref, img, tmp_path)
 
 
 @pytest.mark.parametrize("tamper", ["index-blob", "manifest"])
