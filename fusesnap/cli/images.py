@@ -10,12 +10,14 @@ import click
 from fusesnap.cli.app import SIZE, Context, cli, pass_ctx, run_async
 from fusesnap.errors import FusesnapError
 from fusesnap.fs import MergedTree
+from fusesnap.image import ImageView
 from fusesnap.lazy import open_registry_client
 from fusesnap.lazy.pull import PullResult
 from fusesnap.lazy.pull import pull as pull_image
 from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Platform, parse_manifest
 from fusesnap.reference import Reference
+from fusesnap.runtime.snapshots import Snapshotter
 from fusesnap.store import Store
 from fusesnap.termui import ProgressLine, human_size, table
 
@@ -54,6 +56,8 @@ def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int, l
     elapsed = time.monotonic() - started
     if lazy:
         click.echo(layer_table(c.store(), result))
+    elif result.cached:
+        click.echo(f"committed snapshot {result.cached} present: every layer is local")
     click.echo(
         f"{result.name}: {result.manifest.digest} ({result.platform}), "
         f"{len(result.layers)} layers, fetched {human_size(result.fetched_bytes)} "
@@ -155,9 +159,17 @@ def images_ls(c: Context, quiet: bool = False) -> None:
 @click.argument("refs", nargs=-1, required=True)
 @pass_ctx
 def rmi(c: Context, refs: tuple[str, ...]) -> None:
-    """Remove image names (content is freed by ``gc``)."""
+    """Remove image names and the committed snapshots only they used (content is freed by
+    ``gc``)."""
     store = c.store()
+    snapshots = Snapshotter(store, c.root)
     for ref in refs:
         name = str(Reference.parse(ref))
+        try:
+            view: ImageView | None = ImageView.open(store, name)
+        except FusesnapError:
+            view = None  # not there (delete says so), or its config is gone: no chain
         store.images.delete(name)
-        click.echo(f"removed {name}")
+        released = snapshots.release_image(view) if view is not None else []
+        more = f" and {len(released)} committed snapshots" if released else ""
+        click.echo(f"removed {name}{more}")

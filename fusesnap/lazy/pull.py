@@ -31,7 +31,7 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import FusesnapError, LayerError, ManifestError
+from fusesnap.errors import FusesnapError, LayerError, ManifestError, NotFoundError
 from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.artifact import ArtifactIndexes, find_index_artifact
 from fusesnap.lazy.fetcher import ChunkFetcher, FetchLimits, open_chunk_fetcher
@@ -54,6 +54,7 @@ from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Descriptor, ImageConfig, Platform, layer_compression
 from fusesnap.reference import Reference
 from fusesnap.store import ImageRecord, Resource, Store
+from fusesnap.store.snapshots import COMMITTED, chain_ids
 from fusesnap.termui import human_size
 
 __all__ = ["LayerOutcome", "PullProgress", "PullResult", "image_name", "pull"]
@@ -97,6 +98,7 @@ class PullResult:
     fetched_bytes: int
     outcomes: tuple[LayerOutcome, ...] = ()
     artifact: Digest | None = None  # the index artifact a lazy pull used
+    cached: str | None = None  # the top chain ID, when its committed snapshots sufficed
 
 
 def image_name(ref: Reference) -> str:
@@ -180,7 +182,13 @@ async def pull(
             await run_blocking(store.leases.add_resource, lease.id, Resource("layer", layer.digest))
 
         job = _Job(store, client, ref, layers, progress, counter, limits, concurrency)
-        if lazy:
+        cached = await run_blocking(_cached_chain, store, layers, not lazy)
+        artifact = None
+        if cached is not None:  # containerd's cache rule: nothing to fetch
+            outcomes = tuple(LayerOutcome(layer, "complete" if not lazy else "store",
+                                          f"committed snapshot {cached[i][7:19]}")
+                             for i, (layer, _) in enumerate(layers))  # fmt: skip
+        elif lazy:
             outcomes, artifact = await job.index_all(resolved.manifest)
         else:
             outcomes, artifact = await job.complete_all(), None
@@ -202,6 +210,8 @@ async def pull(
             updated=now,
         )
         await run_blocking(store.images.put, record)
+        chain = [(layer.digest, diff_id) for layer, diff_id in layers]
+        await run_blocking(store.snapshots.commit_chain, chain, {"fusesnap.image": name})
     finally:
         with trio.CancelScope(shield=True):
             await run_blocking(store.leases.delete, lease.id)
@@ -215,6 +225,7 @@ async def pull(
         fetched_bytes=counter.bytes,
         outcomes=outcomes,
         artifact=artifact.digest if artifact is not None else None,
+        cached=cached[-1] if cached else None,
     )
 
 
@@ -224,6 +235,26 @@ def _documents(resolved: Resolved) -> Sequence[tuple[Descriptor, bytes]]:
     if resolved.manifest.digest != resolved.target.digest:
         docs.append((resolved.manifest, resolved.manifest_bytes))
     return docs
+
+
+def _cached_chain(
+    store: Store, layers: Sequence[tuple[Descriptor, Digest]], complete: bool
+) -> list[str] | None:
+    """(blocking) The image's chain IDs if its committed snapshots are all there, of these
+    layers, indexed (and with ``complete``, every chunk local); else None."""
+    chains = chain_ids([diff_id for _, diff_id in layers])
+    for chain, (layer, _) in zip(chains, layers, strict=True):
+        try:
+            record = store.snapshots.get(chain)
+        except NotFoundError:
+            return None
+        if record.kind != COMMITTED or record.layer != layer.digest:
+            return None
+        if not store.layers.exists(layer.digest):
+            return None
+        if complete and not layer_complete(store, layer.digest):
+            return None
+    return chains
 
 
 def _check_layers(

@@ -37,7 +37,6 @@ an unnamed directory (never a record without its directory).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
@@ -48,7 +47,7 @@ from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.store import SnapshotInUseError, SnapshotRecord, Store
-from fusesnap.store.snapshots import ACTIVE, COMMITTED, VIEW
+from fusesnap.store.snapshots import ACTIVE, COMMITTED, VIEW, chain_ids
 
 __all__ = ["SnapshotError", "Snapshotter", "chain_ids"]
 
@@ -58,18 +57,6 @@ EMPTY = "empty"
 
 class SnapshotError(FusesnapError):
     """A snapshot cannot be used as asked."""
-
-
-def chain_ids(diff_ids: Sequence[Digest | str]) -> list[str]:
-    """The OCI chain ID of each layer prefix."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(str(diff_id))
-        else:
-            text = f"{chains[-1]} {diff_id}".encode()
-            chains.append(f"sha256:{hashlib.sha256(text).hexdigest()}")
-    return chains
 
 
 class Snapshotter:
@@ -84,20 +71,23 @@ class Snapshotter:
     def ensure_image(self, view: ImageView) -> str | None:
         """Record the committed snapshot of each layer prefix of ``view`` (those already
         there are kept); the top chain ID (None for an image without layers)."""
-        chains = chain_ids(view.config.diff_ids)
-        parent: str | None = None
-        for chain, layer, diff_id in zip(chains, view.layers, view.config.diff_ids, strict=False):
-            record = SnapshotRecord(
-                key=chain,
-                kind=COMMITTED,
-                parent=parent,
-                layer=layer.digest,
-                diff_id=diff_id,
-                labels={"fusesnap.image": view.record.name},
-            )
-            self.store.snapshots.create(record, exist_ok=True)
-            parent = chain
-        return parent
+        pairs = zip(view.layers, view.config.diff_ids, strict=False)
+        layers = [(layer.digest, diff_id) for layer, diff_id in pairs]
+        return self.store.snapshots.commit_chain(layers, {"fusesnap.image": view.record.name})
+
+    def release_image(self, view: ImageView) -> list[str]:
+        """After ``rmi``: remove the committed snapshots of ``view``'s chain that no other
+        image's chain, snapshot or container stands on; their keys."""
+        keep: set[str] = set()
+        for record in self.store.images.list():
+            if record.name == view.record.name:
+                continue
+            try:
+                other = ImageView.open(self.store, record.name)
+            except FusesnapError:
+                continue  # an image whose config is gone keeps nothing
+            keep.update(chain_ids(other.config.diff_ids))
+        return self.store.snapshots.release_chain(chain_ids(view.config.diff_ids), keep)
 
     def is_cached(self, diff_ids: Sequence[Digest], *, complete: bool = True) -> bool:
         """Is the committed chain for ``diff_ids`` present (and, with ``complete``, every

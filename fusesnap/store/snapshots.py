@@ -17,15 +17,17 @@ was made from and its snapshot.
 
 GC: `gc_roots` makes each committed snapshot's layer and each container's
 manifest a root, so a snapshot keeps its layer (and so its chunks) and a
-container its image, even after ``rmi``.
+container its image. A pull commits its image's chain (`commit_chain`);
+``rmi`` releases the part of it that nothing else uses (`release_chain`).
 """
 
 from __future__ import annotations
 
 import builtins
 import dataclasses
+import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,19 @@ KINDS = frozenset({COMMITTED, ACTIVE, VIEW})
 
 class SnapshotInUseError(FusesnapError):
     """A snapshot that other snapshots stand on cannot be removed."""
+
+
+def chain_ids(diff_ids: Sequence[Digest | str]) -> list[str]:
+    """The OCI chain ID of each layer prefix: ``chain(L0) = diff_id0``,
+    ``chain(Ln) = sha256(chain(Ln-1) + " " + diff_idn)``."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(str(diff_id))
+        else:
+            text = f"{chains[-1]} {diff_id}".encode()
+            chains.append(f"sha256:{hashlib.sha256(text).hexdigest()}")
+    return chains
 
 
 def _optional_digest(value: Any) -> Digest | None:
@@ -216,6 +231,42 @@ class SnapshotStore:
             txn.delete(snapshot_key(active_key), db=self._env.db(SNAPSHOTS))
             self._put(txn, committed)
         return committed
+
+    def commit_chain(
+        self, layers: Sequence[tuple[Digest, Digest]], labels: Mapping[str, str]
+    ) -> str | None:
+        """The committed snapshot of every prefix of ``layers`` ((layer digest, diff ID),
+        bottom first), made where missing, in one transaction; the top chain ID."""
+        chains = chain_ids([diff_id for _, diff_id in layers])
+        parent: str | None = None
+        with self._env.txn(write=True) as txn:
+            for chain, (layer, diff_id) in zip(chains, layers, strict=True):
+                if get_snapshot(txn, self._env, chain) is None:
+                    record = SnapshotRecord(
+                        key=chain, kind=COMMITTED, parent=parent, layer=layer,
+                        diff_id=diff_id, labels=dict(labels),
+                    )  # fmt: skip
+                    self._put(txn, _with_created(record))
+                parent = chain
+        return parent
+
+    def release_chain(self, chain: Sequence[str], keep: Collection[str]) -> list[str]:
+        """Delete the committed snapshots of ``chain`` (bottom first) from the top down,
+        while one is neither in ``keep`` (other images' chains) nor a parent; the keys
+        deleted, in one transaction."""
+        deleted: list[str] = []
+        with self._env.txn(write=True) as txn:
+            parents = {s.parent for s in iter_snapshots(txn, self._env)}
+            for key in reversed(chain):
+                record = get_snapshot(txn, self._env, key)
+                if record is None:
+                    continue  # released before
+                if record.kind != COMMITTED or key in keep or key in parents:
+                    break
+                txn.delete(snapshot_key(key), db=self._env.db(SNAPSHOTS))
+                deleted.append(key)
+                parents = {s.parent for s in iter_snapshots(txn, self._env)}
+        return deleted
 
     def get(self, key: str) -> SnapshotRecord:
         with self._env.txn() as txn:

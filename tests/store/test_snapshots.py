@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from fusesnap.digest import Digest
@@ -14,7 +16,7 @@ from fusesnap.store import (
     collect_garbage,
     open_store,
 )
-from fusesnap.store.snapshots import ACTIVE, COMMITTED
+from fusesnap.store.snapshots import ACTIVE, COMMITTED, chain_ids
 
 from .helpers import blob, chunk, layer_digest, layer_record, put_layer_manifest
 
@@ -112,3 +114,41 @@ def test_container_keeps_its_image_manifest_from_gc(store: Store) -> None:
     assert not store.layers.exists(layer_digest("L"))
     with pytest.raises(NotFoundError, match="container web: not found"):
         store.containers.get("web")
+
+
+def test_commit_chain_records_every_prefix_once(store: Store) -> None:
+    d = [Digest.of(f"diff{i}".encode()) for i in range(3)]
+    layers = [(layer_digest(f"L{i}"), d[i]) for i in range(3)]
+    top = store.snapshots.commit_chain(layers, {"fusesnap.image": "img"})
+    chains = chain_ids(d)
+    assert top == chains[-1]
+    records = [store.snapshots.get(c) for c in chains]
+    assert [r.parent for r in records] == [None, chains[0], chains[1]]
+    assert [r.layer for r in records] == [lay for lay, _ in layers]
+    assert all(r.kind == COMMITTED and r.labels == {"fusesnap.image": "img"} for r in records)
+    # Again, or a shorter image on the same base: nothing new, nothing replaced.
+    assert store.snapshots.commit_chain(layers[:2], {"fusesnap.image": "other"}) == chains[1]
+    assert store.snapshots.get(chains[1]).labels == {"fusesnap.image": "img"}
+    assert len(store.snapshots.list()) == 3
+
+
+def test_release_chain_stops_at_what_others_use(store: Store) -> None:
+    d = [Digest.of(f"diff{i}".encode()) for i in range(3)]
+    layers = [(layer_digest(f"L{i}"), d[i]) for i in range(3)]
+    store.snapshots.commit_chain(layers, {})
+    chains = chain_ids(d)
+    # Another image shares the bottom layer; a container's active snapshot sits on the top.
+    store.snapshots.create(SnapshotRecord("containers/c", ACTIVE, parent=chains[2], id="x1"))
+    assert store.snapshots.release_chain(chains, keep={chains[0]}) == []
+    store.snapshots.delete("containers/c")
+    assert store.snapshots.release_chain(chains, keep={chains[0]}) == [chains[2], chains[1]]
+    assert [s.key for s in store.snapshots.list()] == [chains[0]]
+    assert store.snapshots.release_chain(chains, keep=set()) == [chains[0]]
+    assert store.snapshots.list() == []
+
+
+def test_chain_ids_follow_the_oci_rule() -> None:
+    d0, d1 = Digest.of(b"a"), Digest.of(b"b")
+    c1 = "sha256:" + hashlib.sha256(f"{d0} {d1}".encode()).hexdigest()
+    assert chain_ids([d0, d1]) == [str(d0), c1]
+    assert chain_ids([]) == []
