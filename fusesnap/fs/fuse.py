@@ -50,6 +50,7 @@ from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs.attrs import CACHE_TIMEOUT, entry_attributes, negative_entry, statvfs
 from fusesnap.fs.lookups import LookupCounts
 from fusesnap.fs.source import MountSource
+from fusesnap.fs.tree import Node
 from fusesnap.lazy.layerindex import EntryType
 
 __all__ = [
@@ -157,6 +158,8 @@ class FuseOperations(pyfuse3.Operations):
         self.timeout = timeout
         self.stats = RequestStats()
         self.lookups = LookupCounts()
+        # Told of every regular file a process opens (a lazy mount fetches it ahead).
+        self.on_open: Callable[[Node], None] | None = None
 
     def _attributes(self, ino: int) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.source.node(ino), timeout=self.timeout)
@@ -197,8 +200,11 @@ class FuseOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
-        if self.source.node(inode).is_dir:
+        node = self.source.node(inode)
+        if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if self.on_open is not None:
+            self.on_open(node)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True, direct_io=False)
 
     @_handler("read", not_found=errno.EIO)

@@ -41,6 +41,7 @@ from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs.cache import DEFAULT_MAX_BYTES, ChunkCache
 from fusesnap.fs.fuse import FuseOperations, fuse_session, mount_options, serve, terminate
 from fusesnap.fs.source import ImageSource
+from fusesnap.fs.tree import Node
 from fusesnap.image import ImageView
 from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.fetcher import open_registry_fetcher
@@ -229,6 +230,8 @@ def serve_image(
 
 
 PREFETCH_MODES = ("none", "auto", "profile", "all")
+# Opened files up to this size are fetched whole (unless --prefetch none).
+OPEN_FETCH_MAX = 16 << 20
 
 
 @dataclass(slots=True)
@@ -243,6 +246,7 @@ class PrefetchPlan:
     already_stored: int = 0
     fetched: int = 0
     failed: int = 0
+    opened_files: int = 0  # files fetched whole when opened
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -254,6 +258,7 @@ class PrefetchPlan:
             "already_stored": self.already_stored,
             "fetched": self.fetched,
             "failed": self.failed,
+            "opened_files": self.opened_files,
         }
 
 
@@ -366,6 +371,34 @@ async def _prefetch(lazy: LazyChunks, plan: PrefetchPlan) -> None:
     log.info("prefetch done: %s", plan.snapshot())
 
 
+class _OpenedFiles:
+    """A file a process opens is fetched whole in the background (up to `OPEN_FETCH_MAX`
+    bytes), in as few requests as its chunks allow: a binary or library is then paged in
+    by the kernel from local chunks instead of a round trip per fault. Once a file."""
+
+    def __init__(self, lazy: LazyChunks, plan: PrefetchPlan, nursery: trio.Nursery) -> None:
+        self._lazy, self._plan, self._nursery = lazy, plan, nursery
+        self._seen: set[int] = set()
+
+    def fetch(self, node: Node) -> None:
+        entry = node.entry
+        if node.ino in self._seen or not entry.chunks or entry.size > OPEN_FETCH_MAX:
+            return
+        self._seen.add(node.ino)
+        self._nursery.start_soon(self._run, self._lazy.indexes[node.layer], entry)
+
+    async def _run(self, index: LayerIndex, entry: Entry) -> None:
+        assert self._lazy.fetcher is not None
+        try:
+            result = await self._lazy.fetcher.prefetch(index, [entry])
+        except FusesnapError as exc:  # the reads will say it
+            log.debug("fetching opened %s: %s", entry.path, exc)
+            return
+        self._plan.opened_files += 1
+        self._plan.fetched += result.fetched
+        self._plan.failed += result.failed
+
+
 async def _serve(
     ops: FuseOperations,
     cache: ChunkCache,
@@ -403,10 +436,11 @@ async def _serve(
         log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
         on_ready("ready")
         if lazy is not None:
-            if plan.mode == "none":
-                plan.state = "done"
-            else:
+            if plan.mode != "none":
+                ops.on_open = _OpenedFiles(lazy, plan, nursery).fetch
                 nursery.start_soon(_prefetch, lazy, plan)
+            else:
+                plan.state = "done"
 
 
 async def _stop_on_signal(

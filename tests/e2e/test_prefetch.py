@@ -138,3 +138,39 @@ def test_estargz_landmark_files_are_prefetched(
         assert _sha(mnt / "bin/busybox") == _sha(rootfs / "bin/busybox")
         assert faulty.bytes_sent("blob") == 0, faulty.records
 
+
+
+def test_an_opened_file_is_fetched_whole_in_the_background(
+    registry: Any, faulty: FaultProxy, tmp_path: Path
+) -> None:
+    img = build_and_push("busybox", registry, repo="fusesnap-test/busybox-open")
+    run(tmp_path / "builder", "index", "--push", img.ref, timeout=600)
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root, mnt = tmp_path / "store", tmp_path / "mnt"
+    big = "bin/busybox"  # more than one chunk
+    assert (rootfs / big).stat().st_size > 1 << 20
+
+    # Default prefetch: one byte read, the whole file arrives; reading it all moves nothing.
+    with mounted(root, ref, mnt):
+        with (mnt / big).open("rb") as f:
+            assert f.read(1) == (rootfs / big).read_bytes()[:1]
+        deadline = time.monotonic() + 60
+        while _stats(root, mnt)["prefetch"]["opened_files"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        faulty.reset()
+        assert _sha(mnt / big) == _sha(rootfs / big)
+        assert faulty.bytes_sent("blob") == 0, faulty.records
+
+    # --prefetch none: only what is read travels.
+    run(root, "rmi", ref)
+    run(root, "gc")
+    with mounted(root, ref, mnt, "--prefetch", "none"):
+        with (mnt / big).open("rb") as f:
+            f.read(1)
+        time.sleep(0.5)
+        assert _stats(root, mnt)["prefetch"]["opened_files"] == 0
+        faulty.reset()
+        assert _sha(mnt / big) == _sha(rootfs / big)
+        assert faulty.bytes_sent("blob") > 0
