@@ -39,6 +39,7 @@ bench: deps
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m tools.bench.index
 	$(BIN)/python -m tools.bench.read
+	$(BIN)/python -m tools.bench.startup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -12,8 +12,9 @@ Each mode starts from an empty store / empty directories and drops the kernel ca
 
     full pull       skopeo copy docker://… oci:DIR; umoci unpack; chroot ROOTFS python3
     fusesnap pull   fusesnap pull --all; fusesnap mount; chroot MNT python3
-    lazy            fusesnap mount --prefetch none (cold; an index artifact was pushed
-                    with ``fusesnap index --push``); chroot MNT python3
+    lazy            fusesnap mount (cold; an index artifact was pushed with ``fusesnap
+                    index --push``, without a profile; the default ``--prefetch auto``
+                    fetches what is opened, whole); chroot MNT python3
     lazy+profile    fusesnap mount --prefetch profile, with a profile recorded once
                     (untimed ``mount --record`` + the probe) in a store from which the
                     image and its chunks were then removed (``rmi`` + ``gc``) before
@@ -160,7 +161,7 @@ class Bench:
         return self._mount_and_run(d)
 
     def lazy(self, d: Path) -> int:
-        return self._mount_and_run(d, "--prefetch", "none")
+        return self._mount_and_run(d)  # --prefetch auto, and a fresh store has no profile
 
     def record_profile(self) -> None:
         """Untimed: a cold ``mount --record`` running the probe; the profile is stored in
