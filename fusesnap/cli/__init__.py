@@ -1,18 +1,10 @@
 """The ``fusesnap`` command line: click commands only (parse, call the library, print).
 
 `app` holds the group, global options and error handling; each other module
-registers one family of commands on it.
+registers one family of commands on it, loaded when one of them is used
+(`app.COMMAND_MODULES`).
 """
 
-from fusesnap.cli import (  # noqa: F401  (registers the commands)
-    images,
-    index,
-    inspect,
-    maintenance,
-    mount,
-    run,
-    snapshots,
-)
 from fusesnap.cli.app import cli, main, main_and_exit
 
 __all__ = ["cli", "main", "main_and_exit"]
