@@ -50,6 +50,7 @@ def main() -> None:
     print(f"pushed {image.ref} ({len(image.layers)} layers: {sizes})")
 
     step("Pull it into fusesnap's store (LMDB), verifying every blob")
+    shutil.rmtree(DEMO_DIR / "store", ignore_errors=True)  # each demo starts from nothing
     fusesnap("pull", image.ref)
     fusesnap("images")
     fusesnap("content", "ls")
