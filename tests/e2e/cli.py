@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -37,3 +38,14 @@ def run(
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+@contextmanager
+def mounted(root: Path, ref: str, mnt: Path, *args: str) -> Iterator[Path]:
+    """``fusesnap mount`` for the block, ``umount`` after it."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    run(root, "mount", *args, ref, str(mnt), timeout=600)
+    try:
+        yield mnt
+    finally:
+        run(root, "umount", str(mnt))

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli import run
-from tools.images.catalog import build_and_push
 
 pytestmark = pytest.mark.e2e
 
@@ -29,11 +28,6 @@ def _chain(diff_ids: list[str]) -> str:
 def _mounts_of(root: Path) -> list[str]:
     out = subprocess.run(["mount"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if str(root) in line]
-
-
-@pytest.fixture(scope="module")
-def busybox(registry):
-    return build_and_push("busybox", registry)
 
 
 def _snapshots(root: Path) -> dict[str, list[str]]:

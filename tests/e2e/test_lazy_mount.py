@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.cli import run
+from tests.e2e.cli import mounted, run
 from tools.faultproxy import FaultProxy
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.estargz import build_and_push_estargz
 
 pytestmark = pytest.mark.e2e
-
-
-@contextmanager
-def mounted(root: Path, ref: str, mnt: Path, *args: str) -> Iterator[Path]:
-    mnt.mkdir(parents=True, exist_ok=True)
-    run(root, "mount", *args, ref, str(mnt), timeout=600)
-    try:
-        yield mnt
-    finally:
-        run(root, "umount", str(mnt))
 
 
 def _sha(path: Path) -> str:

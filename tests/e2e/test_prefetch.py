@@ -7,14 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.cli import run
+from tests.e2e.cli import mounted, run
 from tools.faultproxy import FaultProxy
 from tools.images.catalog import build_and_push
 from tools.images.estargz import build_and_push_estargz
@@ -23,16 +21,6 @@ pytestmark = pytest.mark.e2e
 
 # Read by the "start" of the image: whatever the kernel asks for is what is recorded.
 _FILES = ("etc/passwd", "etc/group", "bin/busybox")
-
-
-@contextmanager
-def mounted(root: Path, ref: str, mnt: Path, *args: str) -> Iterator[Path]:
-    mnt.mkdir(parents=True, exist_ok=True)
-    run(root, "mount", *args, ref, str(mnt), timeout=600)
-    try:
-        yield mnt
-    finally:
-        run(root, "umount", str(mnt))
 
 
 def _stats(root: Path, mnt: Path) -> dict[str, Any]:

@@ -22,16 +22,6 @@ def _fusesnap_mounts(root: Path) -> list[str]:
     return [line for line in out.splitlines() if "fusesnap" in line or str(root) in line]
 
 
-@pytest.fixture(scope="module")
-def debian(registry):
-    return build_and_push("debian", registry)
-
-
-@pytest.fixture(scope="module")
-def busybox(registry):
-    return build_and_push("busybox", registry)
-
-
 def test_python_in_debian_on_a_cold_store(debian, tmp_path) -> None:
     root = tmp_path / "store"
     proc = run(root, "run", "--rm", debian.ref, "--", "python3", "-c", "print(6*7)", timeout=600)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cli import fusesnap_cmd, run
-from tools.images.catalog import build_and_push
 
 pytestmark = pytest.mark.e2e
 
@@ -34,16 +33,6 @@ def _status(root: Path, name: str) -> str:
 
 def _info(root: Path, name: str) -> dict:
     return json.loads(run(root, "containers", "info", name).stdout)
-
-
-@pytest.fixture(scope="module")
-def busybox(registry):
-    return build_and_push("busybox", registry)
-
-
-@pytest.fixture(scope="module")
-def debian(registry):
-    return build_and_push("debian", registry)
 
 
 def test_detached_container_runs_in_the_background_and_rm_stops_it(busybox, tmp_path) -> None:

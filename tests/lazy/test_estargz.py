@@ -6,7 +6,6 @@ served by an in-memory ``fetch``; TOC-level edge cases use hand-written TOC entr
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -16,8 +15,6 @@ import logging
 import os
 import struct
 import tarfile
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -34,31 +31,10 @@ from fusesnap.lazy.estargz import (
 from fusesnap.lazy.layerindex import ChunkRef, EntryType, LayerIndex
 from fusesnap.lazy.tocindex import TocBlob, extract_chunk, index_from_toc
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
+from tests.lazy.layerblob import LayerBlob as Blob
 from tools.images.push import inspect_raw
 
 DIFF_ID = Digest("sha256:" + "0" * 64)
-
-
-@dataclasses.dataclass
-class Blob:
-    data: bytes
-    layer: Descriptor
-    requests: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-
-    async def fetch(self, offset: int, length: int) -> bytes:
-        self.requests.append((offset, length))
-        assert offset >= 0
-        assert offset + length <= len(self.data)
-        return self.data[offset : offset + length]
-
-    def with_(self, data: bytes | None = None, ann: Mapping[str, str | None] = MappingProxyType({})
-              ) -> Blob:
-        """This blob with other bytes, and annotations changed (None: removed)."""
-        ann = {**self.layer.annotations, **ann}
-        data = self.data if data is None else data
-        layer = dataclasses.replace(self.layer, size=len(data),
-                                    annotations={k: v for k, v in ann.items() if v is not None})
-        return Blob(data, layer)
 
 
 @pytest.fixture(scope="module")

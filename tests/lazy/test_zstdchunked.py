@@ -3,13 +3,10 @@ verification, limits, and chunks located by their zstd frames."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -26,6 +23,7 @@ from fusesnap.lazy.zstdchunked import (
     read_zstdchunked_index,
 )
 from fusesnap.oci import Descriptor
+from tests.lazy.layerblob import LayerBlob
 from tools.images.catalog import LAYOUT_TAG, build_layout
 from tools.images.layout import read_json_blob, resolve_tag
 
@@ -36,27 +34,7 @@ NEW_POSITION, OLD_POSITION = POSITION_ANNOTATIONS
 NEW_CHECKSUM, OLD_CHECKSUM = CHECKSUM_ANNOTATIONS
 
 
-@dataclasses.dataclass
-class Blob:
-    data: bytes
-    layer: Descriptor
-    requests: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-
-    async def fetch(self, offset: int, length: int) -> bytes:
-        self.requests.append((offset, length))
-        assert offset >= 0
-        assert offset + length <= len(self.data)
-        return self.data[offset : offset + length]
-
-    def with_(self, data: bytes | None = None, ann: Mapping[str, str | None] = MappingProxyType({})
-              ) -> Blob:
-        """This blob with other bytes, and annotations changed (None: removed)."""
-        ann = {**self.layer.annotations, **ann}
-        data = self.data if data is None else data
-        layer = dataclasses.replace(self.layer, size=len(data),
-                                    annotations={k: v for k, v in ann.items() if v is not None})
-        return Blob(data, layer)
-
+class Blob(LayerBlob):
     async def read(self, **kw: int) -> LayerIndex:
         return await read_zstdchunked_index(self.fetch, layer=self.layer, diff_id=DIFF_ID, **kw)
 
