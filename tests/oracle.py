@@ -84,7 +84,7 @@ def tree_view(tree: MergedTree, chunks: ChunkSource) -> dict[str, Record]:
         e = node.entry
         is_file = e.type is EntryType.FILE
         content = _sha256(iter_file(e, chunks)) if is_file else ""
-        view[rel] = (e.type, e.mode, node.nlink, e.uid, e.gid, e.mtime, e.size if is_file else 0,
+        view[rel] = (e.type, e.perm, node.nlink, e.uid, e.gid, e.mtime, e.size if is_file else 0,
                      e.linkname if e.type is EntryType.SYMLINK else "", (e.devmajor, e.devminor),
                      dict(e.xattrs), content, tree.path_of(node.ino))  # fmt: skip
     return view

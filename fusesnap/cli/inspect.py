@@ -75,7 +75,7 @@ def layers(c: Context, ref: str) -> None:
 
 
 def _mode_string(entry: Entry) -> str:
-    return stat.filemode(_TYPE_BITS[entry.type] | entry.mode)
+    return stat.filemode(_TYPE_BITS[entry.type] | entry.perm)
 
 
 def _long_line(name: str, node: Node) -> str:

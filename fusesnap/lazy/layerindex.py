@@ -117,6 +117,12 @@ class Entry:
     gname: str = ""
     chunks: tuple[ChunkRef, ...] = ()
 
+    @property
+    def perm(self) -> int:
+        """The permission bits a reader sees: ``mode``, except 0o777 for a symlink whatever
+        its header said (Linux has no symlink permissions; ``lstat`` always reports 0777)."""
+        return 0o777 if self.type is EntryType.SYMLINK else self.mode
+
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:

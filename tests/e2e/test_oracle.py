@@ -97,3 +97,14 @@ def _all_paths(rootfs: Path) -> list[str]:
     from tests.oracle import walk_sorted
 
     return walk_sorted(rootfs)
+
+
+def test_symlink_with_a_0644_header_is_0777_in_ls_and_umoci(registry, tmp_path) -> None:
+    img = build_and_push("crafted-modes", registry)
+    root = tmp_path / "store"
+    run(root, "pull", img.ref)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    assert os.lstat(rootfs / "link-0644").st_mode & 0o7777 == 0o777
+    listing = run(root, "ls", "-l", img.ref, "/").stdout.splitlines()
+    line = next(ln for ln in listing if ln.endswith("link-0644 -> exec"))
+    assert line.startswith("lrwxrwxrwx ")

@@ -147,7 +147,8 @@ def xattrs_image() -> Image:
 
 
 def modes_image() -> Image:
-    """After unpacking, modes and owners exactly as listed in the layer (see the code)."""
+    """After unpacking, modes and owners exactly as listed in the layer (see the code), except
+    ``link-0644``: a symlink whose header says 0644 is 0777 on Linux, as on every unpacker."""
     layer = (TarBuilder()
              .dir("bin")
              .file("bin/suid", "#!/bin/sh\n", mode=0o4755)
@@ -161,6 +162,7 @@ def modes_image() -> Image:
              .file("bigids", "ids beyond ustar's 7 octal digits\n", uid=3_000_000,
                    gid=3_000_001)
              .file("exec", "#!/bin/sh\n", mode=0o755)
+             .symlink("link-0644", "exec", mode=0o644)
              .getvalue())
     return _image(layer, what="modes")
 

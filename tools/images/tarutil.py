@@ -99,8 +99,10 @@ class TarBuilder:
         self._tar.addfile(info, source)
         return self
 
-    def symlink(self, path: str, target: str, *, uid: int = 0, gid: int = 0) -> TarBuilder:
-        info = self._info(path, tarfile.SYMTYPE, mode=0o777, uid=uid, gid=gid)
+    def symlink(
+        self, path: str, target: str, *, mode: int = 0o777, uid: int = 0, gid: int = 0
+    ) -> TarBuilder:
+        info = self._info(path, tarfile.SYMTYPE, mode=mode, uid=uid, gid=gid)
         info.linkname = target
         self._tar.addfile(info)
         return self
