@@ -79,7 +79,7 @@ def fusesnap_view(
     view: dict[str, tuple[object, ...]] = {}
     for rel, node in tree.walk():
         e = node.entry
-        record: tuple[object, ...] = (e.type, e.mode, node.nlink)
+        record: tuple[object, ...] = (e.type, e.perm, node.nlink)
         if full:
             content = hashlib.sha256(read_file(e, 0, e.size, chunks)).hexdigest() if (
                 e.type is EntryType.FILE) else ""  # fmt: skip
