@@ -30,7 +30,7 @@ def test_a_command_module_loads_when_the_command_is_used() -> None:
 import sys
 from fusesnap.cli.app import cli
 assert "fusesnap.cli.snapshots" not in sys.modules
-assert "fusesnap.runtime.commit" not in sys.modules
+assert "fusesnap.snapshots.commit" not in sys.modules
 ctx = cli.make_context("fusesnap", ["commit", "--help"], resilient_parsing=True)
 command = cli.get_command(ctx, "commit")
 assert command is not None and command.name == "commit"

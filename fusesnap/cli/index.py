@@ -10,14 +10,15 @@ from fusesnap.blocking import run_blocking
 from fusesnap.cli.app import Context, cli, pass_ctx, run_async
 from fusesnap.cli.images import MAX_LAYER_SIZE, layer_table
 from fusesnap.fs import MergedTree
-from fusesnap.lazy import PushedArtifact, open_registry_client, push_index_artifact
+from fusesnap.index.model import LayerIndex, decode
+from fusesnap.index.tar import Limits
 from fusesnap.lazy import profile as profiles
-from fusesnap.lazy.layerindex import LayerIndex, decode
-from fusesnap.lazy.pull import PullResult
-from fusesnap.lazy.pull import pull as pull_image
-from fusesnap.lazy.tarindex import Limits
 from fusesnap.oci import Platform
+from fusesnap.pull.artifact import PushedArtifact, push_index_artifact
+from fusesnap.pull.image import PullResult
+from fusesnap.pull.image import pull as pull_image
 from fusesnap.reference import Reference
+from fusesnap.registry.client import open_registry_client
 from fusesnap.store import Store
 from fusesnap.termui import ProgressLine, human_size
 

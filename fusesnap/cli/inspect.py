@@ -18,8 +18,8 @@ import click
 from fusesnap.cli.app import Context, cli, pass_ctx, run_async
 from fusesnap.fs import MergedTree, Node, diff_trees
 from fusesnap.image import ImageView, PathError
+from fusesnap.index.model import ChunkRef, Entry, EntryType, LayerIndex
 from fusesnap.lazy.fetcher import open_registry_fetcher
-from fusesnap.lazy.layerindex import ChunkRef, Entry, EntryType, LayerIndex
 from fusesnap.reference import Reference
 from fusesnap.termui import human_size, table
 

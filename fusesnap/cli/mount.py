@@ -13,11 +13,11 @@ import click
 from fusesnap.cli.app import SIZE, Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
 from fusesnap.errors import NotFoundError
-from fusesnap.fs.cache import DEFAULT_MAX_BYTES
+from fusesnap.fuse.cache import DEFAULT_MAX_BYTES
+from fusesnap.lazy.chunks import RegistryOptions
+from fusesnap.mountd.daemon import PREFETCH_MODES, check_image, serve_image
+from fusesnap.mountd.start import mount_stats, start_mount, unmount
 from fusesnap.reference import Reference
-from fusesnap.runtime.daemon import PREFETCH_MODES, check_image, serve_image
-from fusesnap.runtime.lazychunks import RegistryOptions
-from fusesnap.runtime.mount import mount_stats, start_mount, unmount
 from fusesnap.termui import human_size, table
 
 

@@ -5,7 +5,7 @@ the chunk reads and the diff are a library that ``ls``/``cat``/``diff`` use
 directly and that the FUSE Operations class wraps thinly. Merge rules and inode
 numbering: `fusesnap.fs.tree`; reads: `fusesnap.fs.reader`.
 
-The FUSE side is imported on its own (``fusesnap.fs.fuse``: the Operations
+The FUSE side is imported on its own (``fusesnap.fuse.operations``: the Operations
 class and the session; ``.source``: what it serves; ``.cache``: the chunk LRU
 on the trio loop; ``.attrs``: stat/statfs values; ``.lookups``), so that
 commands which never mount do not load pyfuse3 or trio.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fusesnap.fs.tree import MergedTree, Node
-from fusesnap.lazy.layerindex import EntryType
+from fusesnap.index.model import EntryType
 
 __all__ = ["Change", "ChangeKind", "diff_trees"]
 

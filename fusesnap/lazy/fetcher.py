@@ -34,7 +34,7 @@ a cancelled `get` stops waiting; the fetch goes on for the other waiters (and th
 store). Leaving `open_chunk_fetcher` cancels what is left.
 
 The store must keep what is stored here: hold the layer (its record, or a lease
-on ``("layer", digest)``) while fetching, as `fusesnap.lazy.pull` does.
+on ``("layer", digest)``) while fetching, as `fusesnap.pull.image` does.
 """
 
 from __future__ import annotations
@@ -58,12 +58,12 @@ from fusesnap.errors import (
     RegistryUnavailableError,
     StoreError,
 )
-from fusesnap.lazy.layerindex import ChunkRef, Entry, LayerIndex
+from fusesnap.index.model import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
-from fusesnap.lazy.singleflight import Flight, SingleFlight
 from fusesnap.lazy.spandecode import Cut, cut_span
 from fusesnap.lazy.windows import WindowSource
 from fusesnap.reference import Reference
+from fusesnap.singleflight import Flight, SingleFlight
 
 __all__ = [
     "ChunkCache",
@@ -184,7 +184,7 @@ async def open_registry_fetcher(
 ) -> AsyncIterator[ChunkFetcher]:
     """A `ChunkFetcher` reading image ``ref``'s blobs from its registry (a client of its
     own, open as long as the block): what a lazy mount and ``cat`` need."""
-    from fusesnap.lazy.registry import open_registry_client
+    from fusesnap.registry.client import open_registry_client
 
     async with open_registry_client(
         insecure_registries=insecure_registries, ca_file=ca_file

@@ -15,7 +15,7 @@ gc's). `load` finds the newest one.
 
 ``fusesnap run`` records one on its own when the image has none and is not
 wholly local. ``fusesnap index REF --push`` pushes the image's profile with
-its index artifact (`fusesnap.lazy.artifact`), and a lazy pull that finds one
+its index artifact (`fusesnap.pull.artifact`), and a lazy pull that finds one
 there keeps it, unless the store has a profile of its own for the image.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
-from fusesnap.lazy.layerindex import LayerIndex
+from fusesnap.index.model import LayerIndex
 from fusesnap.store import Resource, Store
 from fusesnap.store.records import CONTENT
 

@@ -38,10 +38,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fusesnap.errors import LayerError
-from fusesnap.lazy.layerindex import Checkpoint, ChunkRef, LayerIndex
+from fusesnap.index.model import FRAME_FORMATS, Checkpoint, ChunkRef, LayerIndex
 
 __all__ = [
-    "FRAME_COMPRESSIONS",
     "Access",
     "LayerLayout",
     "Span",
@@ -51,7 +50,6 @@ __all__ = [
     "layout_of",
 ]
 
-FRAME_COMPRESSIONS = frozenset({"estargz", "zstd:chunked"})
 
 
 class Access(enum.Enum):
@@ -247,7 +245,7 @@ class LayerLayout:
 
 
 def _access(index: LayerIndex, what: str) -> Access:
-    framed = index.compression in FRAME_COMPRESSIONS or any(
+    framed = index.compression in FRAME_FORMATS or any(
         coffset(c) >= 0 for e in index.entries for c in e.chunks[:1]
     )
     if framed:

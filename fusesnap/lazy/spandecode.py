@@ -2,7 +2,7 @@
 
 `cut_span` decodes the span as its layer's `Access` says (a slice, a frame
 decompressed, or a gzip region inflated from a checkpoint with
-`fusesnap.lazy.gzipindex.read_range`), cuts out each chunk asked for and
+`fusesnap.index.gzipindex.read_range`), cuts out each chunk asked for and
 checks it against its sha256. A chunk that does not verify, or whose frame
 does not decompress, is an error for that chunk only; the others are still
 returned. Nothing here stores or fetches anything (except `read_before`, see
@@ -15,26 +15,20 @@ chunk it is asked for; a gzip region only up to its planned end.
 from __future__ import annotations
 
 import hashlib
-import io
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import zstandard
-
 from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError
-from fusesnap.lazy import gzipindex
-from fusesnap.lazy.layerindex import ChunkRef
+from fusesnap.index import gzipindex
+from fusesnap.index.frames import decompress_frame
+from fusesnap.index.model import ChunkRef
 from fusesnap.lazy.ranges import Access, LayerLayout, Span, clength, coffset, inner
 
-__all__ = ["Cut", "ReadBefore", "cut_span", "decompress_frame"]
+__all__ = ["Cut", "ReadBefore", "cut_span"]
 
 ReadBefore = Callable[[int, int], bytes]
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_PIECE = 1 << 20
 
 
 @dataclass(slots=True)
@@ -116,59 +110,6 @@ def _cut_frames(
             continue
         for ref in members:
             _accept(cut, layout, ref, plain[inner(ref) : inner(ref) + ref.length])
-
-
-def decompress_frame(data: bytes, need: int, *, what: str = "frame") -> bytes:
-    """The first ``need`` bytes that ``data`` (gzip members or zstd frames) decompresses to.
-
-    Raise `LayerError` if it is neither, is corrupt, or gives fewer bytes.
-    """
-    if data.startswith(_GZIP_MAGIC):
-        out = _gunzip(data, need, what)
-    elif data.startswith(_ZSTD_MAGIC) or (
-        len(data) >= 4 and data[0] & 0xF0 == 0x50 and data[1:4] == b"\x2a\x4d\x18"
-    ):
-        out = _unzstd(data, need, what)
-    else:
-        raise LayerError(f"{what}: neither a gzip member nor a zstd frame")
-    if len(out) < need:
-        raise LayerError(f"{what}: decompresses to {len(out)} bytes, want at least {need}")
-    return out
-
-
-def _gunzip(data: bytes, need: int, what: str) -> bytes:
-    out = bytearray()
-    rest = data
-    try:
-        while len(out) < need and rest:
-            d = zlib.decompressobj(31)
-            out += d.decompress(rest, need - len(out))
-            if len(out) >= need:
-                break
-            if not d.eof:
-                raise LayerError(f"{what}: gzip member is truncated")
-            rest = d.unused_data
-    except zlib.error as exc:
-        raise LayerError(f"{what}: corrupt gzip data ({exc})") from None
-    return bytes(out[:need])
-
-
-def _unzstd(data: bytes, need: int, what: str) -> bytes:
-    out = bytearray()
-    try:
-        # A fresh context per call: zstd contexts are not shared between threads.
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(data), read_across_frames=True
-        )
-        with reader:
-            while len(out) < need:
-                piece = reader.read(min(_PIECE, need - len(out)))
-                if not piece:
-                    break
-                out += piece
-    except zstandard.ZstdError as exc:
-        raise LayerError(f"{what}: corrupt zstd data ({exc})") from None
-    return bytes(out)
 
 
 def _inflate(

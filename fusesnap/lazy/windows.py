@@ -1,6 +1,6 @@
 """Gzip windows: the 32 KiB a span's inflation starts from, apart from the index.
 
-An index names each checkpoint's window by sha256 (`fusesnap.lazy.layerindex.Checkpoint`)
+An index names each checkpoint's window by sha256 (`fusesnap.index.model.Checkpoint`)
 rather than carrying it. `with_windows_blob` makes the blob an index artifact pushes
 beside the index: each window's zstd frame, in checkpoint order. `WindowSource.get`
 returns a window from the chunk store, or else fetches its frame from that blob (one
@@ -21,10 +21,10 @@ import zstandard
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError, RegistryError, StoreError
-from fusesnap.lazy.layerindex import LayerIndex
+from fusesnap.index.model import LayerIndex
 from fusesnap.lazy.ranges import Access, LayerLayout, Span
-from fusesnap.lazy.singleflight import SingleFlight
 from fusesnap.lazy.spandecode import decode_window
+from fusesnap.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from fusesnap.lazy.fetcher import ChunkCache, FetchRange

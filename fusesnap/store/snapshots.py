@@ -1,7 +1,7 @@
 """Snapshot and container records: the ``snapshots`` and ``containers`` databases.
 
 The snapshotter's bookkeeping (containerd's snapshot metadata); the directories
-and mounts are `fusesnap.runtime.snapshots`' business. Vocabulary:
+and mounts are `fusesnap.snapshots.snapshotter`' business. Vocabulary:
 
 - a *committed* snapshot is immutable and named; those made from an image are
   named by their chain ID and record the layer whose contents they add on top

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from fusesnap.runtime.mountpoint import FSTYPE, mount_info
+from fusesnap.mountd.mountpoint import FSTYPE, mount_info
 from tests.e2e.cli import run
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.tarutil import walk_sorted

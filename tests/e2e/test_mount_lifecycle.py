@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fusesnap.runtime.mountpoint import FSTYPE, mount_info
-from fusesnap.runtime.state import MountState, state_dir
+from fusesnap.mountd.mountpoint import FSTYPE, mount_info
+from fusesnap.mountd.state import MountState, state_dir
 from fusesnap.store import open_store
 from tests.e2e.cli import fusesnap_cmd, run
 from tests.e2e.test_mount import Pulled, differences, force_unmount, mounted, stats, tree_view

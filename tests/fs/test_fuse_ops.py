@@ -13,11 +13,11 @@ import pytest
 
 from fusesnap.errors import LayerError
 from fusesnap.fs import MergedTree
-from fusesnap.fs.attrs import CACHE_TIMEOUT
-from fusesnap.fs.cache import ChunkCache
-from fusesnap.fs.fuse import FuseOperations, mount_options
-from fusesnap.fs.source import ImageSource
-from fusesnap.lazy.layerindex import Entry, EntryType
+from fusesnap.fuse.attrs import CACHE_TIMEOUT
+from fusesnap.fuse.cache import ChunkCache
+from fusesnap.fuse.operations import FuseOperations, mount_options
+from fusesnap.fuse.source import ImageSource
+from fusesnap.index.model import Entry, EntryType
 from tests.fs.helpers import MTIME, MemoryChunks, directory, file, hardlink, layer, symlink
 
 CTX: Any = None  # handlers ignore the request context

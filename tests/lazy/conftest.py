@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 import trio
 
-from fusesnap.lazy import Credentials, RegistryClient, RetryPolicy, open_registry_client
 from fusesnap.reference import Reference
+from fusesnap.registry.client import RegistryClient, open_registry_client
+from fusesnap.registry.credentials import Credentials
+from fusesnap.registry.retry import RetryPolicy
 from tests.lazy.fakeregistry import FakeRegistry
 
 REF = Reference.parse("registry.example/team/app:1.0")

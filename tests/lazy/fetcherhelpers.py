@@ -16,8 +16,8 @@ import trio
 import zstandard
 
 from fusesnap.digest import Digest
-from fusesnap.lazy.layerindex import ChunkRef, Entry, EntryType, LayerIndex
-from fusesnap.lazy.tarindex import build_index
+from fusesnap.index.model import ChunkRef, Entry, EntryType, LayerIndex
+from fusesnap.index.tar import build_index
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR
 
 MiB = 1 << 20

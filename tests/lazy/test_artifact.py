@@ -15,9 +15,11 @@ import zstandard
 from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError, ManifestError
-from fusesnap.lazy import Credentials, RegistryClient
+from fusesnap.index.model import LayerIndex, decode, encode
 from fusesnap.lazy import profile as profiles
-from fusesnap.lazy.artifact import (
+from fusesnap.lazy.profile import AccessProfile
+from fusesnap.oci import Descriptor
+from fusesnap.pull.artifact import (
     ARTIFACT_TYPE,
     CREATED_ANNOTATION,
     EMPTY_CONFIG,
@@ -28,10 +30,9 @@ from fusesnap.lazy.artifact import (
     find_index_artifact,
     push_index_artifact,
 )
-from fusesnap.lazy.layerindex import LayerIndex, decode, encode
-from fusesnap.lazy.profile import AccessProfile
-from fusesnap.oci import Descriptor
 from fusesnap.reference import Reference
+from fusesnap.registry.client import RegistryClient
+from fusesnap.registry.credentials import Credentials
 from tests.lazy.conftest import REF, Connect
 from tests.lazy.fakeregistry import FakeRegistry
 from tests.lazy.fetcherhelpers import Layer, gzip_layer, text

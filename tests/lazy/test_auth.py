@@ -9,14 +9,14 @@ import httpx
 import pytest
 
 from fusesnap.errors import AuthenticationError
-from fusesnap.lazy import Credentials
-from fusesnap.lazy.auth import (
+from fusesnap.reference import Reference
+from fusesnap.registry.auth import (
     Authenticator,
     AuthScope,
     _token_lifetime,
     parse_www_authenticate,
 )
-from fusesnap.reference import Reference
+from fusesnap.registry.credentials import Credentials
 from tests.lazy.conftest import REF, Connect
 from tests.lazy.fakeregistry import REALM, FakeRegistry
 

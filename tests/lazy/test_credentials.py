@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.lazy import Credentials, load_credentials
+from fusesnap.registry.credentials import Credentials, load_credentials
 
 SECRET = "hunter2-very-secret"
 

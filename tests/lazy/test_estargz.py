@@ -21,15 +21,15 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
-from fusesnap.lazy.estargz import (
+from fusesnap.index.estargz import (
     FOOTER_SIZE,
     LEGACY_FOOTER_SIZE,
     TOC_DIGEST_ANNOTATION,
     parse_footer,
     read_estargz_index,
 )
-from fusesnap.lazy.layerindex import ChunkRef, EntryType, LayerIndex
-from fusesnap.lazy.tocindex import TocBlob, extract_chunk, index_from_toc
+from fusesnap.index.model import ChunkRef, EntryType, LayerIndex
+from fusesnap.index.toc import TocBlob, extract_chunk, index_from_toc
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
 from tests.lazy.layerblob import LayerBlob as Blob
 from tools.images.push import inspect_raw
@@ -128,7 +128,7 @@ async def test_toc_digest_mismatch(esgz: Blob) -> None:
 
 async def test_toc_without_annotation_is_read_and_noted(esgz: Blob, caplog) -> None:
     blob = esgz.with_(ann={TOC_DIGEST_ANNOTATION: None})
-    with caplog.at_level(logging.WARNING, logger="fusesnap.lazy.estargz"):
+    with caplog.at_level(logging.WARNING, logger="fusesnap.index.estargz"):
         idx = await read_estargz_index(blob.fetch, layer=blob.layer, diff_id=DIFF_ID)
     assert "not verified" in caplog.text
     assert "bin/busybox" in idx.by_path

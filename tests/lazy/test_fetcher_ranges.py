@@ -13,11 +13,11 @@ import trio
 import zstandard
 
 from fusesnap.errors import DigestMismatchError, LayerError, RegistryUnavailableError
+from fusesnap.index.frames import decompress_frame
+from fusesnap.index.model import ChunkRef
 from fusesnap.lazy.fetcher import FetchLimits, open_chunk_fetcher
-from fusesnap.lazy.layerindex import ChunkRef
 from fusesnap.lazy.ranges import Access, LayerLayout
-from fusesnap.lazy.singleflight import SingleFlight
-from fusesnap.lazy.spandecode import decompress_frame
+from fusesnap.singleflight import SingleFlight
 from fusesnap.store import Store, open_store
 from tests.lazy.fetcherhelpers import (
     Blobs,

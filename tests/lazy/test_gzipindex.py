@@ -10,8 +10,8 @@ import zlib
 import pytest
 
 from fusesnap.errors import LayerError
-from fusesnap.lazy import gzipindex
-from fusesnap.lazy.gzipindex import build_checkpoints, parse_gzidx, read_range, to_gzidx
+from fusesnap.index import gzipindex
+from fusesnap.index.gzipindex import build_checkpoints, parse_gzidx, read_range, to_gzidx
 
 MiB = 1 << 20
 

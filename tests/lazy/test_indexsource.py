@@ -17,15 +17,15 @@ import zstandard
 from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError
-from fusesnap.lazy.artifact import ArtifactIndexes, push_index_artifact
-from fusesnap.lazy.estargz import TOC_DIGEST_ANNOTATION
+from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
+from fusesnap.index.model import decode
+from fusesnap.index.tar import build_index
+from fusesnap.index.zstdchunked import POSITION_ANNOTATIONS
 from fusesnap.lazy.fetcher import open_chunk_fetcher
-from fusesnap.lazy.indexsource import IndexSource, resolve_layer_index
-from fusesnap.lazy.layerindex import decode
-from fusesnap.lazy.pull import pull
-from fusesnap.lazy.tarindex import build_index
-from fusesnap.lazy.zstdchunked import POSITION_ANNOTATIONS
 from fusesnap.oci import Descriptor
+from fusesnap.pull.artifact import ArtifactIndexes, push_index_artifact
+from fusesnap.pull.image import pull
+from fusesnap.pull.indexsource import IndexSource, resolve_layer_index
 from fusesnap.store import Store, collect_garbage, open_store
 from fusesnap.termui import human_size
 from tests.lazy.conftest import REF, Connect

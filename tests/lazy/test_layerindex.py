@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from fusesnap.digest import Digest
-from fusesnap.lazy.layerindex import (
+from fusesnap.index.model import (
     FORMAT_VERSION,
     MAGIC,
     Checkpoint,
@@ -28,7 +28,7 @@ from fusesnap.lazy.layerindex import (
     encode,
     normalize_path,
 )
-from fusesnap.lazy.tarindex import build_index
+from fusesnap.index.tar import build_index
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 D1 = Digest("sha256:" + "ab" * 32)

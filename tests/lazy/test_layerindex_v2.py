@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from fusesnap.digest import Digest
-from fusesnap.lazy.layerindex import (
+from fusesnap.index.model import (
     FORMAT_VERSION,
     MAGIC,
     ChunkRef,

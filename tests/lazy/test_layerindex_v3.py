@@ -10,7 +10,7 @@ import os
 import pytest
 
 from fusesnap.digest import Digest
-from fusesnap.lazy.layerindex import Checkpoint, GzipCheckpoints, LayerError, decode, encode
+from fusesnap.index.model import Checkpoint, GzipCheckpoints, LayerError, decode, encode
 from tests.lazy.test_layerindex import sample_index
 from tests.lazy.test_layerindex_v2 import body_of, rebuild
 

@@ -6,8 +6,7 @@ import httpx
 import pytest
 
 from fusesnap.errors import RegistryNotFoundError, RegistryUnavailableError
-from fusesnap.lazy import RetryPolicy
-from fusesnap.lazy.retry import parse_retry_after
+from fusesnap.registry.retry import RetryPolicy, parse_retry_after
 from tests.lazy.conftest import REF, Connect, Sleeps
 from tests.lazy.fakeregistry import FakeRegistry, fail_times
 
@@ -122,7 +121,7 @@ def test_parse_retry_after() -> None:
 def test_describe_digs_for_the_reason() -> None:
     import trio
 
-    from fusesnap.lazy.retry import describe
+    from fusesnap.registry.retry import describe
 
     # The shape of a failed TLS handshake on trio: two empty wrappers over the reason.
     reason = RuntimeError("[SSL: WRONG_VERSION_NUMBER] wrong version number")

@@ -14,9 +14,9 @@ import zstandard
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
-from fusesnap.lazy.layerindex import LayerIndex, decode, encode
-from fusesnap.lazy.tocindex import extract_chunk
-from fusesnap.lazy.zstdchunked import (
+from fusesnap.index.model import LayerIndex, decode, encode
+from fusesnap.index.toc import extract_chunk
+from fusesnap.index.zstdchunked import (
     CHECKSUM_ANNOTATIONS,
     POSITION_ANNOTATIONS,
     is_zstdchunked,
@@ -120,7 +120,7 @@ async def test_toc_replaced_in_the_blob_fails_verification(busybox: Blob) -> Non
 
 
 async def test_without_checksum_the_toc_is_read_and_noted(busybox: Blob, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="fusesnap.lazy.zstdchunked"):
+    with caplog.at_level(logging.WARNING, logger="fusesnap.index.zstdchunked"):
         idx = await busybox.with_(ann={OLD_CHECKSUM: None}).read()
     assert "not verified" in caplog.text
     assert "etc/passwd" in idx.by_path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.runtime import container
+from fusesnap.containers import container
 
 
 def _dead_pid() -> int:

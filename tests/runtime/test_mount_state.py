@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from fusesnap.runtime.control import query, serve_control
-from fusesnap.runtime.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
-from fusesnap.runtime.state import MountState, process_start_time, state_dir
+from fusesnap.mountd.control import query, serve_control
+from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
+from fusesnap.mountd.state import MountState, process_start_time, state_dir
 
 
 def test_state_dir_is_a_function_of_the_absolute_path(tmp_path: Path, monkeypatch) -> None:
@@ -83,8 +83,7 @@ async def test_control_socket_round_trip_on_a_long_path(tmp_path: Path) -> None:
 def test_a_failed_mount_is_reported_to_the_starter(monkeypatch, tmp_path: Path) -> None:
     from contextlib import contextmanager
 
-    from fusesnap.runtime import daemon
-
+    from fusesnap.mountd import daemon
     @contextmanager
     def refuse(*args: object):
         raise RuntimeError("fuse_session_mount failed")
@@ -102,14 +101,14 @@ def test_a_failed_mount_is_reported_to_the_starter(monkeypatch, tmp_path: Path) 
 
 
 def test_mountinfo_escapes_are_undone() -> None:
-    from fusesnap.runtime.mountpoint import _unescape
+    from fusesnap.mountd.mountpoint import _unescape
 
     assert _unescape(r"/mnt/with\040space\011tab\134back") == "/mnt/with space\ttab\\back"
     assert _unescape("/plain") == "/plain"
 
 
 def test_the_state_directory_is_private(tmp_path: Path) -> None:
-    from fusesnap.runtime.state import make_state_dir
+    from fusesnap.mountd.state import make_state_dir
 
     directory = make_state_dir(tmp_path / "root", tmp_path / "m")
     assert directory.is_dir()

@@ -15,8 +15,8 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError
-from fusesnap.runtime.difftar import write_diff_tar
-from fusesnap.runtime.snapshots import SnapshotError, Snapshotter, chain_ids
+from fusesnap.snapshots.difftar import write_diff_tar
+from fusesnap.snapshots.snapshotter import SnapshotError, Snapshotter, chain_ids
 from fusesnap.store import ContainerRef, SnapshotInUseError, SnapshotRecord, Store, open_store
 from fusesnap.store.snapshots import COMMITTED
 

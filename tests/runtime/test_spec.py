@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fusesnap.runtime.spec import (
+from fusesnap.containers.spec import (
     DEFAULT_PATH,
     SpecError,
     User,

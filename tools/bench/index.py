@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from fusesnap.digest import Digest
-from fusesnap.lazy.gzipindex import build_checkpoints
-from fusesnap.lazy.ingest import ingest_layer_file
-from fusesnap.lazy.layerindex import LayerIndex, encode
-from fusesnap.lazy.tarindex import build_index
+from fusesnap.index.gzipindex import build_checkpoints
+from fusesnap.index.model import LayerIndex, encode
+from fusesnap.index.tar import build_index
 from fusesnap.lazy.windows import with_windows_blob
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
+from fusesnap.pull.indexing import ingest_layer_file
 from fusesnap.store import open_store
 
 _SUMMARY = "Layer index build throughput vs gzip -dc | tar -t."

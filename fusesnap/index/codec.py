@@ -1,0 +1,497 @@
+"""The encoded form of a `LayerIndex` (what the store and index artifacts hold).
+
+Format version 3 (`encode` writes it; `decode` reads versions 1 to 3)::
+
+    b"FSLI" | version:u8 | zstd( msgpack( body ) )
+
+    body    = [layer_digest, diff_id, media_type, compression,
+               compressed_size, uncompressed_size, chunk_size, [row, ...], gz, root,
+               source, prefetch]                          (version 1: the first 10 only)
+    row     = [prefix_len, path_suffix, type, mode, uid, gid, mtime, mtime_nsec,
+               size, linkname, devmajor, devminor, xattrs, uname, gname, chunks]
+    chunks  = nil                                                      (no data)
+            | [offset_delta, digests] | [offset_delta, digests, [length, ...]]
+                                                               (tar-stream chunks)
+            | [nil, digests, lengths, [coffset_delta, ...], [clength, ...], inners]
+                                                       (frame chunks, version 2 only)
+    lengths = nil (the fixed ``chunk_size`` split of the file) | [length, ...]
+    inners  = nil (all 0) | [inner, ...]
+    gz      = nil | [spacing, window_size, [coffset, ...], [bits, ...],
+                     [uoffset, ...], [window, ...],
+                     [window_sha256, ...], [wclength, ...], windows_blob]
+                                        (versions 1, 2: the first 6 only)
+    window  = b"" (none inline, or none at all) | the 32 KiB window
+    window_sha256 = b"" (no window: a gzip member start) | 32 bytes
+    windows_blob  = nil | digest of the blob of the windows' zstd frames
+    root    = nil | row (the "./" entry: empty path, a dir, no chunks)
+    source  = "built" | "estargz" | "zstd:chunked"
+    prefetch = [path, ...]                    (eStargz prioritized files, blob order)
+
+Rows are arrays, not maps. A path is stored as the number of bytes it shares
+with the previous path plus the rest (tar order is mostly sorted).
+Names, link targets, user names and xattr names are raw bytes (``str`` in
+memory via ``surrogateescape``, as `os.fsdecode` does) because Linux names need
+not be UTF-8.
+
+Tar-stream chunks (``ChunkRef.coffset == -1``): a file's chunks are contiguous
+in the tar stream, so a row keeps only the gap between the previous file's
+data end and this file's data start, the concatenated 32-byte digests, and the
+lengths only when they are not the fixed ``chunk_size`` split.
+
+Frame chunks (eStargz, zstd:chunked): ``ChunkRef.offset`` is the offset in the
+file, implied by the lengths, so it is not stored. Each ``coffset`` is stored
+as the difference from the end (``coffset + clength``) of the previous frame
+chunk in the layer: frames follow each other through the blob, so the numbers
+stay small (negative where several chunks share one frame, eStargz
+``innerOffset``). ``inner`` is almost always 0 and then not stored at all.
+
+Gzip windows (32 KiB before each checkpoint) are most of a gzip index's size,
+and a read needs only the one its span starts at; so an index names each
+window by sha256 and a pushed one locates it (``wclength`` and the windows
+blob: frames in point order, offsets implied) instead of carrying it. Inline
+windows (versions 1 and 2, or a freshly built index) are still read.
+
+The version byte sits outside the zstd frame so that a reader can refuse a
+newer format before decompressing anything. `decode` treats its input as
+untrusted (an index may come from a registry): every field is type-checked
+and every path re-validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+import msgpack
+import zstandard
+
+from fusesnap.digest import Digest
+from fusesnap.errors import InvalidDigestError, LayerError
+from fusesnap.index.model import (
+    FORMAT_VERSION,
+    MAGIC,
+    SHA256_SIZE,
+    Checkpoint,
+    ChunkRef,
+    Entry,
+    EntryType,
+    GzipCheckpoints,
+    LayerIndex,
+    normalize_path,
+)
+
+__all__ = ["decode", "encode"]
+
+# An encoded index is tiny next to its layer; refuse to inflate a hostile one without bound.
+_MAX_DECODED = 1 << 30
+_ZSTD_LEVEL = 9
+
+_TYPE_CODES = {t: i for i, t in enumerate(EntryType)}
+_TYPES = tuple(EntryType)
+
+
+def _fs(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _bin(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+# -- encode --------------------------------------------------------------------------------
+
+
+def encode(index: LayerIndex) -> bytes:
+    """Serialize ``index`` (see the module docstring for the format).
+
+    Raise `ValueError` if a file's chunks cannot be represented: tar-stream
+    chunks that are not contiguous ranges covering the file in tar order, or
+    frame chunks that do not cover the file or are mixed with tar-stream ones.
+    """
+    rows: list[list[Any]] = []
+    prev_path = b""
+    prev_end = 0  # end of the previous tar-stream file's data
+    prev_cend = 0  # end of the previous frame chunk
+    for e in index.entries:
+        path = _bin(e.path)
+        plen = _common_prefix(prev_path, path)
+        prev_path = path
+        chunks: list[Any] | None = None
+        if e.chunks and e.chunks[0].framed:
+            chunks, prev_cend = _frame_chunks(e, index.chunk_size, prev_cend)
+        elif e.chunks:
+            start = e.chunks[0].offset
+            _check_chunks(e, prev_end)
+            chunks = [start - prev_end, b"".join(c.digest for c in e.chunks)]
+            if not _is_fixed_split(e, start, index.chunk_size):
+                chunks.append([c.length for c in e.chunks])
+            prev_end = e.chunks[-1].offset + e.chunks[-1].length
+        rows.append(_row(e, plen, path[plen:], chunks))
+    gz = None
+    if index.checkpoints is not None:
+        cp = index.checkpoints
+        gz = [
+            cp.spacing, cp.window_size, [p.coffset for p in cp.points],
+            [p.bits for p in cp.points], [p.uoffset for p in cp.points],
+            [p.window for p in cp.points], [p.digest for p in cp.points],
+            [p.wclength for p in cp.points],
+            None if cp.windows_blob is None else str(cp.windows_blob),
+        ]  # fmt: skip
+    body = [
+        str(index.layer_digest), str(index.diff_id), index.media_type, index.compression,
+        index.compressed_size, index.uncompressed_size, index.chunk_size, rows, gz,
+        None if index.root is None else _row(index.root, 0, b"", None),
+        index.source, [_bin(p) for p in index.prefetch],
+    ]  # fmt: skip
+    packed = msgpack.packb(body, use_bin_type=True)
+    frame = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(packed)
+    return MAGIC + bytes([FORMAT_VERSION]) + frame
+
+
+def _row(e: Entry, plen: int, suffix: bytes, chunks: list[Any] | None) -> list[Any]:
+    xattrs = None
+    if e.xattrs:
+        xattrs = [x for k in sorted(e.xattrs) for x in (_bin(k), bytes(e.xattrs[k]))]
+    return [
+        plen, suffix, _TYPE_CODES[e.type], e.mode, e.uid, e.gid, e.mtime, e.mtime_nsec, e.size,
+        _bin(e.linkname), e.devmajor, e.devminor, xattrs, _bin(e.uname), _bin(e.gname), chunks,
+    ]  # fmt: skip
+
+
+def _check_chunks(e: Entry, prev_end: int) -> None:
+    off = e.chunks[0].offset
+    if off < prev_end:
+        raise ValueError(f"entry {e.path!r}: chunks overlap the previous file's (not in tar order)")
+    for c in e.chunks:
+        if c.offset != off or c.length <= 0 or len(c.digest) != SHA256_SIZE or c.framed:
+            raise ValueError(f"entry {e.path!r}: chunks are not contiguous sha256 ranges")
+        off += c.length
+    if off - e.chunks[0].offset != e.size:
+        raise ValueError(f"entry {e.path!r}: chunks do not cover the file size")
+
+
+def _frame_chunks(e: Entry, chunk_size: int, prev_cend: int) -> tuple[list[Any], int]:
+    off = 0
+    deltas, clengths, inners = [], [], []
+    for c in e.chunks:
+        if not c.framed or c.clength <= 0 or c.inner < 0:
+            raise ValueError(f"entry {e.path!r}: frame chunks without a frame range")
+        if c.offset != off or c.length <= 0 or len(c.digest) != SHA256_SIZE:
+            raise ValueError(f"entry {e.path!r}: chunks are not contiguous sha256 ranges")
+        off += c.length
+        deltas.append(c.coffset - prev_cend)
+        clengths.append(c.clength)
+        inners.append(c.inner)
+        prev_cend = c.coffset + c.clength
+    if off != e.size:
+        raise ValueError(f"entry {e.path!r}: chunks do not cover the file size")
+    lengths = None if _is_fixed_split(e, 0, chunk_size) else [c.length for c in e.chunks]
+    digests = b"".join(c.digest for c in e.chunks)
+    return [None, digests, lengths, deltas, clengths, inners if any(inners) else None], prev_cend
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    return min(len(os.path.commonprefix([a, b])), 255)  # noqa: RUF071 - bytes, not paths
+
+
+def _is_fixed_split(e: Entry, start: int, chunk_size: int) -> bool:
+    want = _split(start, e.size, chunk_size)
+    return [(c.offset, c.length) for c in e.chunks] == want
+
+
+def _split(offset: int, size: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(offset + i, min(chunk_size, size - i)) for i in range(0, size, chunk_size)]
+
+
+# -- decode --------------------------------------------------------------------------------
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def decode(data: bytes) -> LayerIndex:
+    """Parse what `encode` wrote; raise `LayerError` if it is corrupt or from a newer fusesnap."""
+    if len(data) < len(MAGIC) + 1 or not data.startswith(MAGIC):
+        raise LayerError("layer index: not a fusesnap layer index (bad magic)")
+    version = data[len(MAGIC)]
+    if not 1 <= version <= FORMAT_VERSION:
+        raise LayerError(
+            f"layer index: format version {version} is newer than this fusesnap reads "
+            f"({FORMAT_VERSION}); upgrade fusesnap or rebuild the index"
+            if version > FORMAT_VERSION
+            else f"layer index: unknown format version {version}"
+        )
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(
+            data[len(MAGIC) + 1 :], max_output_size=_MAX_DECODED
+        )
+        body = msgpack.unpackb(raw, raw=False, use_list=True)
+        return _decode_body(body, version)
+    except (zstandard.ZstdError, ValueError, TypeError, _Corrupt) as exc:
+        # msgpack's errors derive from ValueError; InvalidDigestError too.
+        raise LayerError(f"layer index: corrupt ({exc})") from None
+
+
+class _State:
+    """What a row is decoded against: the previous path and where the last data ended."""
+
+    def __init__(self, chunk_size: int, csize: int, usize: int, version: int) -> None:
+        self.chunk_size = chunk_size
+        self.csize = csize
+        self.usize = usize
+        self.version = version
+        self.prev_path = b""
+        self.prev_end = 0
+        self.prev_cend = 0
+
+
+def _decode_body(body: Any, version: int) -> LayerIndex:
+    f = _Fields(body, 10 if version == 1 else 12, "index")
+    layer_digest, diff_id = f.digest(), f.digest()
+    media_type, compression = f.text(), f.text()
+    compressed_size, uncompressed_size, chunk_size = f.uint(), f.uint(), f.uint()
+    if chunk_size == 0:
+        raise _Corrupt("chunk size is 0")
+    rows, gz, raw_root = f.array(), f.any(), f.any()
+    source = "built"
+    prefetch: tuple[str, ...] = ()
+    if version >= 2:
+        source = f.text()
+        prefetch = tuple(_path(p, f"prefetch entry {i}") for i, p in enumerate(f.array()))
+    checkpoints = None
+    if gz is not None:
+        checkpoints = _decode_checkpoints(gz, compressed_size, uncompressed_size, version)
+    state = _State(chunk_size, compressed_size, uncompressed_size, version)
+    root = None if raw_root is None else _decode_row(raw_root, _State(chunk_size, 0, 0, 1), -1)
+    entries = [_decode_row(row, state, i) for i, row in enumerate(rows)]
+    return LayerIndex(
+        layer_digest=layer_digest,
+        diff_id=diff_id,
+        media_type=media_type,
+        compression=compression,
+        compressed_size=compressed_size,
+        uncompressed_size=uncompressed_size,
+        chunk_size=chunk_size,
+        entries=tuple(entries),
+        checkpoints=checkpoints,
+        root=root,
+        source=source,
+        prefetch=prefetch,
+    )
+
+
+def _path(raw: Any, what: str) -> str:
+    if not isinstance(raw, bytes):
+        raise _Corrupt(f"{what}: want bytes")
+    path = _fs(raw)
+    try:
+        if normalize_path(path) == path != "":
+            return path
+    except ValueError:
+        pass
+    raise _Corrupt(f"{what}: unsafe path {path!r}")
+
+
+def _decode_row(row: Any, st: _State, i: int) -> Entry:
+    f = _Fields(row, 16, f"entry {i}")
+    plen, suffix = f.uint(), f.blob()
+    if plen > len(st.prev_path):
+        raise _Corrupt(f"entry {i}: bad path prefix")
+    path_b = st.prev_path[:plen] + suffix
+    path = _fs(path_b)
+    try:
+        ok = path == "" if i < 0 else normalize_path(path) == path != ""  # i < 0: the root
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _Corrupt(f"entry {i}: unsafe path {path!r}")
+    st.prev_path = path_b
+    code = f.uint()
+    if code >= len(_TYPES) or (i < 0 and _TYPES[code] is not EntryType.DIR):
+        raise _Corrupt(f"entry {i}: unknown type {code}")
+    etype = _TYPES[code]
+    mode, uid, gid = f.uint(), f.uint(), f.uint()
+    mtime, nsec, size = f.integer(), f.uint(), f.uint()
+    linkname, devmajor, devminor = _fs(f.blob()), f.uint(), f.uint()
+    raw_x = f.any()
+    xattrs: dict[str, bytes] = {}
+    if raw_x is not None:
+        if not isinstance(raw_x, list) or len(raw_x) % 2:
+            raise _Corrupt(f"entry {i}: bad xattrs")
+        if not all(isinstance(x, bytes) for x in raw_x):
+            raise _Corrupt(f"entry {i}: bad xattrs")
+        xattrs = {_fs(raw_x[j]): raw_x[j + 1] for j in range(0, len(raw_x), 2)}
+    uname, gname = _fs(f.blob()), _fs(f.blob())
+    raw_c = f.any()
+    chunks: tuple[ChunkRef, ...] = ()
+    if raw_c is not None:
+        if etype is not EntryType.FILE:
+            raise _Corrupt(f"entry {i}: chunks on a {etype}")
+        if isinstance(raw_c, list) and raw_c and raw_c[0] is None and st.version >= 2:
+            chunks = _decode_frame_chunks(raw_c, size, st, i)
+        else:
+            chunks = _decode_chunks(raw_c, size, st, i)
+    elif etype is EntryType.FILE and size:
+        raise _Corrupt(f"entry {i}: file without chunks")
+    if mode > 0o7777 or nsec >= 10**9:
+        raise _Corrupt(f"entry {i}: bad mode or mtime")
+    return Entry(
+        path, etype, mode, uid, gid, size, mtime, nsec, linkname, devmajor, devminor,
+        xattrs, uname, gname, chunks,
+    )  # fmt: skip
+
+
+def _lengths(raw: Any, start: int, size: int, chunk_size: int, i: int) -> list[tuple[int, int]]:
+    """The (offset, length) of each chunk: the fixed split (``raw`` nil) or explicit lengths."""
+    if raw is None:
+        return _split(start, size, chunk_size)
+    if not isinstance(raw, list):
+        raise _Corrupt(f"entry {i}: bad chunk lengths")
+    spans, off = [], start
+    for n in raw:
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise _Corrupt(f"entry {i}: bad chunk length")
+        spans.append((off, n))
+        off += n
+    if off - start != size:
+        raise _Corrupt(f"entry {i}: chunk lengths do not add up to the file size")
+    return spans
+
+
+def _digests(digests: bytes, n: int, i: int) -> list[bytes]:
+    if n == 0 or len(digests) != n * SHA256_SIZE:
+        raise _Corrupt(f"entry {i}: chunk count does not match the file size")
+    return [digests[j * SHA256_SIZE : (j + 1) * SHA256_SIZE] for j in range(n)]
+
+
+def _decode_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, ...]:
+    if not isinstance(raw, list) or len(raw) not in (2, 3):
+        raise _Corrupt(f"entry {i}: bad chunk list")
+    f = _Fields(raw, len(raw), f"entry {i} chunks")
+    start, digests = st.prev_end + f.uint(), f.blob()
+    if len(digests) % SHA256_SIZE:
+        raise _Corrupt(f"entry {i}: bad chunk digests")
+    spans = _lengths(f.array() if len(raw) == 3 else None, start, size, st.chunk_size, i)
+    refs = tuple(
+        ChunkRef(off, n, d)
+        for (off, n), d in zip(spans, _digests(digests, len(spans), i), strict=True)
+    )
+    st.prev_end = start + size
+    if st.prev_end > st.usize:
+        raise _Corrupt(f"entry {i}: data beyond the end of the layer")
+    return refs
+
+
+def _decode_frame_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, ...]:
+    f = _Fields(raw, 6, f"entry {i} chunks")
+    f.any()  # the nil marker
+    digests, raw_lengths = f.blob(), f.any()
+    deltas, clengths, raw_inners = f.array(), f.array(), f.any()
+    spans = _lengths(raw_lengths, 0, size, st.chunk_size, i)
+    n = len(spans)
+    inners = [0] * n if raw_inners is None else raw_inners
+    if not isinstance(inners, list) or not len(deltas) == len(clengths) == len(inners) == n:
+        raise _Corrupt(f"entry {i}: frame columns differ in length")
+    refs = []
+    for (off, length), d, delta, clen, inner in zip(
+        spans, _digests(digests, n, i), deltas, clengths, inners, strict=True
+    ):
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (delta, clen, inner)):
+            raise _Corrupt(f"entry {i}: non-integer frame field")
+        coffset = st.prev_cend + delta
+        if coffset < 0 or clen <= 0 or inner < 0 or coffset + clen > st.csize:
+            raise _Corrupt(f"entry {i}: frame range outside the layer blob")
+        refs.append(ChunkRef(off, length, d, coffset, clen, inner))
+        st.prev_cend = coffset + clen
+    return tuple(refs)
+
+
+def _decode_checkpoints(raw: Any, csize: int, usize: int, version: int) -> GzipCheckpoints:
+    f = _Fields(raw, 6 if version < 3 else 9, "checkpoints")
+    spacing, window_size = f.uint(), f.uint()
+    coffs, bits, uoffs, windows = f.array(), f.array(), f.array(), f.array()
+    n = len(coffs)
+    digests: list[Any] = [None] * n
+    wclengths: list[Any] = [0] * n
+    windows_blob = None
+    if version >= 3:
+        digests, wclengths, raw_blob = f.array(), f.array(), f.any()
+        if raw_blob is not None:
+            windows_blob = _Fields([raw_blob], 1, "checkpoints windows blob").digest()
+    if not n == len(bits) == len(uoffs) == len(windows) == len(digests) == len(wclengths):
+        raise _Corrupt("checkpoints: columns differ in length")
+    points = []
+    last_c, last_u = -1, -1
+    for c, b, u, w, d, wl in zip(coffs, bits, uoffs, windows, digests, wclengths, strict=True):
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (c, b, u, wl)):
+            raise _Corrupt("checkpoints: non-integer offset")
+        if not isinstance(w, bytes) or len(w) not in (0, window_size) or not 0 <= b <= 7:
+            raise _Corrupt("checkpoints: bad window or bit offset")
+        if c < last_c or u <= last_u or c > csize or u > usize or wl < 0:
+            raise _Corrupt("checkpoints: offsets out of order or out of range")
+        if d is None:  # versions 1, 2: windows inline
+            d = hashlib.sha256(w).digest() if w else b""
+        elif not isinstance(d, bytes) or len(d) not in (0, SHA256_SIZE):
+            raise _Corrupt("checkpoints: bad window digest")
+        elif w and hashlib.sha256(w).digest() != d:
+            raise _Corrupt("checkpoints: inline window does not match its digest")
+        if not d and (w or wl):
+            raise _Corrupt("checkpoints: window without a digest")
+        last_c, last_u = c, u
+        points.append(Checkpoint(c, b, u, w, d, wl))
+    return GzipCheckpoints(csize, usize, spacing, window_size, tuple(points), windows_blob)
+
+
+class _Fields:
+    """Pull typed fields off one msgpack array, naming the record in errors."""
+
+    def __init__(self, value: Any, n: int, what: str) -> None:
+        if not isinstance(value, list) or len(value) != n:
+            raise _Corrupt(f"{what}: want an array of {n}")
+        self._it = iter(value)
+        self._what = what
+
+    def any(self) -> Any:
+        return next(self._it)
+
+    def integer(self) -> int:
+        v = next(self._it)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise _Corrupt(f"{self._what}: want an integer, got {type(v).__name__}")
+        return v
+
+    def uint(self) -> int:
+        v = self.integer()
+        if v < 0:
+            raise _Corrupt(f"{self._what}: negative value")
+        return v
+
+    def blob(self) -> bytes:
+        v = next(self._it)
+        if not isinstance(v, bytes):
+            raise _Corrupt(f"{self._what}: want bytes, got {type(v).__name__}")
+        return v
+
+    def text(self) -> str:
+        v = next(self._it)
+        if not isinstance(v, str) or not _PRINTABLE.match(v):
+            raise _Corrupt(f"{self._what}: want a short printable string")
+        return v
+
+    def array(self) -> list[Any]:
+        v = next(self._it)
+        if not isinstance(v, list):
+            raise _Corrupt(f"{self._what}: want an array")
+        return v
+
+    def digest(self) -> Digest:
+        try:
+            return Digest(self.text())
+        except InvalidDigestError as exc:
+            raise _Corrupt(str(exc)) from None
+
+
+_PRINTABLE = re.compile(r"^[\x20-\x7e]{0,255}$")

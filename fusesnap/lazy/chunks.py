@@ -1,0 +1,89 @@
+"""Chunks for a mount whose layers are not all local: the store first, else the registry.
+
+A lazily pulled image has every layer's index in the store but only some (or
+none) of the chunks. `LazyChunks` knows where each chunk of the image lives
+(its layer index and `ChunkRef`) and asks a `ChunkFetcher`, which takes it
+from the store if it is there, else fetches the smallest verified range from
+the registry and stores it. The mount's lease holds the layers, and a layer's
+record lists its chunks, so gc keeps what was fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fusesnap.blocking import run_blocking
+from fusesnap.index.model import ChunkRef, Entry, LayerIndex
+from fusesnap.lazy.fetcher import ChunkFetcher
+from fusesnap.store import ChunkStore
+
+__all__ = ["LazyChunks", "RegistryOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How the daemon reaches the registry (the CLI's global options)."""
+
+    insecure_registries: tuple[str, ...] = ()
+    ca_file: str | None = None
+
+
+class LazyChunks:
+    """``await get(digest)``: a verified chunk of the image, fetched on demand.
+
+    `fetcher` is set once the daemon's trio loop has opened the registry
+    client (it lives as long as that loop); until then only local chunks load.
+    """
+
+    def __init__(self, chunks: ChunkStore, indexes: Sequence[LayerIndex]) -> None:
+        self._chunks = chunks
+        self.indexes: tuple[LayerIndex, ...] = tuple(indexes)
+        self._where: dict[bytes, tuple[LayerIndex, ChunkRef]] = {}
+        for index in indexes:
+            for entry in index.entries:
+                for ref in entry.chunks:
+                    self._where.setdefault(ref.digest, (index, ref))
+        self.fetcher: ChunkFetcher | None = None
+
+    @property
+    def chunks(self) -> ChunkStore:
+        return self._chunks
+
+    async def get(self, digest: bytes) -> bytes:
+        located = self._where.get(digest)
+        if located is None or self.fetcher is None:
+            return await run_blocking(self._chunks.get, digest)
+        return await self.fetcher.get(*located)
+
+    def by_layer(self) -> list[tuple[LayerIndex, list[ChunkRef]]]:
+        """Every chunk of the image grouped by layer (for ``--prefetch all``)."""
+        out: dict[int, tuple[LayerIndex, list[ChunkRef]]] = {}
+        for index, ref in self._where.values():
+            out.setdefault(id(index), (index, []))[1].append(ref)
+        return list(out.values())
+
+    def landmarks(self) -> list[tuple[LayerIndex, list[Entry]]]:
+        """Per layer with eStargz landmarks (`LayerIndex.prefetch`), those files' entries."""
+        out: list[tuple[LayerIndex, list[Entry]]] = []
+        for index in self.indexes:
+            entries = [index.by_path[p] for p in index.prefetch if p in index.by_path]
+            entries = [e for e in entries if e.chunks]
+            if entries:
+                out.append((index, entries))
+        return out
+
+    def locate(self, position: int, digest: bytes) -> tuple[LayerIndex, ChunkRef] | None:
+        """Chunk ``digest`` of layer ``position`` (an access profile's entry); None if the
+        image has no such chunk there (then anywhere else it has it)."""
+        located = self._where.get(digest)
+        if located is None or not 0 <= position < len(self.indexes):
+            return located
+        index = self.indexes[position]
+        if located[0] is index:
+            return located
+        for entry in index.entries:  # a chunk several layers share: rare
+            for ref in entry.chunks:
+                if ref.digest == digest:
+                    return index, ref
+        return located

@@ -1,0 +1,363 @@
+"""Mounts seen from the command line: start a daemon, take a mount down, ask for stats.
+
+`start_mount` checks what it can at once (the image is in the store and whole,
+DIR can be mounted on), then starts the daemon, which runs::
+
+    fusesnap --root ROOT mount --foreground --ready-fd N REF DIR
+
+in its own session (no controlling terminal, cwd /), stdout and stderr to
+``ROOT/mounts/<id>/daemon.log``, and waits until the daemon writes ``ready``
+(or ``error: ...``) on fd N, or its end of the pipe closes (it exited).
+
+The daemon is forked from this process (twice, so that it belongs to init, not
+to a caller that may outlive it as a zombie) when this process holds no store
+open: fusesnap is imported already, which saves a new interpreter's start-up
+(~0.4 s of a cold mount). A process with a store open must not fork a store
+user (LMDB's rule): it executes ``python -m fusesnap`` instead.
+
+`unmount` asks the kernel to unmount DIR (``fusermount3 -u``); the daemon sees
+its session end, drops its lease and exits, and `unmount` waits for that. A
+daemon that does not exit gets SIGTERM, then SIGKILL. With ``lazy``, a mount
+still in use is detached from the tree and its daemon left to serve the
+processes inside until the last one leaves. A stale mount (daemon gone) is
+detached lazily, and the dead daemon's lease deleted.
+
+`mount_stats` asks the daemon over its control socket (`fusesnap.mountd.control`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+from fusesnap.errors import NotFoundError
+from fusesnap.mountd.control import query
+from fusesnap.mountd.daemon import check_image, prepare_mountpoint
+from fusesnap.mountd.mountpoint import (
+    FSTYPE,
+    MountError,
+    absolute_path,
+    detach,
+    is_stale,
+    mount_info,
+)
+from fusesnap.mountd.state import (
+    CONTROL_SOCKET,
+    DAEMON_LOG,
+    MountState,
+    make_state_dir,
+    process_start_time,
+    state_dir,
+)
+from fusesnap.store import open_store
+from fusesnap.store.env import any_open
+
+__all__ = ["mount_stats", "start_mount", "unmount"]
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 300.0
+EXIT_TIMEOUT = 20.0
+LAZY_WAIT = 2.0
+
+
+def daemon_command(
+    root: Path,
+    ref: str,
+    mountpoint: Path,
+    *,
+    ready_fd: int,
+    options: Sequence[str] = (),
+    global_options: Sequence[str] = (),
+    verbose: bool = False,
+) -> list[str]:
+    """The daemon's command line (``root`` made absolute: the daemon runs in /)."""
+    return [
+        sys.executable, "-m", "fusesnap", "--root", str(Path(root).absolute()),
+        *(["-v"] if verbose else []), *global_options,
+        "mount", "--foreground", "--ready-fd", str(ready_fd), *options, "--", ref, str(mountpoint),
+    ]  # fmt: skip
+
+
+def start_mount(
+    root: Path,
+    ref: str,
+    mountpoint: str | os.PathLike[str],
+    *,
+    options: Sequence[str] = (),
+    global_options: Sequence[str] = (),
+    verbose: bool = False,
+    timeout: float = READY_TIMEOUT,
+) -> MountState:
+    """Mount image ``ref`` at ``mountpoint`` by a background daemon; return once it serves.
+
+    ``options`` are passed on to the daemon's ``mount`` command (``--allow-other``,
+    ``--cache-size N``). `NotFoundError` if the image is not (wholly) in the store,
+    `MountError` if DIR cannot be mounted on or the daemon fails (its message).
+    """
+    target = prepare_mountpoint(mountpoint)
+    with open_store(root) as store:
+        check_image(store, ref)
+    directory = make_state_dir(root, target)
+    log_path = directory / DAEMON_LOG
+    read_end, write_end = os.pipe()
+    try:
+        cmd = daemon_command(
+            root,
+            ref,
+            target,
+            ready_fd=write_end,
+            options=options,
+            global_options=global_options,
+            verbose=verbose,
+        )
+        if any_open():
+            proc: _Daemon = _Spawned(cmd, write_end, log_path)
+        else:
+            proc = _Forked(cmd[3:], write_end, read_end, log_path)
+        os.close(write_end)
+        write_end = -1
+        message = _wait_ready(read_end, proc, timeout)
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if message == "ready":
+        state = MountState.load(directory)
+        if state is None:
+            raise MountError(f"{target}: the daemon said ready but left no state")
+        return state
+    if not proc.wait(EXIT_TIMEOUT):  # it exits by itself after an error, dropping its lease
+        proc.terminate()
+    if not message:
+        message = _last_error(log_path) or "the mount daemon exited"
+    raise MountError(f"{message.removeprefix('error: ')} (log: {log_path})")
+
+
+class _Daemon(Protocol):
+    def terminate(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it exited within ``timeout`` seconds."""
+        ...
+
+
+class _Spawned:
+    """The daemon as a fresh interpreter (``python -m fusesnap ...``)."""
+
+    def __init__(self, cmd: list[str], ready_fd: int, log_path: Path) -> None:
+        with open(log_path, "wb") as log_file:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=(ready_fd,),
+                start_new_session=True,
+                cwd="/",
+            )
+
+    def terminate(self) -> None:
+        self._proc.terminate()
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+class _Forked:
+    """The daemon forked (twice) from this process, running the CLI's ``args``.
+
+    It writes its pid on the ready pipe first (``pid N``), so that it can be
+    signalled; it is init's child, so it is gone (not a zombie) once it exits.
+    """
+
+    def __init__(self, args: list[str], ready_fd: int, read_fd: int, log_path: Path) -> None:
+        self.pid = 0
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            first = os.fork()
+            if first == 0:
+                _daemon_child(args, ready_fd, read_fd, log_fd)  # never returns
+            os.waitpid(first, 0)  # the middle process exits at once
+        finally:
+            os.close(log_fd)
+
+    def terminate(self) -> None:
+        if self.pid:
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.pid and process_start_time(self.pid) is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def _daemon_child(args: list[str], ready_fd: int, read_fd: int, log_fd: int) -> NoReturn:
+    code = 1
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        os.close(read_fd)
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for fd in (null, log_fd):
+            os.close(fd)
+        # Nothing else of the starter's (pipes a caller waits on to close, sockets).
+        os.closerange(3, ready_fd)
+        os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.write(ready_fd, f"pid {os.getpid()}\n".encode())
+        from fusesnap.cli.app import main
+
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_ready(fd: int, proc: _Daemon, timeout: float) -> str:
+    """The daemon's first line on ``fd`` after its ``pid N`` line (a forked daemon's);
+    "" if it closed the pipe (exited) first."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        line, newline, rest = data.partition(b"\n")
+        if newline and line.startswith(b"pid ") and isinstance(proc, _Forked):
+            proc.pid = int(line[4:])
+            data = rest
+            continue
+        if newline:
+            return line.decode("utf-8", "replace").strip()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.terminate()
+            raise MountError(f"the mount daemon was not ready within {timeout:.0f}s")
+        readable, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not readable:
+            continue
+        piece = os.read(fd, 4096)
+        if not piece:
+            return ""
+        data += piece
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith("fusesnap: "):
+            return line.removeprefix("fusesnap: ").removeprefix("error: ")
+    return lines[-1] if lines else ""
+
+
+def _wait_gone(state: MountState, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while state.daemon_alive():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _stop_daemon(state: MountState) -> None:
+    """Make sure the daemon of ``state`` is gone: wait, then SIGTERM, then SIGKILL."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and state.daemon_alive():
+            log.warning("daemon %d did not exit; sending %s", state.pid, sig.name)
+            with suppress(ProcessLookupError):
+                os.kill(state.pid, sig)
+        if _wait_gone(state, EXIT_TIMEOUT if sig is None else 5.0):
+            return
+    raise MountError(f"the mount daemon (pid {state.pid}) does not exit")
+
+
+def unmount(root: Path, mountpoint: str | os.PathLike[str], *, lazy: bool = False) -> str:
+    """Take the fusesnap mount at ``mountpoint`` down (module docstring); what was done.
+
+    ``lazy`` detaches it even while processes use it. `MountError` if nothing
+    is mounted there, it is not a fusesnap mount, or it is busy (without ``lazy``).
+    """
+    target = absolute_path(mountpoint)
+    directory = state_dir(root, target)
+    state = MountState.load(directory)
+    info = mount_info(target)
+    alive = state is not None and state.daemon_alive()
+    if info is None and not alive:
+        _forget(root, directory, state)
+        raise MountError(f"{target}: not mounted")
+    if info is not None and info.fstype != FSTYPE and not is_stale(target):
+        raise MountError(f"{target}: not a fusesnap mount ({info.fstype})")
+    if alive:
+        assert state is not None
+        if info is not None:
+            try:
+                detach(target, lazy=lazy)
+            except MountError as exc:
+                raise MountError(f"{exc} (--lazy detaches it anyway)") from None
+        if lazy and not _wait_gone(state, LAZY_WAIT):
+            # Detached, but processes still use it: the daemon serves them until the last
+            # one leaves, then exits and drops its lease by itself.
+            return f"detached (daemon {state.pid} exits when the last user leaves)"
+        _stop_daemon(state)
+        done = "unmounted"
+    else:
+        detach(target, lazy=True)
+        done = "cleared a stale mount (its daemon had died)"
+    _forget(root, directory, state)
+    return done
+
+
+def _forget(root: Path, directory: Path, state: MountState | None) -> None:
+    """Remove what a gone daemon left: its state file and its lease."""
+    if state is None:
+        return
+    with open_store(root) as store, suppress(NotFoundError):
+        store.leases.delete(state.lease_id)
+    MountState.remove(directory)
+
+
+def mount_stats(root: Path, mountpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """The running daemon's counters for ``mountpoint`` (see the ``stats`` command)."""
+    target = absolute_path(mountpoint)
+    directory = state_dir(root, target)
+    state = MountState.load(directory)
+    if state is None or not state.daemon_alive():
+        raise MountError(f"{target}: no fusesnap mount is running there")
+    reply = query(directory / CONTROL_SOCKET)
+    if not isinstance(reply, dict):
+        raise MountError(f"{target}: the daemon answered {type(reply).__name__}, not a dict")
+    return reply

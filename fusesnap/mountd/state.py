@@ -1,0 +1,103 @@
+"""Where a mount keeps its state in the store, and how to tell its daemon is alive.
+
+Each mount point has a directory named after the hash of its absolute path, so
+``umount DIR`` and ``stats DIR`` find it from DIR alone::
+
+    ROOT/mounts/<sha256(DIR)[:16]>/
+        mount.json      `MountState`: DIR, image, daemon pid (+ start time), lease id
+        daemon.log      the daemon's stdout and stderr (truncated by each new mount)
+        control.sock    the daemon's control socket (`fusesnap.mountd.control`)
+
+``mount.json`` exists while the daemon runs (it removes it on its way out; a
+killed daemon leaves it, and the next ``mount`` or ``umount`` of DIR clears it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusesnap.mountd.mountpoint import absolute_path
+
+__all__ = [
+    "CONTROL_SOCKET",
+    "DAEMON_LOG",
+    "MountState",
+    "make_state_dir",
+    "process_start_time",
+    "state_dir",
+]
+
+MOUNTS = "mounts"
+STATE_FILE = "mount.json"
+DAEMON_LOG = "daemon.log"
+CONTROL_SOCKET = "control.sock"
+
+
+def state_dir(root: Path, mountpoint: str | os.PathLike[str]) -> Path:
+    """``ROOT/mounts/<id>`` for ``mountpoint`` (not created: `make_state_dir`)."""
+    key = hashlib.sha256(os.fsencode(absolute_path(mountpoint))).hexdigest()[:16]
+    return Path(root) / MOUNTS / key
+
+
+def make_state_dir(root: Path, mountpoint: str | os.PathLike[str]) -> Path:
+    """`state_dir`, created; ``ROOT/mounts`` is private (mode 0700): its control sockets
+    answer whoever can reach them."""
+    directory = state_dir(root, mountpoint)
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return directory
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of a running process; None if it is gone or a
+    zombie. With the pid it names a process even after pids wrap around."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # comm may hold spaces and parentheses
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+@dataclass(frozen=True, slots=True)
+class MountState:
+    """What ``mount.json`` records about a running mount."""
+
+    mountpoint: str
+    image: str  # the normalized image name
+    manifest_digest: str
+    pid: int
+    pid_start: int | None
+    lease_id: str
+    started: float
+
+    def save(self, directory: Path) -> None:
+        tmp = directory / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
+        tmp.replace(directory / STATE_FILE)
+
+    @classmethod
+    def load(cls, directory: Path) -> MountState | None:
+        """The state in ``directory``; None if there is none (or it is unreadable)."""
+        try:
+            data = json.loads((directory / STATE_FILE).read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @staticmethod
+    def remove(directory: Path) -> None:
+        (directory / STATE_FILE).unlink(missing_ok=True)
+        (directory / CONTROL_SOCKET).unlink(missing_ok=True)
+
+    def daemon_alive(self) -> bool:
+        start = process_start_time(self.pid)
+        return start is not None and (self.pid_start is None or start == self.pid_start)

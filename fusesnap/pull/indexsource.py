@@ -1,0 +1,381 @@
+"""Where a layer's index comes from: the best source there is, kept as a layer record.
+
+    found = await resolve_layer_index(client, ref, layer, diff_id, store, artifact=indexes)
+    found.index        the `LayerIndex` (also stored: ``store.layers.get(layer.digest)``)
+    found.source       which source gave it (`IndexSource`)
+    found.describe()   "index from eStargz TOC" (for progress output)
+
+Sources, best first (DESIGN.md, "Layer index"; issue 5, "Index sources"):
+
+    store          the layer is indexed here already                    nothing fetched
+    artifact       a fusesnap index artifact of the image               found once per image
+                   (`fusesnap.pull.artifact`), for this very layer       (one small blob a layer)
+    estargz        the TOC that ``containerd.io/snapshot/stargz/toc.digest`` vouches for
+                                                                         two range requests
+    zstd:chunked   the TOC at ``(io.github.)containers.zstd-chunked.manifest-position``
+                                                                         one range request
+    built          none of these: stream the layer once and index it (`stream_layer`, the
+                   path of a full pull); its chunks are kept too, as the bytes crossed the
+                   network anyway
+
+A source that is there but unusable (an artifact index of another layer or diff ID, a TOC
+that does not verify or parse) is passed over with a warning, never trusted: the next one
+is tried, down to streaming the layer, whose index is computed from the bytes and checked
+against the image config's diff ID.
+
+A lazy source stores the layer record with every chunk digest of its index
+(`LayerRecord.chunks`) and none of the chunks: `LayerStore.present_chunks` says how much
+is local; reads and a full pull (`fusesnap.lazy.fetcher`) fetch the rest by range.
+
+Leases: the caller holds a lease on ``("layer", digest)`` and ``("content", digest)`` (the
+ingest file of a streamed layer) before calling, as `fusesnap.pull.image.pull` does, so
+that gc spares the record and chunks written here before an image record points at them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import trio
+
+from fusesnap.blocking import run_blocking
+from fusesnap.digest import Digest
+from fusesnap.errors import AlreadyExistsError, DigestMismatchError, LayerError, ManifestError
+from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION, read_estargz_index
+from fusesnap.index.model import LayerIndex, decode
+from fusesnap.index.tar import Limits
+from fusesnap.index.toc import Fetch
+from fusesnap.index.zstdchunked import is_zstdchunked, read_zstdchunked_index
+from fusesnap.oci import Descriptor, layer_compression
+from fusesnap.pull.artifact import ArtifactIndexes
+from fusesnap.pull.indexing import ingest_layer_file, store_layer_index
+from fusesnap.reference import Reference
+from fusesnap.registry.client import RegistryClient
+from fusesnap.store import Store
+from fusesnap.termui import human_size
+
+__all__ = [
+    "FetchCounter",
+    "IndexSource",
+    "NoProgress",
+    "PullProgress",
+    "ResolvedIndex",
+    "layer_complete",
+    "resolve_layer_index",
+    "stream_layer",
+    "toc_source",
+]
+
+log = logging.getLogger(__name__)
+
+# Another process may be ingesting the same blob; wait for it this often.
+_LOCKED_POLL = 0.5
+# Writes to the ingest file are batched so that a thread hop is not paid per packet.
+_FLUSH_SIZE = 1 << 20
+
+
+class PullProgress(Protocol):
+    """What a pull reports as it goes (`fusesnap.termui.ProgressLine` draws it)."""
+
+    def start(self, *, total_bytes: int, items: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def item_done(self) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+class NoProgress:
+    """A `PullProgress` that reports nothing."""
+
+    def start(self, *, total_bytes: int, items: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def item_done(self) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+class FetchCounter:
+    """Blobs (or ranges) and bytes received from the registry. One trio task tree only."""
+
+    def __init__(self) -> None:
+        self.blobs = 0
+        self.bytes = 0
+
+    def add(self, nbytes: int, *, blobs: int = 1) -> None:
+        self.blobs += blobs
+        self.bytes += nbytes
+
+
+class IndexSource(enum.StrEnum):
+    """Where a layer's index came from (module docstring); ``ResolvedIndex.source``."""
+
+    STORE = "store"
+    ARTIFACT = "artifact"
+    ESTARGZ = "estargz"
+    ZSTD_CHUNKED = "zstd:chunked"
+    BUILT = "built"
+
+
+_DESCRIPTIONS = {
+    IndexSource.STORE: "index in the local store",
+    IndexSource.ARTIFACT: "index from the index artifact",
+    IndexSource.ESTARGZ: "index from eStargz TOC",
+    IndexSource.ZSTD_CHUNKED: "index from zstd:chunked TOC",
+    IndexSource.BUILT: "index built by streaming the layer",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedIndex:
+    """A layer's index and where it came from.
+
+    ``fetched_bytes`` is what the registry sent for it here (TOC ranges, the streamed
+    blob; an artifact's blobs are counted where the artifact is found). ``skipped``
+    says why better sources were passed over (also logged as warnings).
+    """
+
+    index: LayerIndex
+    source: IndexSource
+    fetched_bytes: int = 0
+    skipped: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return _DESCRIPTIONS[self.source]
+
+
+Announce = Callable[[str], None]
+
+
+async def resolve_layer_index(
+    client: RegistryClient,
+    ref: Reference,
+    layer: Descriptor,
+    diff_id: Digest,
+    store: Store,
+    *,
+    artifact: ArtifactIndexes | None,
+    progress: PullProgress | None = None,
+    counter: FetchCounter | None = None,
+    limits: Limits | None = None,
+    announce: Announce | None = None,
+) -> ResolvedIndex:
+    """The index of ``layer`` from the best source (see the module docstring), stored.
+
+    ``artifact``: the indexes of an index artifact found for the image, if any.
+    ``progress``, ``counter`` and ``limits`` are for the streaming build (bytes
+    received, bounds on what the layer may unpack to). ``announce(text)`` is called
+    once the source is known, before a streaming build starts ("building index:
+    streaming 70.9 MB").
+
+    Raise what the last resort raises: `RegistryError` when the registry fails,
+    `DigestMismatchError` when the layer does not match its digest or diff ID,
+    `LayerError` for a layer that cannot be indexed. The caller holds the leases
+    (module docstring).
+
+    Cancellation: a streaming build leaves a partial ingest that the next call resumes.
+    """
+    counter = counter or FetchCounter()
+    say = announce or (lambda text: None)
+    if await run_blocking(store.layers.exists, layer.digest):
+        index = await run_blocking(_stored_index, store, layer.digest)
+        found = ResolvedIndex(index, IndexSource.STORE)
+        say(found.describe())
+        return found
+    skipped: list[str] = []
+    what = f"layer {layer.digest.short}"
+    if artifact is not None and layer.digest in artifact.indexes:
+        index = artifact.indexes[layer.digest]
+        problem = _artifact_problem(index, layer, diff_id)
+        if problem is None:
+            encoded = artifact.encoded.get(layer.digest)
+            index = await run_blocking(
+                partial(store_layer_index, store, layer, index, "artifact", encoded=encoded)
+            )
+            found = ResolvedIndex(index, IndexSource.ARTIFACT)
+            say(found.describe())
+            return found
+        skipped.append(f"index artifact {artifact.digest.short}: {problem}")
+        log.warning("%s: ignoring the index artifact's index: %s", what, problem)
+    for source, applies, read in _TOC_READERS:
+        if not applies(layer):
+            continue
+        fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
+        try:
+            index = await read(fetch, layer=layer, diff_id=diff_id)
+        except (LayerError, DigestMismatchError) as exc:
+            counter.add(fetch.nbytes, blobs=fetch.requests)
+            skipped.append(f"{source} TOC: {exc}")
+            log.warning("%s: cannot use its %s TOC: %s", what, source, exc)
+            continue
+        counter.add(fetch.nbytes, blobs=fetch.requests)
+        index = await run_blocking(store_layer_index, store, layer, index, str(source))
+        found = ResolvedIndex(index, source, fetch.nbytes, tuple(skipped))
+        say(found.describe())
+        return found
+    say(f"building index: streaming {human_size(layer.size)}")
+    before = counter.bytes
+    index = await stream_layer(
+        store, client, ref, layer, diff_id, progress=progress, counter=counter, limits=limits
+    )
+    return ResolvedIndex(index, IndexSource.BUILT, counter.bytes - before, tuple(skipped))
+
+
+def toc_source(layer: Descriptor) -> IndexSource | None:
+    """The TOC source ``layer``'s annotations promise (eStargz, zstd:chunked), if any."""
+    for source, applies, _read in _TOC_READERS:
+        if applies(layer):
+            return source
+    return None
+
+
+def _has_estargz_toc(layer: Descriptor) -> bool:
+    return TOC_DIGEST_ANNOTATION in layer.annotations and _compression(layer) == "gzip"
+
+
+def _has_zstdchunked_toc(layer: Descriptor) -> bool:
+    return is_zstdchunked(layer) and _compression(layer) == "zstd"
+
+
+def _compression(layer: Descriptor) -> str:
+    try:
+        return layer_compression(layer.media_type)
+    except ManifestError:  # pull refuses unknown layer types before resolving any
+        return ""
+
+
+_TocReader = Callable[..., Awaitable[LayerIndex]]
+_TOC_READERS: tuple[tuple[IndexSource, Callable[[Descriptor], bool], _TocReader], ...] = (
+    (IndexSource.ESTARGZ, _has_estargz_toc, read_estargz_index),
+    (IndexSource.ZSTD_CHUNKED, _has_zstdchunked_toc, read_zstdchunked_index),
+)
+
+
+class _CountedFetch:
+    """A `Fetch` that counts requests and bytes."""
+
+    def __init__(self, fetch: Fetch) -> None:
+        self._fetch = fetch
+        self.requests = 0
+        self.nbytes = 0
+
+    async def __call__(self, offset: int, length: int) -> bytes:
+        data = await self._fetch(offset, length)
+        self.requests += 1
+        self.nbytes += len(data)
+        return data
+
+
+def _artifact_problem(index: LayerIndex, layer: Descriptor, diff_id: Digest) -> str | None:
+    """Why an index artifact's ``index`` cannot stand for ``layer`` (None: it can)."""
+    if index.layer_digest != layer.digest:
+        return f"it is the index of layer {index.layer_digest.short}"
+    if index.diff_id != diff_id:
+        return f"its diff ID {index.diff_id.short} is not the image config's {diff_id.short}"
+    if index.compressed_size not in (0, layer.size):
+        return f"it is for a blob of {index.compressed_size} bytes, not {layer.size}"
+    return None
+
+
+def _stored_index(store: Store, digest: Digest) -> LayerIndex:
+    return decode(store.layers.index(digest))
+
+
+# -- the streaming build (also a full pull's download) ----------------------------------------
+
+
+def layer_complete(store: Store, digest: Digest) -> bool:
+    """(blocking) Is the layer indexed, with every chunk of it in the store?"""
+    if not store.layers.exists(digest):
+        return False
+    presence = store.layers.present_chunks(digest)
+    return presence.present == presence.total
+
+
+class _IngestSink:
+    """Adapts the store's (blocking) ingest writer to the client's `BlobSink`."""
+
+    def __init__(self, writer: object, progress: PullProgress) -> None:
+        self._writer = writer
+        self._buffer = bytearray()
+        self._progress = progress
+        self.received = 0
+
+    @property
+    def offset(self) -> int:
+        return int(self._writer.offset) + len(self._buffer)  # type: ignore[attr-defined]
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.received += len(data)
+        self._progress.advance(len(data))
+        if len(self._buffer) >= _FLUSH_SIZE:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = bytes(self._buffer), bytearray()
+            await run_blocking(self._writer.write, data)  # type: ignore[attr-defined]
+
+    async def reset(self) -> None:
+        self._buffer.clear()
+        await run_blocking(self._writer.reset)  # type: ignore[attr-defined]
+
+
+async def stream_layer(
+    store: Store,
+    client: RegistryClient,
+    ref: Reference,
+    layer: Descriptor,
+    diff_id: Digest,
+    *,
+    progress: PullProgress | None = None,
+    counter: FetchCounter | None = None,
+    limits: Limits | None = None,
+) -> LayerIndex:
+    """Download ``layer`` to a resumable ingest file, verify it, index it and store its
+    chunks and record (source ``built``); return its index.
+
+    A layer already complete in the store is not fetched. If another process is
+    ingesting the same blob, wait for it. The caller holds the leases (module docstring).
+    """
+    progress = progress or NoProgress()
+    counter = counter or FetchCounter()
+    while True:
+        if await run_blocking(layer_complete, store, layer.digest):
+            return await run_blocking(_stored_index, store, layer.digest)
+        try:
+            writer = await run_blocking(
+                lambda: store.content.writer(
+                    layer.digest, size=layer.size, media_type=layer.media_type
+                )
+            )
+        except AlreadyExistsError:
+            # Another pull is ingesting this blob; it will commit or give up.
+            await trio.sleep(_LOCKED_POLL)
+            continue
+        try:
+            if writer.offset:
+                progress.advance(writer.offset)
+            sink = _IngestSink(writer, progress)
+            await client.download_blob(ref, layer, sink)
+            await sink.flush()
+            path = await run_blocking(writer.verified_path)
+            counter.add(sink.received)
+            index = await run_blocking(
+                partial(ingest_layer_file, store, path, layer, diff_id=diff_id, limits=limits)
+            )
+            await run_blocking(writer.abort)
+            return index
+        finally:
+            with trio.CancelScope(shield=True):
+                await run_blocking(writer.close)
