@@ -19,7 +19,7 @@ from functools import cached_property
 
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import MergedTree, Node, iter_file
-from fusesnap.index.model import EntryType, LayerIndex, decode
+from fusesnap.index import EntryType, LayerIndex, decode
 from fusesnap.oci import Descriptor, ImageConfig, Manifest, parse_manifest
 from fusesnap.reference import Reference
 from fusesnap.store import ChunkPresence, ImageRecord, LayerInfo, Store

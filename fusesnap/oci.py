@@ -6,8 +6,10 @@ corrupt or hostile manifest fails here with a `ManifestError` that names it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform as _platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,3 +299,16 @@ class ImageConfig:
             config=cfg if isinstance(cfg, dict) else {},
             created=str(doc.get("created") or ""),
         )
+
+
+def chain_ids(diff_ids: Sequence[Digest | str]) -> list[str]:
+    """The OCI chain ID of each layer prefix: ``chain(L0) = diff_id0``,
+    ``chain(Ln) = sha256(chain(Ln-1) + " " + diff_idn)``."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(str(diff_id))
+        else:
+            text = f"{chains[-1]} {diff_id}".encode()
+            chains.append(f"sha256:{hashlib.sha256(text).hexdigest()}")
+    return chains

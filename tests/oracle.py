@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fusesnap.fs import ChunkSource, MergedTree, iter_file
-from fusesnap.index.model import EntryType
+from fusesnap.index import EntryType
 
 Record = tuple[object, ...]
 FIELDS = ("type", "mode", "nlink", "uid", "gid", "mtime", "size", "target", "device", "xattrs",

@@ -11,13 +11,13 @@ from fusesnap.cli.app import SIZE, Context, cli, pass_ctx, run_async
 from fusesnap.errors import FusesnapError
 from fusesnap.fs import MergedTree
 from fusesnap.image import ImageView
-from fusesnap.index.tar import Limits
+from fusesnap.index import Limits
 from fusesnap.oci import Platform, parse_manifest
-from fusesnap.pull.image import PullResult
-from fusesnap.pull.image import pull as pull_image
+from fusesnap.pull import PullResult
+from fusesnap.pull import pull as pull_image
 from fusesnap.reference import Reference
-from fusesnap.registry.client import open_registry_client
-from fusesnap.snapshots.snapshotter import Snapshotter
+from fusesnap.registry import open_registry_client
+from fusesnap.snapshots import Snapshotter
 from fusesnap.store import Store
 from fusesnap.termui import ProgressLine, human_size, table
 

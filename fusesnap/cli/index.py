@@ -10,15 +10,13 @@ from fusesnap.blocking import run_blocking
 from fusesnap.cli.app import Context, cli, pass_ctx, run_async
 from fusesnap.cli.images import MAX_LAYER_SIZE, layer_table
 from fusesnap.fs import MergedTree
-from fusesnap.index.model import LayerIndex, decode
-from fusesnap.index.tar import Limits
+from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.lazy import profile as profiles
 from fusesnap.oci import Platform
-from fusesnap.pull.artifact import PushedArtifact, push_index_artifact
-from fusesnap.pull.image import PullResult
-from fusesnap.pull.image import pull as pull_image
+from fusesnap.pull import PullResult, PushedArtifact, push_index_artifact
+from fusesnap.pull import pull as pull_image
 from fusesnap.reference import Reference
-from fusesnap.registry.client import open_registry_client
+from fusesnap.registry import open_registry_client
 from fusesnap.store import Store
 from fusesnap.termui import ProgressLine, human_size
 

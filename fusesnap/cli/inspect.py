@@ -18,9 +18,10 @@ import click
 from fusesnap.cli.app import Context, cli, pass_ctx, run_async
 from fusesnap.fs import MergedTree, Node, diff_trees
 from fusesnap.image import ImageView, PathError
-from fusesnap.index.model import ChunkRef, Entry, EntryType, LayerIndex
-from fusesnap.lazy.fetcher import open_registry_fetcher
+from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
+from fusesnap.pull import open_registry_fetcher
 from fusesnap.reference import Reference
+from fusesnap.registry import RegistryOptions
 from fusesnap.termui import human_size, table
 
 _TYPE_BITS = {
@@ -159,8 +160,7 @@ def _fetch(c: Context, name: str, index: LayerIndex, refs: list[ChunkRef]) -> No
         async with open_registry_fetcher(
             Reference.parse(name),
             c.store().chunks,
-            insecure_registries=c.insecure_registries,
-            ca_file=c.ca_file,
+            registry=RegistryOptions(c.insecure_registries, c.ca_file),
         ) as fetcher:
             await fetcher.get_many(index, refs)
 

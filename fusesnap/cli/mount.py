@@ -13,11 +13,17 @@ import click
 from fusesnap.cli.app import SIZE, Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
 from fusesnap.errors import NotFoundError
-from fusesnap.fuse.cache import DEFAULT_MAX_BYTES
-from fusesnap.lazy.chunks import RegistryOptions
-from fusesnap.mountd.daemon import PREFETCH_MODES, check_image, serve_image
-from fusesnap.mountd.start import mount_stats, start_mount, unmount
+from fusesnap.fuse import DEFAULT_MAX_BYTES
+from fusesnap.mountd import (
+    PREFETCH_MODES,
+    check_image,
+    mount_stats,
+    serve_image,
+    start_mount,
+    unmount,
+)
 from fusesnap.reference import Reference
+from fusesnap.registry import RegistryOptions
 from fusesnap.termui import human_size, table
 
 

@@ -11,11 +11,9 @@ import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
-from fusesnap.containers import container
-from fusesnap.containers.runner import start_detached
-from fusesnap.containers.spec import SpecError, parse_env_option
+from fusesnap.containers import SpecError, container, parse_env_option, start_detached
 from fusesnap.errors import AlreadyExistsError, NotFoundError
-from fusesnap.mountd.daemon import check_image
+from fusesnap.mountd import check_image
 from fusesnap.reference import Reference
 from fusesnap.termui import table
 

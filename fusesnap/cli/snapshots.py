@@ -8,8 +8,8 @@ import time
 import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx
-from fusesnap.containers.commit import commit_container
-from fusesnap.snapshots.snapshotter import Snapshotter
+from fusesnap.containers import commit_container
+from fusesnap.snapshots import Snapshotter
 from fusesnap.store import SnapshotRecord
 from fusesnap.termui import table
 

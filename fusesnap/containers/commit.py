@@ -6,10 +6,8 @@ from pathlib import Path
 
 from fusesnap.containers import container
 from fusesnap.errors import NotFoundError
-from fusesnap.snapshots.commit import CommitResult, commit_upper
-from fusesnap.snapshots.snapshotter import SnapshotError, Snapshotter
-from fusesnap.store import open_store
-from fusesnap.store.snapshots import ACTIVE
+from fusesnap.snapshots import CommitResult, SnapshotError, Snapshotter, commit_upper
+from fusesnap.store import ACTIVE, open_store
 
 __all__ = ["commit_container"]
 

@@ -45,12 +45,16 @@ from fusesnap.containers.spec import build_spec, resolve_user
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.lazy import profile as profiles
-from fusesnap.mountd.daemon import check_image
-from fusesnap.mountd.mountpoint import MountError, mount_info
-from fusesnap.mountd.start import start_mount, unmount
-from fusesnap.mountd.state import process_start_time
-from fusesnap.pull.indexsource import layer_complete
-from fusesnap.snapshots.snapshotter import Snapshotter
+from fusesnap.mountd import (
+    MountError,
+    check_image,
+    mount_info,
+    process_start_time,
+    start_mount,
+    unmount,
+)
+from fusesnap.pull import layer_complete
+from fusesnap.snapshots import Snapshotter
 from fusesnap.store import ContainerRef, Store, open_store
 
 __all__ = [

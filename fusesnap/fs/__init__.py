@@ -5,17 +5,16 @@ the chunk reads and the diff are a library that ``ls``/``cat``/``diff`` use
 directly and that the FUSE Operations class wraps thinly. Merge rules and inode
 numbering: `fusesnap.fs.tree`; reads: `fusesnap.fs.reader`.
 
-The FUSE side is imported on its own (``fusesnap.fuse.operations``: the Operations
-class and the session; ``.source``: what it serves; ``.cache``: the chunk LRU
-on the trio loop; ``.attrs``: stat/statfs values; ``.lookups``), so that
-commands which never mount do not load pyfuse3 or trio.
+The kernel side (pyfuse3 operations, the chunk LRU on the trio loop) is
+`fusesnap.fuse`, so that commands which never mount do not load pyfuse3 or trio.
 """
 
 from fusesnap.fs.diff import Change, ChangeKind, diff_trees
 from fusesnap.fs.reader import ChunkSource, chunk_span, iter_file, read_file
-from fusesnap.fs.tree import MergedTree, Node, TreeStats
+from fusesnap.fs.tree import ROOT_INO, MergedTree, Node, TreeStats
 
 __all__ = [
+    "ROOT_INO",
     "Change",
     "ChangeKind",
     "ChunkSource",

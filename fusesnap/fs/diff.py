@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fusesnap.fs.tree import MergedTree, Node
-from fusesnap.index.model import EntryType
+from fusesnap.index import EntryType
 
 __all__ = ["Change", "ChangeKind", "diff_trees"]
 

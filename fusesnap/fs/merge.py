@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fusesnap.errors import LayerError
-from fusesnap.index.model import Entry, EntryType, LayerIndex
+from fusesnap.index import Entry, EntryType, LayerIndex
 
 __all__ = ["Dir", "Leaf", "merge_layers"]
 

@@ -25,7 +25,7 @@ from itertools import accumulate
 from typing import Protocol
 
 from fusesnap.errors import LayerError
-from fusesnap.index.model import ChunkRef, Entry
+from fusesnap.index import ChunkRef, Entry
 
 __all__ = ["ChunkSource", "chunk_span", "iter_file", "read_file"]
 

@@ -32,7 +32,7 @@ from types import MappingProxyType
 
 from fusesnap.errors import NotFoundError
 from fusesnap.fs.merge import Dir, Leaf, merge_layers
-from fusesnap.index.model import Entry, EntryType, LayerIndex
+from fusesnap.index import Entry, EntryType, LayerIndex
 
 __all__ = ["MergedTree", "Node", "TreeStats"]
 

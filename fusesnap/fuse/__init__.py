@@ -1,1 +1,24 @@
-"""fuse"""
+"""The kernel side of a mount: pyfuse3 operations over a merged tree.
+
+`FuseOperations` (module `operations`) answers lookup/getattr/readdir/read from a
+`fusesnap.fs.MergedTree`; `ImageSource` (`source`) is what it serves, reading
+chunks through `ChunkCache` (`cache`: the byte-bounded LRU on the trio loop,
+one load per chunk); `attrs` and `lookups` build the kernel's stat and entry
+replies. Kept apart from `fusesnap.fs` so that ``ls``/``cat``/``diff`` never load
+pyfuse3 or trio.
+"""
+
+from fusesnap.fuse.cache import DEFAULT_MAX_BYTES, ChunkCache
+from fusesnap.fuse.operations import FuseOperations, fuse_session, mount_options, serve, terminate
+from fusesnap.fuse.source import ImageSource
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ChunkCache",
+    "FuseOperations",
+    "ImageSource",
+    "fuse_session",
+    "mount_options",
+    "serve",
+    "terminate",
+]

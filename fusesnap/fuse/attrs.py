@@ -27,8 +27,8 @@ import stat
 import pyfuse3
 
 from fusesnap.errors import LayerError
-from fusesnap.fs.tree import Node, TreeStats
-from fusesnap.index.model import Entry, EntryType
+from fusesnap.fs import Node, TreeStats
+from fusesnap.index import Entry, EntryType
 
 __all__ = [
     "BLOCK_SIZE",

@@ -36,8 +36,8 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.errors import NotFoundError
-from fusesnap.fs.reader import ChunkSource, chunk_span, read_file
-from fusesnap.index.model import Entry
+from fusesnap.fs import ChunkSource, chunk_span, read_file
+from fusesnap.index import Entry
 
 __all__ = ["DEFAULT_MAX_BYTES", "PREFETCH_BYTES", "CacheStats", "ChunkCache"]
 

@@ -47,11 +47,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 
 from fusesnap.errors import FusesnapError, NotFoundError
-from fusesnap.fs.tree import Node
+from fusesnap.fs import Node
 from fusesnap.fuse.attrs import CACHE_TIMEOUT, entry_attributes, negative_entry, statvfs
 from fusesnap.fuse.lookups import LookupCounts
 from fusesnap.fuse.source import MountSource
-from fusesnap.index.model import EntryType
+from fusesnap.index import EntryType
 
 __all__ = [
     "FuseOperations",

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Protocol
 
-from fusesnap.fs.tree import ROOT_INO, MergedTree, Node, TreeStats
+from fusesnap.fs import ROOT_INO, MergedTree, Node, TreeStats
 from fusesnap.fuse.cache import ChunkCache
-from fusesnap.index.model import EntryType
+from fusesnap.index import EntryType
 
 __all__ = ["ImageSource", "MountSource"]
 

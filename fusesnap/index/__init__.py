@@ -1,1 +1,55 @@
-"""index"""
+"""The layer index: the project's core data model, its codec and every index format.
+
+A `LayerIndex` lists a layer's entries (`Entry`: type, mode, owner, times, xattrs,
+and for a file its `ChunkRef` list: where each chunk's bytes sit in the blob,
+compressed and uncompressed, and their digest). Everything else reads it: the
+merged tree (`fusesnap.fs`), the lazy fetcher (`fusesnap.lazy`), the store's
+layer records (as opaque bytes).
+
+Formats that produce one, each a module: `tar` (scan a tar or tar+gzip stream,
+`stream` feeds it; `gzipindex` keeps gzip checkpoints), `toc` with `estargz` and
+`zstdchunked` (read a layer's own table of contents), `frames` (decompress a
+gzip member or zstd frame), `codec` (the stored encoding).
+
+Pure and blocking: no network, no store, no trio; callers on a trio loop run
+these through `fusesnap.blocking.run_blocking`; the range reads around the TOC
+parsers are `fusesnap.pull`'s (module `tocs`).
+"""
+
+from fusesnap.index import estargz, zstdchunked
+from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
+from fusesnap.index.frames import decompress_frame
+from fusesnap.index.model import (
+    DEFAULT_CHUNK_SIZE,
+    FRAME_FORMATS,
+    Checkpoint,
+    ChunkRef,
+    Entry,
+    EntryType,
+    LayerIndex,
+    decode,
+    encode,
+)
+from fusesnap.index.tar import Limits, build_index
+from fusesnap.index.toc import MAX_TOC_SIZE
+from fusesnap.index.zstdchunked import is_zstdchunked
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "FRAME_FORMATS",
+    "MAX_TOC_SIZE",
+    "TOC_DIGEST_ANNOTATION",
+    "Checkpoint",
+    "ChunkRef",
+    "Entry",
+    "EntryType",
+    "LayerIndex",
+    "Limits",
+    "build_index",
+    "decode",
+    "decompress_frame",
+    "encode",
+    "estargz",
+    "is_zstdchunked",
+    "zstdchunked",
+]

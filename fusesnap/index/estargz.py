@@ -12,7 +12,7 @@ the TOC member (stargz-snapshotter ``estargz/types.go``, ``docs/estargz.md``):
                         | 5-byte empty stored block | 8 bytes CRC32, ISIZE
     stargz, 47 bytes    the same without the "SG" LEN subfield header (XLEN=22)
 
-`read_estargz_index` fetches the last 51 bytes (which hold either footer), then
+`fusesnap.pull.read_estargz_index` fetches the last 51 bytes (which hold either footer), then
 the TOC member ``[offset, size - footer)``: footer and TOC only, never file
 data. The TOC member inflates (bounded by ``max_toc``) to a tar whose only
 entry is ``stargz.index.json``; its sha256 is checked against the layer
@@ -35,15 +35,11 @@ import re
 import tarfile
 import zlib
 
-from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import InvalidDigestError, LayerError
 from fusesnap.index.model import LayerIndex
 from fusesnap.index.toc import (
-    MAX_TOC_SIZE,
-    Fetch,
     TocBlob,
-    fetch_exact,
     index_from_toc,
     load_toc_json,
 )
@@ -55,8 +51,8 @@ __all__ = [
     "TOC_DIGEST_ANNOTATION",
     "TOC_TAR_NAME",
     "UNCOMPRESSED_SIZE_ANNOTATION",
+    "index_from_toc_member",
     "parse_footer",
-    "read_estargz_index",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,44 +67,6 @@ _PAYLOAD = re.compile(rb"^([0-9a-fA-F]{16})STARGZ$")
 _SUBFIELD = b"SG\x16\x00"  # SI1 SI2, LEN=22 little-endian
 # The tar around the TOC JSON: its header(s), padding and the end-of-archive blocks.
 _TAR_SLACK = 64 << 10
-
-
-async def read_estargz_index(
-    fetch: Fetch,
-    *,
-    layer: Descriptor,
-    diff_id: Digest,
-    max_toc: int = MAX_TOC_SIZE,
-) -> LayerIndex:
-    """The `LayerIndex` of eStargz layer ``layer`` from its footer and TOC.
-
-    ``fetch(offset, length)`` reads a range of the blob (e.g.
-    ``functools.partial(client.read_range, ref, layer.digest)``); it is
-    called twice. ``diff_id`` is taken as given (from the image config).
-    ``max_toc`` bounds the TOC, compressed and inflated.
-
-    Raise `DigestMismatchError` if the TOC does not match the layer's
-    ``toc.digest`` annotation, `LayerError` if the blob is not eStargz or its
-    TOC is unusable (no footer, TOC too large, bad entries). Errors of
-    ``fetch`` pass through.
-
-    Concurrency: inflating and parsing the TOC run in a worker thread.
-    """
-    what = f"layer {layer.digest.short}"
-    if layer.size < LEGACY_FOOTER_SIZE:
-        raise LayerError(f"{what}: {layer.size} bytes is too small for an eStargz footer")
-    n = min(FOOTER_SIZE, layer.size)
-    tail = await fetch_exact(fetch, layer.size - n, n, what=what)
-    toc_offset, footer_size = parse_footer(tail, what=what)
-    toc_end = layer.size - footer_size
-    if not 0 <= toc_offset < toc_end:
-        raise LayerError(f"{what}: eStargz footer points outside the blob ({toc_offset})")
-    if toc_end - toc_offset > max_toc:
-        raise LayerError(
-            f"{what}: eStargz TOC of {toc_end - toc_offset} bytes exceeds the limit of {max_toc}"
-        )
-    member = await fetch_exact(fetch, toc_offset, toc_end - toc_offset, what=what)
-    return await run_blocking(_index, member, toc_offset, layer, diff_id, max_toc)
 
 
 def parse_footer(tail: bytes, *, what: str = "layer") -> tuple[int, int]:
@@ -139,7 +97,7 @@ def _is_empty_member(footer: bytes) -> bool:
         return False
 
 
-def _index(
+def index_from_toc_member(
     member: bytes, toc_offset: int, layer: Descriptor, diff_id: Digest, max_toc: int
 ) -> LayerIndex:
     what = f"layer {layer.digest.short}"

@@ -40,7 +40,7 @@ import bisect
 import datetime
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +61,11 @@ __all__ = [
     "MAX_TOC_SIZE",
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
-    "Fetch",
     "TocBlob",
     "extract_chunk",
-    "fetch_exact",
     "index_from_toc",
     "load_toc_json",
 ]
-
-Fetch = Callable[[int, int], Awaitable[bytes]]
-"""``fetch(offset, length)``: exactly those bytes of the layer blob (an HTTP range read)."""
 
 # A TOC lists metadata only: 64 MiB of JSON is several million entries.
 MAX_TOC_SIZE = 64 << 20
@@ -92,14 +87,6 @@ _RFC3339 = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$"
 )
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-
-
-async def fetch_exact(fetch: Fetch, offset: int, length: int, *, what: str) -> bytes:
-    """``fetch(offset, length)``, refusing a short or long answer with `LayerError`."""
-    data = await fetch(offset, length)
-    if len(data) != length:
-        raise LayerError(f"{what}: read {len(data)} bytes at offset {offset}, wanted {length}")
-    return data
 
 
 def load_toc_json(data: bytes, *, what: str) -> list[Any]:

@@ -16,7 +16,7 @@ The layer descriptor's annotations locate and vouch for the TOC (the
 Older producers, such as Debian 12's skopeo 1.9 (containers/storage 1.43)
 and ctr-remote 0.12 ``--zstdchunked``, write the same keys under
 ``io.containers.zstd-chunked.*``; both spellings are read. ``offset`` points
-just past the 8-byte skippable-frame header; `read_zstdchunked_index` fetches
+just past the 8-byte skippable-frame header; `fusesnap.pull.read_zstdchunked_index` fetches
 that header with the TOC (to know where file data ends) and nothing else. The
 tar-split frame of newer producers is not needed and not read. ctr-remote also
 writes eStargz's ``containerd.io/snapshot/stargz/toc.digest`` (sha256 of the
@@ -34,16 +34,12 @@ import logging
 
 import zstandard
 
-from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import InvalidDigestError, LayerError
 from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
 from fusesnap.index.model import LayerIndex
 from fusesnap.index.toc import (
-    MAX_TOC_SIZE,
-    Fetch,
     TocBlob,
-    fetch_exact,
     index_from_toc,
     load_toc_json,
 )
@@ -52,8 +48,11 @@ from fusesnap.oci import Descriptor
 __all__ = [
     "CHECKSUM_ANNOTATIONS",
     "POSITION_ANNOTATIONS",
+    "SKIPPABLE_HEADER",
+    "index_from_toc_frame",
+    "is_skippable_header",
     "is_zstdchunked",
-    "read_zstdchunked_index",
+    "toc_position",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,41 +66,12 @@ CHECKSUM_ANNOTATIONS = (
     "io.containers.zstd-chunked.manifest-checksum",
 )
 _MANIFEST_TYPE_CRFS = 1
-_SKIPPABLE_HEADER = 8  # magic 0x184D2A5? and a 32-bit little-endian size
+SKIPPABLE_HEADER = 8  # magic 0x184D2A5? and a 32-bit little-endian size
 
 
 def is_zstdchunked(layer: Descriptor) -> bool:
     """True if ``layer`` says where its zstd:chunked TOC is."""
     return any(k in layer.annotations for k in POSITION_ANNOTATIONS)
-
-
-async def read_zstdchunked_index(
-    fetch: Fetch,
-    *,
-    layer: Descriptor,
-    diff_id: Digest,
-    max_toc: int = MAX_TOC_SIZE,
-) -> LayerIndex:
-    """The `LayerIndex` of zstd:chunked layer ``layer`` from its TOC.
-
-    ``fetch(offset, length)`` reads a range of the blob; it is called once.
-    ``diff_id`` is taken as given (from the image config). ``max_toc`` bounds
-    the TOC, compressed and decompressed.
-
-    Raise `DigestMismatchError` if the TOC does not match the layer's
-    checksum annotation, `LayerError` if the layer has no manifest-position
-    annotation or its TOC is unusable. Errors of ``fetch`` pass through.
-
-    Concurrency: decompressing and parsing the TOC run in a worker thread.
-    """
-    what = f"layer {layer.digest.short}"
-    offset, length, ulength = _position(layer, max_toc, what)
-    start = max(offset - _SKIPPABLE_HEADER, 0)
-    data = await fetch_exact(fetch, start, offset + length - start, what=what)
-    head, frame = data[: offset - start], data[offset - start :]
-    # File data ends where the skippable frame around the TOC begins.
-    data_end = start if _is_skippable_header(head, length) else offset
-    return await run_blocking(_index, frame, ulength, data_end, layer, diff_id)
 
 
 def _annotation(layer: Descriptor, keys: tuple[str, ...]) -> tuple[str, str] | None:
@@ -111,7 +81,7 @@ def _annotation(layer: Descriptor, keys: tuple[str, ...]) -> tuple[str, str] | N
     return None
 
 
-def _position(layer: Descriptor, max_toc: int, what: str) -> tuple[int, int, int]:
+def toc_position(layer: Descriptor, max_toc: int, what: str) -> tuple[int, int, int]:
     found = _annotation(layer, POSITION_ANNOTATIONS)
     if found is None:
         raise LayerError(f"{what}: not zstd:chunked (no manifest-position annotation)")
@@ -130,9 +100,9 @@ def _position(layer: Descriptor, max_toc: int, what: str) -> tuple[int, int, int
     return offset, length, ulength
 
 
-def _is_skippable_header(head: bytes, length: int) -> bool:
+def is_skippable_header(head: bytes, length: int) -> bool:
     return (
-        len(head) == _SKIPPABLE_HEADER
+        len(head) == SKIPPABLE_HEADER
         and 0x50 <= head[0] <= 0x5F
         and head[1:4] == b"\x2a\x4d\x18"
         and int.from_bytes(head[4:8], "little") >= length
@@ -152,7 +122,7 @@ def _verify(layer: Descriptor, keys: tuple[str, ...], data: bytes, what: str) ->
     return True
 
 
-def _index(
+def index_from_toc_frame(
     frame: bytes, ulength: int, data_end: int, layer: Descriptor, diff_id: Digest
 ) -> LayerIndex:
     what = f"layer {layer.digest.short}"

@@ -11,22 +11,13 @@ record lists its chunks, so gc keeps what was fetched.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from fusesnap.blocking import run_blocking
-from fusesnap.index.model import ChunkRef, Entry, LayerIndex
+from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.fetcher import ChunkFetcher
 from fusesnap.store import ChunkStore
 
-__all__ = ["LazyChunks", "RegistryOptions"]
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryOptions:
-    """How the daemon reaches the registry (the CLI's global options)."""
-
-    insecure_registries: tuple[str, ...] = ()
-    ca_file: str | None = None
+__all__ = ["LazyChunks"]
 
 
 class LazyChunks:

@@ -58,16 +58,15 @@ from fusesnap.errors import (
     RegistryUnavailableError,
     StoreError,
 )
-from fusesnap.index.model import ChunkRef, Entry, LayerIndex
+from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.spandecode import Cut, cut_span
 from fusesnap.lazy.windows import WindowSource
-from fusesnap.reference import Reference
 from fusesnap.singleflight import Flight, SingleFlight
 
 __all__ = [
-    "ChunkCache",
     "ChunkFetcher",
+    "ChunkStorage",
     "FetchLimits",
     "FetchRange",
     "FetchStats",
@@ -81,7 +80,7 @@ FetchRange = Callable[[Digest, int, int], Awaitable[bytes]]
 """``(layer digest, offset, length) -> exactly those bytes of the blob``."""
 
 
-class ChunkCache(Protocol):
+class ChunkStorage(Protocol):
     """What the fetcher needs of the chunk store (`fusesnap.store.ChunkStore`); blocking."""
 
     def get_many(self, digests: Iterable[bytes]) -> dict[bytes, bytes]: ...
@@ -147,7 +146,7 @@ class PrefetchResult:
 
 @asynccontextmanager
 async def open_chunk_fetcher(
-    fetch_range: FetchRange, chunks: ChunkCache, *, limits: FetchLimits | None = None
+    fetch_range: FetchRange, chunks: ChunkStorage, *, limits: FetchLimits | None = None
 ) -> AsyncIterator[ChunkFetcher]:
     """A `ChunkFetcher` whose fetches run in a nursery that lives as long as the block.
 
@@ -173,30 +172,6 @@ async def open_chunk_fetcher(
             exc.__context__ = context
 
 
-@asynccontextmanager
-async def open_registry_fetcher(
-    ref: Reference,
-    chunks: ChunkCache,
-    *,
-    insecure_registries: Sequence[str] = (),
-    ca_file: str | None = None,
-    limits: FetchLimits | None = None,
-) -> AsyncIterator[ChunkFetcher]:
-    """A `ChunkFetcher` reading image ``ref``'s blobs from its registry (a client of its
-    own, open as long as the block): what a lazy mount and ``cat`` need."""
-    from fusesnap.registry.client import open_registry_client
-
-    async with open_registry_client(
-        insecure_registries=insecure_registries, ca_file=ca_file
-    ) as client:
-
-        async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:
-            return await client.read_range(ref, digest, offset, length)
-
-        async with open_chunk_fetcher(fetch_range, chunks, limits=limits) as fetcher:
-            yield fetcher
-
-
 class ChunkFetcher:
     """Fetch, verify and store the chunks of lazily mounted layers (see the module docstring).
 
@@ -208,7 +183,7 @@ class ChunkFetcher:
     def __init__(
         self,
         fetch_range: FetchRange,
-        chunks: ChunkCache,
+        chunks: ChunkStorage,
         *,
         nursery: trio.Nursery,
         limits: FetchLimits | None = None,

@@ -1,7 +1,7 @@
 """Access profiles: which chunks an image's start reads, in order, to prefetch next time.
 
 ``fusesnap mount --record`` makes the daemon note, in order of first access,
-every chunk that FUSE reads ask for (`Recorder`, fed by `ChunkCache.on_access`).
+every chunk that FUSE reads ask for (`Recorder`, fed by `ChunkStorage.on_access`).
 At unmount it stores an `AccessProfile`::
 
     {"v": 1, "image": "<manifest digest>", "chunks": [[layer position, "<sha256 hex>"], ...]}
@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
-from fusesnap.index.model import LayerIndex
-from fusesnap.store import Resource, Store
-from fusesnap.store.records import CONTENT
+from fusesnap.index import LayerIndex
+from fusesnap.store import CONTENT, Resource, Store
 
 __all__ = [
     "LABEL",
@@ -99,7 +98,7 @@ def decode(data: bytes) -> AccessProfile:
 
 
 class Recorder:
-    """Chunk digests in order of first access (`ChunkCache.on_access` calls `note`)."""
+    """Chunk digests in order of first access (`ChunkStorage.on_access` calls `note`)."""
 
     def __init__(self) -> None:
         self._seen: dict[bytes, None] = {}

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fusesnap.errors import LayerError
-from fusesnap.index.model import FRAME_FORMATS, Checkpoint, ChunkRef, LayerIndex
+from fusesnap.index import FRAME_FORMATS, Checkpoint, ChunkRef, LayerIndex
 
 __all__ = [
     "Access",

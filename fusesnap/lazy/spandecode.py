@@ -20,9 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError
-from fusesnap.index import gzipindex
-from fusesnap.index.frames import decompress_frame
-from fusesnap.index.model import ChunkRef
+from fusesnap.index import ChunkRef, decompress_frame, gzipindex
 from fusesnap.lazy.ranges import Access, LayerLayout, Span, clength, coffset, inner
 
 __all__ = ["Cut", "ReadBefore", "cut_span"]

@@ -21,13 +21,13 @@ import zstandard
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError, RegistryError, StoreError
-from fusesnap.index.model import LayerIndex
+from fusesnap.index import LayerIndex
 from fusesnap.lazy.ranges import Access, LayerLayout, Span
 from fusesnap.lazy.spandecode import decode_window
 from fusesnap.singleflight import SingleFlight
 
 if TYPE_CHECKING:
-    from fusesnap.lazy.fetcher import ChunkCache, FetchRange
+    from fusesnap.lazy.fetcher import ChunkStorage, FetchRange
 
 __all__ = ["LoadWindows", "WindowSource", "window_point", "with_windows_blob"]
 
@@ -62,7 +62,7 @@ class WindowSource:
     def __init__(
         self,
         fetch_range: FetchRange,
-        chunks: ChunkCache,
+        chunks: ChunkStorage,
         stats: _Counters,
         from_store: Callable[[list[bytes]], dict[bytes, bytes]],
     ) -> None:

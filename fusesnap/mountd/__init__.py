@@ -1,1 +1,25 @@
-"""mountd"""
+"""The mount daemon: one process per mounted image, serving FUSE until unmounted.
+
+`start_mount` (module `start`) checks the image, forks the daemon and waits until
+the mount answers; `serve_image` (`daemon`) is the daemon's body: the lease, the
+FUSE session, the lazy fetcher and the side tasks (control socket, prefetch).
+`control` answers ``fusesnap stats``/``unmount`` on a unix socket; `state` is the
+daemon's ``mount.json``; `mountpoint` reads /proc/self/mountinfo and unmounts.
+"""
+
+from fusesnap.mountd.daemon import PREFETCH_MODES, check_image, serve_image
+from fusesnap.mountd.mountpoint import MountError, mount_info
+from fusesnap.mountd.start import mount_stats, start_mount, unmount
+from fusesnap.process import process_start_time
+
+__all__ = [
+    "PREFETCH_MODES",
+    "MountError",
+    "check_image",
+    "mount_info",
+    "mount_stats",
+    "process_start_time",
+    "serve_image",
+    "start_mount",
+    "unmount",
+]

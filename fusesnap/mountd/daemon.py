@@ -38,15 +38,21 @@ from typing import Any
 import trio
 
 from fusesnap.errors import FusesnapError, NotFoundError
-from fusesnap.fs.tree import Node
-from fusesnap.fuse.cache import DEFAULT_MAX_BYTES, ChunkCache
-from fusesnap.fuse.operations import FuseOperations, fuse_session, mount_options, serve, terminate
-from fusesnap.fuse.source import ImageSource
+from fusesnap.fs import Node
+from fusesnap.fuse import (
+    DEFAULT_MAX_BYTES,
+    ChunkCache,
+    FuseOperations,
+    ImageSource,
+    fuse_session,
+    mount_options,
+    serve,
+    terminate,
+)
 from fusesnap.image import ImageView
-from fusesnap.index.model import ChunkRef, Entry, LayerIndex
+from fusesnap.index import ChunkRef, Entry, LayerIndex
+from fusesnap.lazy import LazyChunks
 from fusesnap.lazy import profile as profiles
-from fusesnap.lazy.chunks import LazyChunks, RegistryOptions
-from fusesnap.lazy.fetcher import open_registry_fetcher
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.mountpoint import MountError, detach, is_stale, mount_info
 from fusesnap.mountd.state import (
@@ -55,8 +61,9 @@ from fusesnap.mountd.state import (
     make_state_dir,
     process_start_time,
 )
-from fusesnap.pull.indexsource import layer_complete
+from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
+from fusesnap.registry import RegistryOptions
 from fusesnap.store import Resource, Store, open_store
 
 __all__ = ["check_image", "prepare_mountpoint", "serve_image"]
@@ -295,12 +302,8 @@ async def _main(
         plan.state = "done"  # every chunk is local
         await _serve(ops, cache, state, directory, on_ready, None, plan)
         return
-    options = registry or RegistryOptions()
     async with open_registry_fetcher(
-        Reference.parse(state.image),
-        lazy.chunks,
-        insecure_registries=options.insecure_registries,
-        ca_file=options.ca_file,
+        Reference.parse(state.image), lazy.chunks, registry=registry
     ) as fetcher:
         lazy.fetcher = fetcher
         await _serve(ops, cache, state, directory, on_ready, lazy, plan)

@@ -59,8 +59,7 @@ from fusesnap.mountd.state import (
     process_start_time,
     state_dir,
 )
-from fusesnap.store import open_store
-from fusesnap.store.env import any_open
+from fusesnap.store import any_open, open_store
 
 __all__ = ["mount_stats", "start_mount", "unmount"]
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusesnap.mountd.mountpoint import absolute_path
+from fusesnap.process import process_start_time
 
 __all__ = [
     "CONTROL_SOCKET",
@@ -51,20 +52,6 @@ def make_state_dir(root: Path, mountpoint: str | os.PathLike[str]) -> Path:
     directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.mkdir(mode=0o700, exist_ok=True)
     return directory
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of a running process; None if it is gone or a
-    zombie. With the pid it names a process even after pids wrap around."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()  # comm may hold spaces and parentheses
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 @dataclass(frozen=True, slots=True)

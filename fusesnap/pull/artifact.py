@@ -75,14 +75,13 @@ from fusesnap.errors import (
     RegistryNotFoundError,
     RegistryUnavailableError,
 )
-from fusesnap.index.model import LayerIndex, decode, encode
+from fusesnap.index import LayerIndex, decode, encode
+from fusesnap.lazy import AccessProfile, LoadWindows, ProfileError, with_windows_blob
 from fusesnap.lazy import profile as profiles
-from fusesnap.lazy.profile import AccessProfile, ProfileError
-from fusesnap.lazy.windows import LoadWindows, with_windows_blob
 from fusesnap.oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest
 from fusesnap.oci import parse_manifest as parse_document
 from fusesnap.reference import Reference
-from fusesnap.registry.client import RegistryClient
+from fusesnap.registry import RegistryClient
 
 __all__ = [
     "ARTIFACT_TYPE",

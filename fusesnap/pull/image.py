@@ -32,13 +32,10 @@ import trio
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, LayerError, ManifestError, NotFoundError
-from fusesnap.index.model import LayerIndex, decode
-from fusesnap.index.tar import Limits
+from fusesnap.index import LayerIndex, Limits, decode
+from fusesnap.lazy import AccessProfile, ChunkFetcher, FetchLimits, layout_of, open_chunk_fetcher
 from fusesnap.lazy import profile as profiles
-from fusesnap.lazy.fetcher import ChunkFetcher, FetchLimits, open_chunk_fetcher
-from fusesnap.lazy.profile import AccessProfile
-from fusesnap.lazy.ranges import layout_of
-from fusesnap.oci import Descriptor, ImageConfig, Platform, layer_compression
+from fusesnap.oci import Descriptor, ImageConfig, Platform, chain_ids, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes, find_index_artifact
 from fusesnap.pull.indexsource import (
     FetchCounter,
@@ -52,9 +49,8 @@ from fusesnap.pull.indexsource import (
     toc_source,
 )
 from fusesnap.reference import Reference
-from fusesnap.registry.client import RegistryClient, Resolved
-from fusesnap.store import ImageRecord, Resource, Store
-from fusesnap.store.snapshots import COMMITTED, chain_ids
+from fusesnap.registry import RegistryClient, Resolved
+from fusesnap.store import COMMITTED, ImageRecord, Resource, Store
 from fusesnap.termui import human_size
 
 __all__ = ["LayerOutcome", "PullProgress", "PullResult", "image_name", "pull"]

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError
-from fusesnap.index.model import DEFAULT_CHUNK_SIZE, LayerIndex, encode
-from fusesnap.index.tar import Limits, build_index
+from fusesnap.index import DEFAULT_CHUNK_SIZE, LayerIndex, Limits, build_index, encode
 from fusesnap.oci import Descriptor
 from fusesnap.store import LayerRecord, Store, pack_chunk_digests
 

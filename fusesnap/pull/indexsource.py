@@ -46,16 +46,19 @@ import trio
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, DigestMismatchError, LayerError, ManifestError
-from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION, read_estargz_index
-from fusesnap.index.model import LayerIndex, decode
-from fusesnap.index.tar import Limits
-from fusesnap.index.toc import Fetch
-from fusesnap.index.zstdchunked import is_zstdchunked, read_zstdchunked_index
+from fusesnap.index import (
+    TOC_DIGEST_ANNOTATION,
+    LayerIndex,
+    Limits,
+    decode,
+    is_zstdchunked,
+)
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
 from fusesnap.pull.indexing import ingest_layer_file, store_layer_index
+from fusesnap.pull.tocs import Fetch, read_estargz_index, read_zstdchunked_index
 from fusesnap.reference import Reference
-from fusesnap.registry.client import RegistryClient
+from fusesnap.registry import RegistryClient
 from fusesnap.store import Store
 from fusesnap.termui import human_size
 

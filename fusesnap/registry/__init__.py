@@ -1,1 +1,27 @@
-"""registry"""
+"""The OCI distribution client: the only package that speaks HTTP (httpx).
+
+`open_registry_client` gives a `RegistryClient`: resolve a reference to a
+manifest (`Resolved`), read manifests and blobs (whole, streamed, or as byte
+ranges), push blobs and manifests, list referrers. Inside: `auth` (bearer and
+basic challenges), `credentials` (docker config and credential helpers),
+`_session` (one connection pool, per-repository tokens), `retry` (which failures
+are retried, with backoff), `transfer` (streamed blob reads and uploads,
+verified against their digest). `RegistryOptions` carries the global
+``--insecure-registry`` / ``--ca-file`` choices to whatever opens a client later.
+"""
+
+from fusesnap.registry.client import RegistryClient, RegistryOptions, Resolved, open_registry_client
+from fusesnap.registry.credentials import Credentials, load_credentials
+from fusesnap.registry.retry import RetryPolicy
+from fusesnap.registry.transfer import BlobSink
+
+__all__ = [
+    "BlobSink",
+    "Credentials",
+    "RegistryClient",
+    "RegistryOptions",
+    "Resolved",
+    "RetryPolicy",
+    "load_credentials",
+    "open_registry_client",
+]

@@ -334,6 +334,15 @@ def _parse_tags(body: bytes, what: str) -> list[str]:
     return list(tags)
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How to reach registries: the global ``--insecure-registry`` and ``--ca-file``
+    options, passed to `open_registry_client` by everything that opens one later."""
+
+    insecure_registries: tuple[str, ...] = ()
+    ca_file: str | None = None
+
+
 @asynccontextmanager
 async def open_registry_client(
     *,

@@ -27,13 +27,12 @@ from typing import Any
 
 from fusesnap.digest import Digest
 from fusesnap.image import ImageView
-from fusesnap.oci import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, Descriptor
-from fusesnap.pull.indexing import ingest_layer_file
+from fusesnap.oci import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, Descriptor, chain_ids
+from fusesnap.pull import ingest_layer_file
 from fusesnap.reference import Reference
 from fusesnap.snapshots.difftar import HashingWriter, write_diff_tar
-from fusesnap.snapshots.snapshotter import Snapshotter, chain_ids
-from fusesnap.store import ImageRecord, Resource, SnapshotRecord, Store
-from fusesnap.store.snapshots import COMMITTED
+from fusesnap.snapshots.snapshotter import Snapshotter
+from fusesnap.store import COMMITTED, ImageRecord, Resource, SnapshotRecord, Store
 
 __all__ = ["CommitResult", "commit_upper"]
 

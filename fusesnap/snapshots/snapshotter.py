@@ -46,10 +46,17 @@ from pathlib import Path
 from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.image import ImageView
-from fusesnap.store import SnapshotInUseError, SnapshotRecord, Store
-from fusesnap.store.snapshots import ACTIVE, COMMITTED, VIEW, chain_ids
+from fusesnap.oci import chain_ids
+from fusesnap.store import (
+    ACTIVE,
+    COMMITTED,
+    VIEW,
+    SnapshotInUseError,
+    SnapshotRecord,
+    Store,
+)
 
-__all__ = ["SnapshotError", "Snapshotter", "chain_ids"]
+__all__ = ["SnapshotError", "Snapshotter"]
 
 SNAPSHOTS = "snapshots"
 EMPTY = "empty"

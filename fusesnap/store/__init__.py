@@ -9,11 +9,13 @@ transaction per call. Layout and versioning: `fusesnap.store.schema`.
 from fusesnap.store.chunks import ChunkPutStats, ChunkStats, ChunkStore
 from fusesnap.store.collect import GCResult, collect_garbage
 from fusesnap.store.content import ContentStore
+from fusesnap.store.env import any_open
 from fusesnap.store.images import ImageStore
 from fusesnap.store.ingest import ContentWriter
 from fusesnap.store.layers import ChunkPresence, LayerStore, pack_chunk_digests
 from fusesnap.store.leases import LeaseManager
 from fusesnap.store.records import (
+    CONTENT,
     ContentInfo,
     ImageRecord,
     IngestInfo,
@@ -23,6 +25,9 @@ from fusesnap.store.records import (
     Resource,
 )
 from fusesnap.store.snapshots import (
+    ACTIVE,
+    COMMITTED,
+    VIEW,
     ContainerRef,
     ContainerStore,
     SnapshotInUseError,
@@ -32,6 +37,10 @@ from fusesnap.store.snapshots import (
 from fusesnap.store.store import Store, default_root, open_store
 
 __all__ = [
+    "ACTIVE",
+    "COMMITTED",
+    "CONTENT",
+    "VIEW",
     "ChunkPresence",
     "ChunkPutStats",
     "ChunkStats",
@@ -55,6 +64,7 @@ __all__ = [
     "SnapshotRecord",
     "SnapshotStore",
     "Store",
+    "any_open",
     "collect_garbage",
     "default_root",
     "open_store",

@@ -33,28 +33,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from fusesnap.errors import AlreadyExistsError, NotFoundError
+from fusesnap.process import process_start_time
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
 from fusesnap.store.records import LeaseRecord, Resource
 from fusesnap.store.schema import LEASES, lease_key, pack, unpack
 
 DEFAULT_EXPIRY = 24 * 3600.0
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time of a running process, in clock ticks since boot;
-    `None` if there is no such process or it is a zombie (it has exited and
-    only waits to be reaped)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ")".
-    fields = text.rpartition(")")[2].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # field 22, starttime
 
 
 def is_live(lease: LeaseRecord, now: float | None = None) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import hashlib
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError, StoreError
+from fusesnap.oci import chain_ids
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
 from fusesnap.store.records import CONTENT, LAYER, RECORD_VERSION
@@ -46,19 +46,6 @@ KINDS = frozenset({COMMITTED, ACTIVE, VIEW})
 
 class SnapshotInUseError(FusesnapError):
     """A snapshot that other snapshots stand on cannot be removed."""
-
-
-def chain_ids(diff_ids: Sequence[Digest | str]) -> list[str]:
-    """The OCI chain ID of each layer prefix: ``chain(L0) = diff_id0``,
-    ``chain(Ln) = sha256(chain(Ln-1) + " " + diff_idn)``."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(str(diff_id))
-        else:
-            text = f"{chains[-1]} {diff_id}".encode()
-            chains.append(f"sha256:{hashlib.sha256(text).hexdigest()}")
-    return chains
 
 
 def _optional_digest(value: Any) -> Digest | None:

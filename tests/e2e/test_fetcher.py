@@ -16,13 +16,12 @@ import trio
 
 from fusesnap.digest import Digest
 from fusesnap.errors import RegistryError
-from fusesnap.fs.reader import chunk_span
-from fusesnap.index.model import Entry, EntryType, LayerIndex
-from fusesnap.index.tar import build_index
-from fusesnap.lazy.fetcher import ChunkFetcher, open_chunk_fetcher
+from fusesnap.fs import chunk_span
+from fusesnap.index import Entry, EntryType, LayerIndex, build_index
+from fusesnap.lazy import ChunkFetcher, open_chunk_fetcher
 from fusesnap.oci import Descriptor
 from fusesnap.reference import Reference
-from fusesnap.registry.client import open_registry_client
+from fusesnap.registry import open_registry_client
 from fusesnap.registry.retry import RetryPolicy
 from fusesnap.store import open_store
 from tools.faultproxy import FaultProxy

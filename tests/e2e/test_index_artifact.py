@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fusesnap.digest import Digest
-from fusesnap.index.model import decode
+from fusesnap.index import decode
 from fusesnap.store import open_store
 from tests.e2e.cli import run
 from tests.e2e.test_lazy_pull import assert_matches_umoci, compressed_size, layer_requests

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from fusesnap.image import ImageView
-from fusesnap.store import open_store
-from fusesnap.store.snapshots import COMMITTED, chain_ids
+from fusesnap.oci import chain_ids
+from fusesnap.store import COMMITTED, open_store
 from tests.e2e.cli import run
 from tests.e2e.test_lazy_pull import layer_requests
 from tools.images.catalog import build_and_push

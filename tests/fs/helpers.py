@@ -7,7 +7,7 @@ import itertools
 
 from fusesnap.digest import Digest
 from fusesnap.errors import NotFoundError
-from fusesnap.index.model import ChunkRef, Entry, EntryType, LayerIndex
+from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
 
 MTIME = 1_700_000_000
 _offsets = itertools.count(0, 1 << 30)  # each file its own (fake) place in a tar stream

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusesnap.fs import Change, MergedTree, diff_trees
-from fusesnap.index.model import Entry
+from fusesnap.index import Entry
 from tests.fs.helpers import directory, file, hardlink, layer, symlink
 
 

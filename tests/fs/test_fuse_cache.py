@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from fusesnap.errors import NotFoundError, StoreError
-from fusesnap.fuse.cache import ChunkCache
+from fusesnap.fuse import ChunkCache
 from tests.fs.helpers import MemoryChunks, file
 
 KiB = 1024

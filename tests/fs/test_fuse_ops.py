@@ -13,11 +13,9 @@ import pytest
 
 from fusesnap.errors import LayerError
 from fusesnap.fs import MergedTree
+from fusesnap.fuse import ChunkCache, FuseOperations, ImageSource, mount_options
 from fusesnap.fuse.attrs import CACHE_TIMEOUT
-from fusesnap.fuse.cache import ChunkCache
-from fusesnap.fuse.operations import FuseOperations, mount_options
-from fusesnap.fuse.source import ImageSource
-from fusesnap.index.model import Entry, EntryType
+from fusesnap.index import Entry, EntryType
 from tests.fs.helpers import MTIME, MemoryChunks, directory, file, hardlink, layer, symlink
 
 CTX: Any = None  # handlers ignore the request context

@@ -8,7 +8,7 @@ import pytest
 
 from fusesnap.errors import LayerError, NotFoundError
 from fusesnap.fs import ChunkSource, chunk_span, iter_file, read_file
-from fusesnap.index.model import ChunkRef, Entry
+from fusesnap.index import ChunkRef, Entry
 from tests.fs.helpers import MemoryChunks, file
 
 DATA = bytes(range(256)) * 4 + b"tail!"  # 1029 bytes: 10 chunks of 100, one of 29

@@ -8,7 +8,7 @@ import pytest
 
 from fusesnap.errors import LayerError, NotFoundError
 from fusesnap.fs import MergedTree, Node
-from fusesnap.index.model import Entry, EntryType
+from fusesnap.index import Entry, EntryType
 from tests.fs.helpers import (
     MTIME,
     directory,

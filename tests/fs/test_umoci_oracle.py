@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from fusesnap.fs import MergedTree, read_file
-from fusesnap.index.model import EntryType, LayerIndex
-from fusesnap.index.tar import build_index
+from fusesnap.index import EntryType, LayerIndex, build_index
 from tests.fs.helpers import MemoryChunks
 from tools.images.catalog import LAYOUT_TAG, build_layout
 from tools.images.layout import Image, Layer, read_json_blob, resolve_tag, write_layout

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from fusesnap.reference import Reference
-from fusesnap.registry.client import RegistryClient, open_registry_client
+from fusesnap.registry import RegistryClient, open_registry_client
 from fusesnap.registry.credentials import Credentials
 from fusesnap.registry.retry import RetryPolicy
 from tests.lazy.fakeregistry import FakeRegistry

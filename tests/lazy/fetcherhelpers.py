@@ -16,8 +16,7 @@ import trio
 import zstandard
 
 from fusesnap.digest import Digest
-from fusesnap.index.model import ChunkRef, Entry, EntryType, LayerIndex
-from fusesnap.index.tar import build_index
+from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex, build_index
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR
 
 MiB = 1 << 20

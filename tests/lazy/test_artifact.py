@@ -15,9 +15,9 @@ import zstandard
 from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError, ManifestError
-from fusesnap.index.model import LayerIndex, decode, encode
+from fusesnap.index import LayerIndex, decode, encode
+from fusesnap.lazy import AccessProfile
 from fusesnap.lazy import profile as profiles
-from fusesnap.lazy.profile import AccessProfile
 from fusesnap.oci import Descriptor
 from fusesnap.pull.artifact import (
     ARTIFACT_TYPE,
@@ -31,7 +31,7 @@ from fusesnap.pull.artifact import (
     push_index_artifact,
 )
 from fusesnap.reference import Reference
-from fusesnap.registry.client import RegistryClient
+from fusesnap.registry import RegistryClient
 from fusesnap.registry.credentials import Credentials
 from tests.lazy.conftest import REF, Connect
 from tests.lazy.fakeregistry import FakeRegistry

@@ -21,16 +21,16 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
+from fusesnap.index import ChunkRef, EntryType, LayerIndex
 from fusesnap.index.estargz import (
     FOOTER_SIZE,
     LEGACY_FOOTER_SIZE,
     TOC_DIGEST_ANNOTATION,
     parse_footer,
-    read_estargz_index,
 )
-from fusesnap.index.model import ChunkRef, EntryType, LayerIndex
 from fusesnap.index.toc import TocBlob, extract_chunk, index_from_toc
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
+from fusesnap.pull import read_estargz_index
 from tests.lazy.layerblob import LayerBlob as Blob
 from tools.images.push import inspect_raw
 

@@ -23,13 +23,13 @@ import pytest
 from fusesnap.digest import Digest
 from fusesnap.errors import NotFoundError
 from fusesnap.fs import MergedTree
-from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION, read_estargz_index
-from fusesnap.index.model import LayerIndex, decode, encode
+from fusesnap.index import TOC_DIGEST_ANNOTATION, LayerIndex, decode, encode
 from fusesnap.index.toc import extract_chunk
-from fusesnap.index.zstdchunked import POSITION_ANNOTATIONS, read_zstdchunked_index
+from fusesnap.index.zstdchunked import POSITION_ANNOTATIONS
 from fusesnap.oci import Descriptor, ImageConfig, Manifest
+from fusesnap.pull import read_estargz_index, read_zstdchunked_index
 from fusesnap.reference import Reference
-from fusesnap.registry.client import RegistryClient, open_registry_client
+from fusesnap.registry import RegistryClient, open_registry_client
 from tests.oracle import differences, disk_view, tree_view
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.estargz import build_and_push_estargz, convert_to_estargz

@@ -13,9 +13,8 @@ import pytest
 import trio
 
 from fusesnap.errors import DigestMismatchError, LayerError, RegistryUnavailableError
-from fusesnap.index.model import ChunkRef, LayerIndex
-from fusesnap.lazy.fetcher import ChunkFetcher, FetchLimits, open_chunk_fetcher
-from fusesnap.lazy.windows import with_windows_blob
+from fusesnap.index import ChunkRef, LayerIndex
+from fusesnap.lazy import ChunkFetcher, FetchLimits, open_chunk_fetcher, with_windows_blob
 from fusesnap.store import Store, open_store
 from tests.lazy.fetcherhelpers import (
     Blobs,

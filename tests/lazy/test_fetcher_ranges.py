@@ -13,9 +13,8 @@ import trio
 import zstandard
 
 from fusesnap.errors import DigestMismatchError, LayerError, RegistryUnavailableError
-from fusesnap.index.frames import decompress_frame
-from fusesnap.index.model import ChunkRef
-from fusesnap.lazy.fetcher import FetchLimits, open_chunk_fetcher
+from fusesnap.index import ChunkRef, decompress_frame
+from fusesnap.lazy import FetchLimits, open_chunk_fetcher
 from fusesnap.lazy.ranges import Access, LayerLayout
 from fusesnap.singleflight import SingleFlight
 from fusesnap.store import Store, open_store

@@ -17,14 +17,12 @@ import zstandard
 from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError
-from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
-from fusesnap.index.model import decode
-from fusesnap.index.tar import build_index
+from fusesnap.index import TOC_DIGEST_ANNOTATION, build_index, decode
 from fusesnap.index.zstdchunked import POSITION_ANNOTATIONS
-from fusesnap.lazy.fetcher import open_chunk_fetcher
+from fusesnap.lazy import open_chunk_fetcher
 from fusesnap.oci import Descriptor
+from fusesnap.pull import pull
 from fusesnap.pull.artifact import ArtifactIndexes, push_index_artifact
-from fusesnap.pull.image import pull
 from fusesnap.pull.indexsource import IndexSource, resolve_layer_index
 from fusesnap.store import Store, collect_garbage, open_store
 from fusesnap.termui import human_size

@@ -14,6 +14,7 @@ import pytest
 import zstandard
 
 from fusesnap.digest import Digest
+from fusesnap.index import build_index
 from fusesnap.index.model import (
     FORMAT_VERSION,
     MAGIC,
@@ -28,7 +29,6 @@ from fusesnap.index.model import (
     encode,
     normalize_path,
 )
-from fusesnap.index.tar import build_index
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 D1 = Digest("sha256:" + "ab" * 32)

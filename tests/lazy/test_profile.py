@@ -10,8 +10,7 @@ import pytest
 
 from fusesnap.lazy import profile as profiles
 from fusesnap.lazy.profile import AccessProfile, ProfileError, Recorder
-from fusesnap.store import open_store
-from fusesnap.store.collect import collect_garbage
+from fusesnap.store import collect_garbage, open_store
 
 IMAGE = "sha256:" + "ab" * 32
 

@@ -314,7 +314,7 @@ async def test_too_many_redirects_is_mapped(fake: FakeRegistry, connect: Connect
 
 
 async def test_ca_file_that_does_not_exist(tmp_path: Path) -> None:
-    from fusesnap.registry.client import open_registry_client
+    from fusesnap.registry import open_registry_client
 
     with pytest.raises(RegistryError, match="CA bundle"):
         async with open_registry_client(ca_file=tmp_path / "missing.pem"):

@@ -13,8 +13,7 @@ import pytest
 import zstandard
 
 from fusesnap.errors import DigestMismatchError, ManifestError
-from fusesnap.index.model import EntryType, LayerIndex, decode, encode
-from fusesnap.index.tar import build_index
+from fusesnap.index import EntryType, LayerIndex, build_index, decode, encode
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 
 CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from fusesnap.errors import LayerError
-from fusesnap.index.tar import Limits, build_index
+from fusesnap.index import Limits, build_index
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 
 

@@ -14,15 +14,15 @@ import zstandard
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
-from fusesnap.index.model import LayerIndex, decode, encode
+from fusesnap.index import LayerIndex, decode, encode
 from fusesnap.index.toc import extract_chunk
 from fusesnap.index.zstdchunked import (
     CHECKSUM_ANNOTATIONS,
     POSITION_ANNOTATIONS,
     is_zstdchunked,
-    read_zstdchunked_index,
 )
 from fusesnap.oci import Descriptor
+from fusesnap.pull import read_zstdchunked_index
 from tests.lazy.layerblob import LayerBlob
 from tools.images.catalog import LAYOUT_TAG, build_layout
 from tools.images.layout import read_json_blob, resolve_tag

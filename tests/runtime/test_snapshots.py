@@ -15,10 +15,17 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError
+from fusesnap.oci import chain_ids
+from fusesnap.snapshots import SnapshotError, Snapshotter
 from fusesnap.snapshots.difftar import write_diff_tar
-from fusesnap.snapshots.snapshotter import SnapshotError, Snapshotter, chain_ids
-from fusesnap.store import ContainerRef, SnapshotInUseError, SnapshotRecord, Store, open_store
-from fusesnap.store.snapshots import COMMITTED
+from fusesnap.store import (
+    COMMITTED,
+    ContainerRef,
+    SnapshotInUseError,
+    SnapshotRecord,
+    Store,
+    open_store,
+)
 
 D0 = Digest.of(b"layer 0")
 D1 = Digest.of(b"layer 1")

@@ -8,7 +8,10 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, NotFoundError, StoreError
+from fusesnap.oci import chain_ids
 from fusesnap.store import (
+    ACTIVE,
+    COMMITTED,
     ContainerRef,
     SnapshotInUseError,
     SnapshotRecord,
@@ -16,7 +19,6 @@ from fusesnap.store import (
     collect_garbage,
     open_store,
 )
-from fusesnap.store.snapshots import ACTIVE, COMMITTED, chain_ids
 
 from .helpers import blob, chunk, layer_digest, layer_record, put_layer_manifest
 

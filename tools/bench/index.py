@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from fusesnap.digest import Digest
+from fusesnap.index import LayerIndex, build_index, encode
 from fusesnap.index.gzipindex import build_checkpoints
-from fusesnap.index.model import LayerIndex, encode
-from fusesnap.index.tar import build_index
-from fusesnap.lazy.windows import with_windows_blob
+from fusesnap.lazy import with_windows_blob
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
-from fusesnap.pull.indexing import ingest_layer_file
+from fusesnap.pull import ingest_layer_file
 from fusesnap.store import open_store
 
 _SUMMARY = "Layer index build throughput vs gzip -dc | tar -t."
