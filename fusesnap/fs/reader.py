@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from itertools import accumulate
 from typing import Protocol
 
 from fusesnap.errors import LayerError
@@ -43,31 +42,6 @@ class ChunkSource(Protocol):
         ...
 
 
-# id(entry) -> (entry, start offsets). The entry is kept so that its id is not reused while
-# cached; the dict is cleared when full (plain get/set/clear are atomic under the GIL, so
-# reader threads need no lock).
-_starts_cache: dict[int, tuple[Entry, tuple[int, ...]]] = {}
-
-
-def _starts(entry: Entry) -> tuple[int, ...]:
-    """File offset of each chunk of ``entry``; `LayerError` if the lengths miss the size."""
-    hit = _starts_cache.get(id(entry))
-    if hit is not None and hit[0] is entry:
-        return hit[1]
-    ends = tuple(accumulate(c.length for c in entry.chunks))
-    total = ends[-1] if ends else 0
-    if total != entry.size:
-        raise LayerError(
-            f"file {entry.path!r}: chunks hold {total} bytes, the entry says {entry.size}"
-        )
-    starts = (0, *ends[:-1]) if ends else ()
-    if len(entry.chunks) > 1:
-        if len(_starts_cache) >= _CACHE_MAX:
-            _starts_cache.clear()
-        _starts_cache[id(entry)] = (entry, starts)
-    return starts
-
-
 def _window(entry: Entry, offset: int, size: int) -> tuple[int, int]:
     if offset < 0 or size < 0:
         raise ValueError(f"read of {size} bytes at offset {offset}: negative")
@@ -77,7 +51,7 @@ def _window(entry: Entry, offset: int, size: int) -> tuple[int, int]:
 def _span(entry: Entry, offset: int, end: int) -> tuple[tuple[int, ...], int, int]:
     """Start offsets and the index range ``[first, last)`` of the chunks overlapping
     ``[offset, end)`` (an empty range past EOF)."""
-    starts = _starts(entry)
+    starts = entry.chunk_starts
     if offset >= end:
         return starts, 0, 0
     first = bisect_right(starts, offset) - 1
@@ -128,6 +102,6 @@ def read_file(entry: Entry, offset: int, size: int, source: ChunkSource) -> byte
 
 def iter_file(entry: Entry, source: ChunkSource) -> Iterator[bytes]:
     """The whole contents of ``entry``, one chunk at a time (nothing for an empty file)."""
-    _starts(entry)
+    entry.chunk_starts  # noqa: B018 -- checks the chunk lengths before the first byte
     for chunk in entry.chunks:
         yield _fetch(entry, chunk, source)

@@ -24,7 +24,6 @@ entries; building peaks near 230). `Node` objects are made on demand.
 from __future__ import annotations
 
 import errno
-import operator
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,19 +106,8 @@ class MergedTree:
         Raise `LayerError`, naming the layer and the entry, for a hardlink whose
         target does not exist, an entry under a non-directory, a symlink loop,
         or a non-directory ``./``.
-
-        A tree is immutable: the last few built are kept by their layers (the same
-        index objects, which `decode` shares), so a mount daemon forked after a pull
-        that checked the tree does not build it again.
         """
-        key = tuple(layers)
-        for built_from, tree in _BUILT:
-            if len(built_from) == len(key) and all(map(operator.is_, built_from, key)):
-                return tree
-        tree = _freeze(merge_layers(key))
-        _BUILT.append((key, tree))
-        del _BUILT[:-_BUILT_MAX]
-        return tree
+        return _freeze(merge_layers(tuple(layers)))
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -225,8 +213,6 @@ class MergedTree:
         return count
 
 
-_BUILT: list[tuple[tuple[LayerIndex, ...], MergedTree]] = []
-_BUILT_MAX = 4
 
 
 def _freeze(root: Dir) -> MergedTree:

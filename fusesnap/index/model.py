@@ -27,6 +27,7 @@ import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError
@@ -116,6 +117,22 @@ class Entry:
     uname: str = ""
     gname: str = ""
     chunks: tuple[ChunkRef, ...] = ()
+    _starts: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def chunk_starts(self) -> tuple[int, ...]:
+        """The file offset of each chunk (computed once); `LayerError` if the chunks'
+        lengths do not add up to ``size``."""
+        if self._starts is None:
+            ends = tuple(accumulate(c.length for c in self.chunks))
+            total = ends[-1] if ends else 0
+            if total != self.size:
+                raise LayerError(
+                    f"file {self.path!r}: chunks hold {total} bytes, the entry says {self.size}"
+                )
+            object.__setattr__(self, "_starts", (0, *ends[:-1]) if ends else ())
+        assert self._starts is not None
+        return self._starts
 
     @property
     def perm(self) -> int:
@@ -297,21 +314,7 @@ def encode(index: LayerIndex) -> bytes:
 
 def decode(data: bytes) -> LayerIndex:
     """Parse what `encode` wrote (format 1 to 3); raise `LayerError` if it is corrupt or
-    from a newer fusesnap. The input is treated as untrusted.
-
-    The last few decoded indexes are kept by the sha256 of their bytes (an index is
-    immutable): a mount daemon forked after a pull finds what the pull decoded.
-    """
+    from a newer fusesnap. The input is treated as untrusted."""
     from fusesnap.index import codec as layercodec
-    key = hashlib.sha256(data).digest()
-    index = _DECODED.get(key)
-    if index is None:
-        index = layercodec.decode(data)
-        _DECODED[key] = index
-        while len(_DECODED) > _DECODED_MAX:
-            _DECODED.pop(next(iter(_DECODED)), None)
-    return index
 
-
-_DECODED: dict[bytes, LayerIndex] = {}
-_DECODED_MAX = 16
+    return layercodec.decode(data)

@@ -195,6 +195,14 @@ class ChunkFetcher:
         self._flights: SingleFlight[bytes, bytes] = SingleFlight()
         self._stats = FetchStats()
         self._windows = WindowSource(fetch_range, chunks, self._stats, self._from_store)
+        self._layouts: dict[Digest, LayerLayout] = {}  # by layer digest
+
+    def _layout(self, index: LayerIndex) -> LayerLayout:
+        """``index``'s layout, built once per layer; `LayerError` if it has no random access."""
+        layout = self._layouts.get(index.layer_digest)
+        if layout is None:
+            layout = self._layouts[index.layer_digest] = layout_of(index)
+        return layout
 
     @property
     def stats(self) -> FetchStats:
@@ -235,7 +243,7 @@ class ChunkFetcher:
             want = {d: r for d, r in want.items() if d not in found}
         if want:
             # A layer without random access can still be read from the store (a full pull).
-            layout = layout_of(index)
+            layout = self._layout(index)
             # Claimed only now: a flight may have started while the store was asked.
             new, joined = self._flights.claim(want)
             joined_count += len(joined)
@@ -278,7 +286,7 @@ class ChunkFetcher:
         todo = [r for d, r in want.items() if d in absent]
         if not todo:
             return PrefetchResult(chunks=len(want), already_stored=len(want), fetched=0, failed=0)
-        layout = layout_of(index)
+        layout = self._layout(index)
         spans, bad = self._plan(layout, todo)
         tally = _Tally(failed=len(bad), first_error=next(iter(bad.values()), None))
         pace = _Pace(rate_limit_bytes_per_s)

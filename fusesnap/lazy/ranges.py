@@ -270,18 +270,6 @@ def _name(ref: ChunkRef) -> str:
     return f"sha256:{ref.digest.hex()[:12]}"
 
 
-# id(index) -> layout; the index is kept by the layout, so its id is not reused while cached.
-_layouts: dict[int, LayerLayout] = {}
-_LAYOUTS_MAX = 256
-
-
 def layout_of(index: LayerIndex) -> LayerLayout:
-    """The (cached) `LayerLayout` of ``index``; `LayerError` if it has no random access."""
-    hit = _layouts.get(id(index))
-    if hit is not None and hit.index is index:
-        return hit
-    layout = LayerLayout(index)
-    if len(_layouts) >= _LAYOUTS_MAX:
-        _layouts.clear()
-    _layouts[id(index)] = layout
-    return layout
+    """The `LayerLayout` of ``index``; `LayerError` if it has no random access."""
+    return LayerLayout(index)
