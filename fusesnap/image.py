@@ -64,6 +64,16 @@ class ImageView:
         self._indexes: dict[int, LayerIndex] = {}
         self._trees: dict[int | None, MergedTree] = {}
 
+    def using(self, store: Store) -> ImageView:
+        """The same image read through ``store`` (another handle on the same root: a
+        forked daemon opens its own), sharing what was already read, decoded and built."""
+        other = object.__new__(ImageView)
+        other.store, other.record, other.manifest = store, self.record, self.manifest
+        other._indexes, other._trees = self._indexes, self._trees
+        if "config" in self.__dict__:
+            other.__dict__["config"] = self.__dict__["config"]
+        return other
+
     @classmethod
     def open(cls, store: Store, ref: str) -> ImageView:
         """The image stored under ``ref`` (normalized like a pull: ``busybox`` is

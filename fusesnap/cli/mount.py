@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,10 @@ from fusesnap.cli.app import SIZE, Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
 from fusesnap.errors import NotFoundError
 from fusesnap.fuse import DEFAULT_MAX_BYTES
+from fusesnap.image import ImageView
 from fusesnap.mountd import (
     PREFETCH_MODES,
+    DaemonOptions,
     check_image,
     mount_stats,
     serve_image,
@@ -56,7 +57,6 @@ from fusesnap.termui import human_size, table
     help="Record which chunks are read, in order, and store them at unmount as the image's "
     "access profile (later mounts prefetch it; kept by a lease, see: fusesnap lease ls).",
 )
-@click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' here when serving.")
 @pass_ctx
 def mount(
     c: Context,
@@ -67,76 +67,47 @@ def mount(
     cache_size: int,
     prefetch: str,
     record: bool,
-    ready_fd: int | None,
 ) -> None:
     """Mount image REF read-only at DIRECTORY; returns once it is ready, the daemon serving
     in the background (log: ROOT/mounts/ID/daemon.log). An image not in the store is pulled
     lazily first: only the bytes that are read are fetched."""
-    registry = RegistryOptions(c.insecure_registries, c.ca_file)
-    if not foreground:
-        _pull_lazily_if_needed(c, ref)
-        options = [
-            "--cache-size", str(cache_size),
-            *(["--allow-other"] if allow_other else []),
-            *(["--prefetch", prefetch] if prefetch != "auto" else []),
-            *(["--record"] if record else []),
-        ]  # fmt: skip
-        global_options = [
-            *(f"--insecure-registry={h}" for h in c.insecure_registries),
-            *([f"--ca-file={c.ca_file}"] if c.ca_file else []),
-        ]
-        state = start_mount(
-            c.root,
-            ref,
-            directory,
-            options=options,
-            global_options=global_options,
-            verbose=c.verbose,
-        )
-        click.echo(f"mounted {state.image} at {state.mountpoint} (pid {state.pid})")
-        return
-    if ready_fd is not None and not c.verbose:
-        logging.getLogger("fusesnap").setLevel(logging.INFO)  # the daemon's log file
-
-    told = False
-
-    def on_ready(message: str) -> None:
-        nonlocal told
-        if told:  # once: the fd is closed after the first line (and its number reused)
-            return
-        told = True
-        if ready_fd is None:
-            if message == "ready":
-                click.echo(f"mounted {ref} at {directory} (Ctrl-C unmounts)")
-            return
-        try:
-            os.write(ready_fd, message.encode() + b"\n")
-            os.close(ready_fd)
-        except OSError:
-            pass  # the starter is gone: serve anyway, umount still works
-
-    serve_image(
-        c.root,
-        ref,
-        directory,
+    options = DaemonOptions(
+        root=c.root,
+        ref=ref,
+        mountpoint=directory,
         allow_other=allow_other,
         cache_bytes=cache_size,
-        on_ready=on_ready,
-        registry=registry,
         prefetch=prefetch,
         record=record,
+        registry=RegistryOptions(c.insecure_registries, c.ca_file),
+        verbose=c.verbose,
     )
+    view = _pull_lazily_if_needed(c, ref)
+    if not foreground:
+        state = start_mount(options, view=view)
+        click.echo(f"mounted {state.image} at {state.mountpoint} (pid {state.pid})")
+        return
+
+    def on_ready(message: str) -> None:
+        if message == "ready":
+            click.echo(f"mounted {ref} at {directory} (Ctrl-C unmounts)")
+
+    serve_image(options, on_ready=on_ready, view=view)
 
 
-def _pull_lazily_if_needed(c: Context, ref: str) -> None:
-    """An image not (wholly indexed) in the store is pulled lazily first: manifest, config and
-    layer indexes only; file contents are fetched as they are read."""
+def _pull_lazily_if_needed(c: Context, ref: str) -> ImageView:
+    """The image, checked and its tree built; one not (wholly indexed) in the store is
+    pulled lazily first: manifest, config and layer indexes only; file contents are
+    fetched as they are read."""
     try:
-        check_image(c.store(), ref)
+        view = check_image(c.store(), ref)
     except NotFoundError:
         result = pull_with_progress(c, Reference.parse(ref), lazy=True)
         click.echo(layer_table(c.store(), result))
+        view = check_image(c.store(), ref)
+    view.tree()
     c.close()  # the daemon opens the store itself
+    return view
 
 
 @cli.command()

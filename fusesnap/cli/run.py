@@ -13,20 +13,25 @@ from fusesnap.cli.app import Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
 from fusesnap.containers import SpecError, container, parse_env_option, start_detached
 from fusesnap.errors import AlreadyExistsError, NotFoundError
+from fusesnap.image import ImageView
 from fusesnap.mountd import check_image
 from fusesnap.reference import Reference
+from fusesnap.registry import RegistryOptions
 from fusesnap.termui import table
 
 
-def _ensure_image(c: Context, ref: str) -> None:
-    """An image not (wholly indexed) in the store is pulled lazily first (like ``mount``;
-    the pull's table goes to stderr: stdout is the container's)."""
+def _ensure_image(c: Context, ref: str) -> ImageView:
+    """The image, checked; one not (wholly indexed) in the store is pulled lazily first
+    (like ``mount``; the pull's table goes to stderr: stdout is the container's)."""
     try:
-        check_image(c.store(), ref)
+        view = check_image(c.store(), ref)
     except NotFoundError:
         result = pull_with_progress(c, Reference.parse(ref), lazy=True)
         click.echo(layer_table(c.store(), result), err=True)
+        view = check_image(c.store(), ref)
+    view.tree()
     c.close()  # the mount daemon opens the store itself
+    return view
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -90,7 +95,7 @@ def run(
         raise AlreadyExistsError(f"container {name}: the name is in use (fusesnap rm {name})")
     for reaped in container.reap(c.root):
         click.echo(f"fusesnap: cleaned up dead container {reaped}", err=True)
-    _ensure_image(c, ref)
+    view = _ensure_image(c, ref)
     container.create(
         c.root,
         name,
@@ -104,11 +109,9 @@ def run(
         readonly=readonly,
         detached=detach,
         auto_remove=remove,
-        global_options=[
-            *(f"--insecure-registry={h}" for h in c.insecure_registries),
-            *([f"--ca-file={c.ca_file}"] if c.ca_file else []),
-        ],
+        registry=RegistryOptions(c.insecure_registries, c.ca_file),
         verbose=c.verbose,
+        view=view,
     )
     if detach:
         result = start_detached(c.root, name)

@@ -46,14 +46,16 @@ from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd import (
+    DaemonOptions,
     MountError,
     check_image,
     mount_info,
-    process_start_time,
     start_mount,
     unmount,
 )
+from fusesnap.process import process_start_time
 from fusesnap.pull import layer_complete
+from fusesnap.registry import RegistryOptions
 from fusesnap.snapshots import Snapshotter
 from fusesnap.store import ContainerRef, Store, open_store
 
@@ -191,12 +193,14 @@ def create(
     readonly: bool = False,
     detached: bool = False,
     auto_remove: bool = False,
-    global_options: Sequence[str] = (),
+    registry: RegistryOptions | None = None,
     verbose: bool = False,
+    view: ImageView | None = None,
 ) -> Path:
     """Set up container ``name`` of image ``ref`` (in the store, every layer indexed):
     snapshot, mount, overlay, ``config.json``. Its directory; on failure nothing is left
-    behind. `AlreadyExistsError` if the name is in use."""
+    behind. `AlreadyExistsError` if the name is in use. ``view``: the image, if the
+    caller has checked it already (`check_image`; from any handle on the store)."""
     directory = container_dir(root, name)
     directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     try:
@@ -221,7 +225,8 @@ def create(
         for d in (lower, rootfs):
             d.mkdir()
         with open_store(root) as store:
-            view = check_image(store, ref)
+            view = check_image(store, ref) if view is None else view.using(store)
+            view.tree()  # built once, here: the mount daemon is forked with it
             image_config = dict(view.config.config)
             snapshots = Snapshotter(store, root)
             top = snapshots.ensure_image(view)
@@ -238,14 +243,16 @@ def create(
             )
             options = snapshots.overlay_options(record.snapshot, lower)
             record_profile = _wants_profile(store, view)
-        start_mount(
+        daemon = DaemonOptions(
             root,
             ref,
             lower,
-            options=["--allow-other", *(["--record"] if record_profile else [])],
-            global_options=global_options,
+            allow_other=True,
+            record=record_profile,
+            registry=registry or RegistryOptions(),
             verbose=verbose,
         )
+        start_mount(daemon, view=view)
         # FUSE's root inode has mode 0 until its first getattr, and an overlay without
         # an upper dir (a view) takes its root's mode from the lower at mount time.
         lower.stat()

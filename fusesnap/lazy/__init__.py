@@ -20,6 +20,7 @@ from fusesnap.lazy.fetcher import (
     FetchStats,
     open_chunk_fetcher,
 )
+from fusesnap.lazy.prefetch import PrefetchPlan, run_prefetch
 from fusesnap.lazy.profile import AccessProfile, ProfileError
 from fusesnap.lazy.ranges import layout_of
 from fusesnap.lazy.windows import LoadWindows, with_windows_blob
@@ -33,9 +34,11 @@ __all__ = [
     "FetchStats",
     "LazyChunks",
     "LoadWindows",
+    "PrefetchPlan",
     "ProfileError",
     "layout_of",
     "open_chunk_fetcher",
     "profile",
+    "run_prefetch",
     "with_windows_blob",
 ]

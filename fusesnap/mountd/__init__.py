@@ -7,18 +7,19 @@ FUSE session, the lazy fetcher and the side tasks (control socket, prefetch).
 daemon's ``mount.json``; `mountpoint` reads /proc/self/mountinfo and unmounts.
 """
 
-from fusesnap.mountd.daemon import PREFETCH_MODES, check_image, serve_image
+from fusesnap.mountd.daemon import check_image, serve_image
 from fusesnap.mountd.mountpoint import MountError, mount_info
+from fusesnap.mountd.options import PREFETCH_MODES, DaemonOptions, ReadyPipe
 from fusesnap.mountd.start import mount_stats, start_mount, unmount
-from fusesnap.process import process_start_time
 
 __all__ = [
     "PREFETCH_MODES",
+    "DaemonOptions",
     "MountError",
+    "ReadyPipe",
     "check_image",
     "mount_info",
     "mount_stats",
-    "process_start_time",
     "serve_image",
     "start_mount",
     "unmount",

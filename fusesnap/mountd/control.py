@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ import trio
 from fusesnap.mountd.mountpoint import MountError
 
 __all__ = ["query", "serve_control"]
+
+log = logging.getLogger(__name__)
 
 _MAX_SUN_PATH = 100
 _MAX_REQUEST = 256
@@ -90,10 +93,20 @@ async def _answer(stream: trio.SocketStream, answers: Answers) -> None:
                     break
                 request += data
             command = request.split(b"\n", 1)[0].decode("ascii", "replace").strip()
-            answer = answers.get(command)
-            reply = answer() if answer else {"error": f"unknown command {command!r}"}
+            reply = _reply(answers, command)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+def _reply(answers: Answers, command: str) -> dict[str, Any]:
+    answer = answers.get(command)
+    if answer is None:
+        return {"error": f"unknown command {command!r}"}
+    try:
+        return answer()
+    except Exception as exc:  # a bug in an answer must not end the control socket
+        log.exception("control command %r failed", command)
+        return {"error": f"{command}: {type(exc).__name__}: {exc}"}
 
 
 def query(path: Path, command: str = "stats", *, timeout: float = _CLIENT_TIMEOUT) -> Any:

@@ -1,8 +1,10 @@
 """The mount daemon: one image served at one directory until unmounted or signalled.
 
-`serve_image` is what ``fusesnap mount --foreground`` runs (and what the
-background ``mount`` starts as a fresh ``python -m fusesnap`` process, so the
-LMDB store is opened after no fork). In order:
+`serve_image(options)` is what ``fusesnap mount --foreground`` runs, and what
+the background daemon runs (`fusesnap.mountd.start`): forked, it is handed the
+image view the starter checked and built, so the image is checked once and the
+tree built once; it opens the store itself (LMDB handles do not survive a fork).
+In order:
 
 1. clear a stale mount at DIR (its daemon died), refuse a live one;
 2. open the store and the image; refuse an image that is not in it, or not whole;
@@ -10,10 +12,10 @@ LMDB store is opened after no fork). In order:
    layers, so ``gc`` spares them while it runs (a killed daemon's lease dies
    with it);
 4. build the merged tree, mount it (``ro``, ``default_permissions``), and
-   answer FUSE requests and the control socket on one trio loop; on a lazy
-   mount, once ready, fetch in the background what the start will read
-   (``prefetch``: eStargz landmark files, then the image's recorded access
-   profile, `fusesnap.lazy.profile`; ``all``: then everything);
+   answer FUSE requests on one trio loop; beside it, under one guard
+   (`fusesnap.mountd.guard`: a failure is logged, the mount serves on), the
+   control socket, the cache's read-ahead, and on a lazy mount, once ready,
+   the background fetches (`fusesnap.lazy.prefetch`; files as they are opened);
 5. on SIGTERM/SIGINT/SIGHUP, or when DIR is unmounted from outside: stop,
    unmount, drop the lease, remove the state file; with ``record``, store the
    access profile of what was read (replacing the image's previous one).
@@ -29,9 +31,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,6 @@ import trio
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import Node
 from fusesnap.fuse import (
-    DEFAULT_MAX_BYTES,
     ChunkCache,
     FuseOperations,
     ImageSource,
@@ -50,11 +51,13 @@ from fusesnap.fuse import (
     terminate,
 )
 from fusesnap.image import ImageView
-from fusesnap.index import ChunkRef, Entry, LayerIndex
-from fusesnap.lazy import LazyChunks
+from fusesnap.index import Entry, LayerIndex
+from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
+from fusesnap.mountd.guard import SideTasks
 from fusesnap.mountd.mountpoint import MountError, detach, is_stale, mount_info
+from fusesnap.mountd.options import DaemonOptions
 from fusesnap.mountd.state import (
     CONTROL_SOCKET,
     MountState,
@@ -63,7 +66,6 @@ from fusesnap.mountd.state import (
 )
 from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
-from fusesnap.registry import RegistryOptions
 from fusesnap.store import Resource, Store, open_store
 
 __all__ = ["check_image", "prepare_mountpoint", "serve_image"]
@@ -164,55 +166,43 @@ def _mounted(
 
 
 def serve_image(
-    root: Path,
-    ref: str,
-    mountpoint: str | os.PathLike[str],
+    options: DaemonOptions,
     *,
-    allow_other: bool = False,
-    cache_bytes: int = DEFAULT_MAX_BYTES,
     on_ready: Callable[[str], None] = lambda message: None,
-    registry: RegistryOptions | None = None,
-    prefetch: str | bool = "auto",
-    record: bool = False,
+    view: ImageView | None = None,
 ) -> None:
-    """Serve image ``ref`` of the store at ``root`` on ``mountpoint`` until unmounted or
-    signalled (module docstring). Blocks; runs its own trio loop.
+    """Serve the image of ``options`` until unmounted or signalled (module docstring).
+    Blocks; runs its own trio loop.
 
-    ``prefetch`` (`PREFETCH_MODES`): ``none`` fetches nothing ahead; ``auto`` the
-    landmark files and the recorded profile, if any; ``profile`` the same, warning
-    if there is no profile; ``all`` those, then every chunk (True/False: all/none).
-    ``record``: write the access profile of this mount at unmount.
+    ``view``: the image as the starter checked it (from another handle on the same
+    store); without one, the image is opened and checked here.
     """
-    mode = ("all" if prefetch else "none") if isinstance(prefetch, bool) else prefetch
-    if mode not in PREFETCH_MODES:
-        raise ValueError(f"prefetch {mode!r}: expected one of {PREFETCH_MODES}")
     with _reported(on_ready):
-        target = prepare_mountpoint(mountpoint)
-        directory = make_state_dir(root, target)
-        store = open_store(root)
+        target = prepare_mountpoint(options.mountpoint)
+        directory = make_state_dir(options.root, target)
+        store = open_store(options.root)
     with store:
         drop_stale_state(store, directory)
-        labels = {"fusesnap.mount": str(target), "fusesnap.image": str(ref)}
+        labels = {"fusesnap.mount": str(target), "fusesnap.image": options.ref}
         with store.leases.lease(owner_pid=os.getpid(), expires_in=None, labels=labels) as lease:
             with _reported(on_ready):
-                view = check_image(store, ref)
-                for resource in _resources(view):
-                    store.leases.add_resource(lease.id, resource)
+                view = check_image(store, options.ref) if view is None else view.using(store)
+                store.leases.add_resources(lease.id, _resources(view))
                 lazy = _lazy_chunks(store, view)
                 cache = ChunkCache(
                     store.chunks,
-                    max_bytes=cache_bytes,
+                    max_bytes=options.cache_bytes,
                     load=None if lazy is None else lazy.get,
                 )
                 ops = FuseOperations(ImageSource(view.tree(), cache))
-                recorder = profiles.Recorder() if record else None
+                recorder = profiles.Recorder() if options.record else None
                 if recorder is not None:
                     cache.on_access = recorder.note
-                plan = PrefetchPlan(mode=mode)
-                if lazy is not None and mode != "none":
+                plan = PrefetchPlan(mode=options.prefetch)
+                if lazy is not None and options.prefetch != "none":
                     plan.profile = profiles.load(store, str(view.record.manifest_digest))
-                    if plan.profile is None and mode == "profile":
-                        log.warning("%s: no access profile recorded for this image", ref)
+                    if plan.profile is None and options.prefetch == "profile":
+                        log.warning("%s: no access profile recorded for this image", options.ref)
             state = MountState(
                 mountpoint=str(target),
                 image=view.record.name,
@@ -223,12 +213,13 @@ def serve_image(
                 started=time.time(),
             )
             state.save(directory)
+            mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan)
             try:
                 with (
                     _signals_blocked(),
-                    _mounted(ops, target, allow_other=allow_other, on_ready=on_ready),
+                    _mounted(ops, target, allow_other=options.allow_other, on_ready=on_ready),
                 ):
-                    trio.run(_main, ops, cache, state, directory, on_ready, lazy, registry, plan)
+                    trio.run(mounted.main, options)
                 log.info("%s: unmounted", target)
                 if recorder is not None:
                     _save_profile(store, view, recorder)
@@ -236,37 +227,8 @@ def serve_image(
                 MountState.remove(directory)
 
 
-PREFETCH_MODES = ("none", "auto", "profile", "all")
 # Opened files up to this size are fetched whole (unless --prefetch none).
 OPEN_FETCH_MAX = 16 << 20
-
-
-@dataclass(slots=True)
-class PrefetchPlan:
-    """What a mount fetches in the background once ready, and how far it got (``stats``)."""
-
-    mode: str = "auto"
-    profile: profiles.AccessProfile | None = None
-    state: str = "idle"  # idle -> running -> done; "done" at once when all is local
-    landmark_chunks: int = 0
-    profile_chunks: int = 0
-    already_stored: int = 0
-    fetched: int = 0
-    failed: int = 0
-    opened_files: int = 0  # files fetched whole when opened
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "state": self.state,
-            "profile": self.profile is not None,
-            "landmark_chunks": self.landmark_chunks,
-            "profile_chunks": self.profile_chunks,
-            "already_stored": self.already_stored,
-            "fetched": self.fetched,
-            "failed": self.failed,
-            "opened_files": self.opened_files,
-        }
 
 
 def _save_profile(store: Store, view: ImageView, recorder: profiles.Recorder) -> None:
@@ -288,99 +250,13 @@ def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
     return LazyChunks(store.chunks, indexes)
 
 
-async def _main(
-    ops: FuseOperations,
-    cache: ChunkCache,
-    state: MountState,
-    directory: Path,
-    on_ready: Callable[[str], None],
-    lazy: LazyChunks | None,
-    registry: RegistryOptions | None,
-    plan: PrefetchPlan,
-) -> None:
-    if lazy is None:
-        plan.state = "done"  # every chunk is local
-        await _serve(ops, cache, state, directory, on_ready, None, plan)
-        return
-    async with open_registry_fetcher(
-        Reference.parse(state.image), lazy.chunks, registry=registry
-    ) as fetcher:
-        lazy.fetcher = fetcher
-        await _serve(ops, cache, state, directory, on_ready, lazy, plan)
-
-
-_PROFILE_BATCH = 64
-
-
-def _profile_batches(
-    lazy: LazyChunks, plan: PrefetchPlan
-) -> Iterator[tuple[LayerIndex, list[ChunkRef]]]:
-    """The profile's chunks in recorded order, in batches of consecutive chunks of one
-    layer (counted in ``plan.profile_chunks``)."""
-    assert plan.profile is not None
-    batch: list[ChunkRef] = []
-    batch_index: LayerIndex | None = None
-    for position, digest in plan.profile.chunks:
-        located = lazy.locate(position, digest)
-        if located is None:
-            continue
-        index, ref = located
-        if batch and (index is not batch_index or len(batch) >= _PROFILE_BATCH):
-            assert batch_index is not None
-            yield batch_index, batch
-            batch = []
-        batch_index = index
-        batch.append(ref)
-        plan.profile_chunks += 1
-    if batch:
-        assert batch_index is not None
-        yield batch_index, batch
-
-
-async def _prefetch(lazy: LazyChunks, plan: PrefetchPlan) -> None:
-    """In the background of a ready mount: landmark files, then the access profile's
-    chunks in recorded order (batches of consecutive chunks of one layer), then, for
-    ``all``, every chunk. Best effort: failures are counted and logged."""
-    assert lazy.fetcher is not None
-    fetcher = lazy.fetcher
-    plan.state = "running"
-
-    async def fetch(index: LayerIndex, items: Sequence[Entry | ChunkRef], what: str) -> None:
-        try:
-            result = await fetcher.prefetch(index, items)
-        except FusesnapError as exc:
-            plan.failed += len(items)
-            log.warning("prefetch (%s) of layer %s: %s", what, index.layer_digest.short, exc)
-            return
-        plan.already_stored += result.already_stored
-        plan.fetched += result.fetched
-        plan.failed += result.failed
-        if result.failed:
-            log.warning("prefetch (%s) of layer %s: %s", what, index.layer_digest.short, result)
-
-    for index, entries in lazy.landmarks():
-        plan.landmark_chunks += len({r.digest for e in entries for r in e.chunks})
-        await fetch(index, entries, "landmarks")
-    if plan.profile is not None:
-        # All at once, in recorded order: the fetcher's request slots bound the parallelism,
-        # and a read of a chunk on its way waits for it rather than asking again.
-        async with trio.open_nursery() as nursery:
-            for index, batch in _profile_batches(lazy, plan):
-                nursery.start_soon(fetch, index, batch, "profile")
-    if plan.mode == "all":
-        for index, refs in lazy.by_layer():
-            await fetch(index, refs, "all")
-    plan.state = "done"
-    log.info("prefetch done: %s", plan.snapshot())
-
-
 class _OpenedFiles:
     """A file a process opens is fetched whole in the background (up to `OPEN_FETCH_MAX`
     bytes), in as few requests as its chunks allow: a binary or library is then paged in
     by the kernel from local chunks instead of a round trip per fault. Once a file."""
 
-    def __init__(self, lazy: LazyChunks, plan: PrefetchPlan, nursery: trio.Nursery) -> None:
-        self._lazy, self._plan, self._nursery = lazy, plan, nursery
+    def __init__(self, lazy: LazyChunks, plan: PrefetchPlan, tasks: SideTasks) -> None:
+        self._lazy, self._plan, self._tasks = lazy, plan, tasks
         self._seen: set[int] = set()
 
     def fetch(self, node: Node) -> None:
@@ -388,7 +264,8 @@ class _OpenedFiles:
         if node.ino in self._seen or not entry.chunks or entry.size > OPEN_FETCH_MAX:
             return
         self._seen.add(node.ino)
-        self._nursery.start_soon(self._run, self._lazy.indexes[node.layer], entry)
+        what = f"fetching opened file {entry.path}"
+        self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], entry)
 
     async def _run(self, index: LayerIndex, entry: Entry) -> None:
         assert self._lazy.fetcher is not None
@@ -402,18 +279,37 @@ class _OpenedFiles:
         self._plan.failed += result.failed
 
 
-async def _serve(
-    ops: FuseOperations,
-    cache: ChunkCache,
-    state: MountState,
-    directory: Path,
-    on_ready: Callable[[str], None],
-    lazy: LazyChunks | None,
-    plan: PrefetchPlan,
-) -> None:
-    fetcher = None if lazy is None else lazy.fetcher
+class _Mounted:
+    """The daemon's trio side: the FUSE loop, and the side tasks under one guard."""
 
-    def stats() -> dict[str, Any]:
+    def __init__(
+        self,
+        ops: FuseOperations,
+        cache: ChunkCache,
+        state: MountState,
+        directory: Path,
+        on_ready: Callable[[str], None],
+        lazy: LazyChunks | None,
+        plan: PrefetchPlan,
+    ) -> None:
+        self.ops, self.cache, self.state, self.directory = ops, cache, state, directory
+        self.on_ready, self.lazy, self.plan = on_ready, lazy, plan
+        self.tasks: SideTasks | None = None
+
+    async def main(self, options: DaemonOptions) -> None:
+        if self.lazy is None:
+            self.plan.state = "done"  # every chunk is local
+            await self._serve()
+            return
+        async with open_registry_fetcher(
+            Reference.parse(self.state.image), self.lazy.chunks, registry=options.registry
+        ) as fetcher:
+            self.lazy.fetcher = fetcher
+            await self._serve()
+
+    def stats(self) -> dict[str, Any]:
+        state, ops, cache = self.state, self.ops, self.cache
+        fetcher = None if self.lazy is None else self.lazy.fetcher
         return {
             **asdict(state),
             "uptime": round(time.time() - state.started, 3),
@@ -422,28 +318,34 @@ async def _serve(
             "inodes": ops.source.inode_count,
             "inodes_known": len(ops.lookups),
             **({"fetch": asdict(fetcher.stats)} if fetcher is not None else {}),
-            "prefetch": plan.snapshot(),
+            "prefetch": self.plan.snapshot(),
             "recording": cache.on_access is not None,
+            "side_task_failures": 0 if self.tasks is None else self.tasks.failures,
         }
 
-    async def fuse_loop() -> None:
-        await serve()
-        log.info("%s: the FUSE session ended", state.mountpoint)
-        nursery.cancel_scope.cancel()
+    async def _serve(self) -> None:
+        state, lazy, plan = self.state, self.lazy, self.plan
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_stop_on_signal, state.mountpoint)
-        await nursery.start(serve_control, directory / CONTROL_SOCKET, {"stats": stats})
-        await nursery.start(cache.run_prefetch)
-        nursery.start_soon(fuse_loop)
-        log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
-        on_ready("ready")
-        if lazy is not None:
-            if plan.mode != "none":
-                ops.on_open = _OpenedFiles(lazy, plan, nursery).fetch
-                nursery.start_soon(_prefetch, lazy, plan)
-            else:
-                plan.state = "done"
+        async def fuse_loop() -> None:
+            await serve()
+            log.info("%s: the FUSE session ended", state.mountpoint)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signal, state.mountpoint)
+            tasks = self.tasks = SideTasks(nursery)
+            socket = self.directory / CONTROL_SOCKET
+            await tasks.start("the control socket", serve_control, socket, {"stats": self.stats})
+            await tasks.start("read-ahead", self.cache.run_prefetch)
+            nursery.start_soon(fuse_loop)
+            log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
+            self.on_ready("ready")
+            if lazy is not None:
+                if plan.mode != "none":
+                    self.ops.on_open = _OpenedFiles(lazy, plan, tasks).fetch
+                    tasks.start_soon("prefetch", run_prefetch, lazy, plan)
+                else:
+                    plan.state = "done"
 
 
 async def _stop_on_signal(

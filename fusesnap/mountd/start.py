@@ -1,19 +1,19 @@
 """Mounts seen from the command line: start a daemon, take a mount down, ask for stats.
 
-`start_mount` checks what it can at once (the image is in the store and whole,
-DIR can be mounted on), then starts the daemon, which runs::
-
-    fusesnap --root ROOT mount --foreground --ready-fd N REF DIR
-
-in its own session (no controlling terminal, cwd /), stdout and stderr to
-``ROOT/mounts/<id>/daemon.log``, and waits until the daemon writes ``ready``
-(or ``error: ...``) on fd N, or its end of the pipe closes (it exited).
+`start_mount(options)` checks what it can at once (the image is in the store
+and whole, DIR can be mounted on) and builds the merged tree, then starts the
+daemon: `fusesnap.mountd.serve_image` with the same `DaemonOptions`, in its own
+session (no controlling terminal, cwd /), stdout and stderr to
+``ROOT/mounts/<id>/daemon.log``, and waits until the daemon writes ``ready`` (or
+``error: ...``) on a pipe, or its end of the pipe closes (it exited).
 
 The daemon is forked from this process (twice, so that it belongs to init, not
 to a caller that may outlive it as a zombie) when this process holds no store
-open: fusesnap is imported already, which saves a new interpreter's start-up
-(~0.4 s of a cold mount). A process with a store open must not fork a store
-user (LMDB's rule): it executes ``python -m fusesnap`` instead.
+open: it is handed the checked image view, and fusesnap is imported already,
+which saves a new interpreter's start-up (~0.4 s of a cold mount). A process
+with a store open must not fork a store user (LMDB's rule): it executes
+``python -m fusesnap.mountd OPTIONS-JSON FD`` instead, which checks the image
+itself.
 
 `unmount` asks the kernel to unmount DIR (``fusermount3 -u``); the daemon sees
 its session end, drops its lease and exits, and `unmount` waits for that. A
@@ -35,14 +35,14 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from fusesnap.errors import NotFoundError
+from fusesnap.errors import FusesnapError, NotFoundError
+from fusesnap.image import ImageView
 from fusesnap.mountd.control import query
-from fusesnap.mountd.daemon import check_image, prepare_mountpoint
+from fusesnap.mountd.daemon import check_image, prepare_mountpoint, serve_image
 from fusesnap.mountd.mountpoint import (
     FSTYPE,
     MountError,
@@ -51,6 +51,7 @@ from fusesnap.mountd.mountpoint import (
     is_stale,
     mount_info,
 )
+from fusesnap.mountd.options import DaemonOptions, ReadyPipe
 from fusesnap.mountd.state import (
     CONTROL_SOCKET,
     DAEMON_LOG,
@@ -61,7 +62,7 @@ from fusesnap.mountd.state import (
 )
 from fusesnap.store import any_open, open_store
 
-__all__ = ["mount_stats", "start_mount", "unmount"]
+__all__ = ["mount_stats", "run_daemon", "start_mount", "unmount"]
 
 log = logging.getLogger(__name__)
 
@@ -70,60 +71,30 @@ EXIT_TIMEOUT = 20.0
 LAZY_WAIT = 2.0
 
 
-def daemon_command(
-    root: Path,
-    ref: str,
-    mountpoint: Path,
-    *,
-    ready_fd: int,
-    options: Sequence[str] = (),
-    global_options: Sequence[str] = (),
-    verbose: bool = False,
-) -> list[str]:
-    """The daemon's command line (``root`` made absolute: the daemon runs in /)."""
-    return [
-        sys.executable, "-m", "fusesnap", "--root", str(Path(root).absolute()),
-        *(["-v"] if verbose else []), *global_options,
-        "mount", "--foreground", "--ready-fd", str(ready_fd), *options, "--", ref, str(mountpoint),
-    ]  # fmt: skip
-
-
 def start_mount(
-    root: Path,
-    ref: str,
-    mountpoint: str | os.PathLike[str],
-    *,
-    options: Sequence[str] = (),
-    global_options: Sequence[str] = (),
-    verbose: bool = False,
-    timeout: float = READY_TIMEOUT,
+    options: DaemonOptions, *, view: ImageView | None = None, timeout: float = READY_TIMEOUT
 ) -> MountState:
-    """Mount image ``ref`` at ``mountpoint`` by a background daemon; return once it serves.
+    """Mount the image of ``options`` by a background daemon; return once it serves.
 
-    ``options`` are passed on to the daemon's ``mount`` command (``--allow-other``,
-    ``--cache-size N``). `NotFoundError` if the image is not (wholly) in the store,
-    `MountError` if DIR cannot be mounted on or the daemon fails (its message).
+    ``view``: the image, already checked by the caller (`check_image`). `NotFoundError`
+    if the image is not (wholly) in the store, `MountError` if DIR cannot be mounted on
+    or the daemon fails (its message).
     """
-    target = prepare_mountpoint(mountpoint)
-    with open_store(root) as store:
-        check_image(store, ref)
-    directory = make_state_dir(root, target)
+    options = options.absolute()
+    target = prepare_mountpoint(options.mountpoint)
+    if view is None:
+        with open_store(options.root) as store:
+            view = check_image(store, options.ref)
+            view.tree()  # built here, once: the forked daemon serves it
+    directory = make_state_dir(options.root, target)
     log_path = directory / DAEMON_LOG
     read_end, write_end = os.pipe()
     try:
-        cmd = daemon_command(
-            root,
-            ref,
-            target,
-            ready_fd=write_end,
-            options=options,
-            global_options=global_options,
-            verbose=verbose,
-        )
         if any_open():
+            cmd = [sys.executable, "-m", "fusesnap.mountd", options.to_json(), str(write_end)]
             proc: _Daemon = _Spawned(cmd, write_end, log_path)
         else:
-            proc = _Forked(cmd[3:], write_end, read_end, log_path)
+            proc = _Forked(options, view, write_end, read_end, log_path)
         os.close(write_end)
         write_end = -1
         message = _wait_ready(read_end, proc, timeout)
@@ -141,6 +112,31 @@ def start_mount(
     if not message:
         message = _last_error(log_path) or "the mount daemon exited"
     raise MountError(f"{message.removeprefix('error: ')} (log: {log_path})")
+
+
+def run_daemon(options: DaemonOptions, ready_fd: int, view: ImageView | None = None) -> int:
+    """The daemon process's body: log to stderr, serve, and say what went wrong in one
+    line (``fusesnap: error: ...``, which the starter shows). The exit code."""
+    top = logging.getLogger()
+    for handler in top.handlers[:]:  # the starter's (not closed: they are not ours)
+        top.removeHandler(handler)
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.DEBUG if options.verbose else logging.WARNING)
+    try:
+        serve_image(options, on_ready=ReadyPipe(ready_fd), view=view)
+    except FusesnapError as exc:
+        if options.verbose:
+            traceback.print_exc()
+        print(f"fusesnap: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"fusesnap: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class _Daemon(Protocol):
@@ -178,13 +174,20 @@ class _Spawned:
 
 
 class _Forked:
-    """The daemon forked (twice) from this process, running the CLI's ``args``.
+    """The daemon forked (twice) from this process, serving ``options`` with ``view``.
 
     It writes its pid on the ready pipe first (``pid N``), so that it can be
     signalled; it is init's child, so it is gone (not a zombie) once it exits.
     """
 
-    def __init__(self, args: list[str], ready_fd: int, read_fd: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        options: DaemonOptions,
+        view: ImageView,
+        ready_fd: int,
+        read_fd: int,
+        log_path: Path,
+    ) -> None:
         self.pid = 0
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -192,7 +195,7 @@ class _Forked:
                 stream.flush()
             first = os.fork()
             if first == 0:
-                _daemon_child(args, ready_fd, read_fd, log_fd)  # never returns
+                _daemon_child(options, view, ready_fd, read_fd, log_fd)  # never returns
             os.waitpid(first, 0)  # the middle process exits at once
         finally:
             os.close(log_fd)
@@ -211,7 +214,9 @@ class _Forked:
         return True
 
 
-def _daemon_child(args: list[str], ready_fd: int, read_fd: int, log_fd: int) -> NoReturn:
+def _daemon_child(
+    options: DaemonOptions, view: ImageView, ready_fd: int, read_fd: int, log_fd: int
+) -> NoReturn:
     code = 1
     try:
         os.setsid()
@@ -225,18 +230,16 @@ def _daemon_child(args: list[str], ready_fd: int, read_fd: int, log_fd: int) -> 
         os.dup2(log_fd, 2)
         for fd in (null, log_fd):
             os.close(fd)
+        # The starter's sys.stdout/sys.stderr may be anything (a test's capture): the log.
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         # Nothing else of the starter's (pipes a caller waits on to close, sockets).
         os.closerange(3, ready_fd)
         os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         os.write(ready_fd, f"pid {os.getpid()}\n".encode())
-        from fusesnap.cli.app import main
-
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = run_daemon(options, ready_fd, view)
     except BaseException:
         traceback.print_exc()
     finally:

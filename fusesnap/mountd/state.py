@@ -29,7 +29,6 @@ __all__ = [
     "DAEMON_LOG",
     "MountState",
     "make_state_dir",
-    "process_start_time",
     "state_dir",
 ]
 

@@ -29,7 +29,7 @@ import builtins
 import dataclasses
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
 from fusesnap.errors import AlreadyExistsError, NotFoundError
@@ -124,27 +124,31 @@ class LeaseManager:
         """Every lease, live or not, by id."""
         return [LeaseRecord.from_record(unpack(raw)) for _k, raw in self._env.iter_items(LEASES)]
 
-    def _update(self, id: str, resource: Resource, *, add: bool) -> LeaseRecord:
+    def _update(self, id: str, resources: Iterable[Resource], *, add: bool) -> LeaseRecord:
         with self._env.txn(write=True) as txn:
             record = get_lease(txn, self._env, id)
             if record is None:
                 raise _not_found(id)
             held = set(record.resources)
             if add:
-                held.add(resource)
+                held.update(resources)
             else:
-                held.discard(resource)
+                held.difference_update(resources)
             record = dataclasses.replace(record, resources=tuple(sorted(held)))
             txn.put(lease_key(id), pack(record.to_record()), db=self._env.db(LEASES))
         return record
 
     def add_resource(self, id: str, resource: Resource) -> LeaseRecord:
         """Hold ``resource`` (idempotent); return the updated lease."""
-        return self._update(id, resource, add=True)
+        return self._update(id, (resource,), add=True)
+
+    def add_resources(self, id: str, resources: Iterable[Resource]) -> LeaseRecord:
+        """Hold every one of ``resources``, in one write; return the updated lease."""
+        return self._update(id, resources, add=True)
 
     def remove_resource(self, id: str, resource: Resource) -> LeaseRecord:
         """Stop holding ``resource`` (no-op if not held); return the lease."""
-        return self._update(id, resource, add=False)
+        return self._update(id, (resource,), add=False)
 
     def delete(self, id: str) -> None:
         with self._env.txn(write=True) as txn:

@@ -12,7 +12,8 @@ import trio
 
 from fusesnap.mountd.control import query, serve_control
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
-from fusesnap.mountd.state import MountState, process_start_time, state_dir
+from fusesnap.mountd.state import MountState, state_dir
+from fusesnap.process import process_start_time
 
 
 def test_state_dir_is_a_function_of_the_absolute_path(tmp_path: Path, monkeypatch) -> None:

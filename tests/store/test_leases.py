@@ -8,8 +8,9 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, InvalidDigestError, NotFoundError
+from fusesnap.process import process_start_time
 from fusesnap.store import LeaseRecord, Resource, Store
-from fusesnap.store.leases import is_live, process_start_time
+from fusesnap.store.leases import is_live
 
 D = Digest.of(b"d")
 

@@ -1,0 +1,90 @@
+"""What a mount daemon is told: one typed record, and the pipe it says "ready" on."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fusesnap.fuse import DEFAULT_MAX_BYTES
+from fusesnap.registry import RegistryOptions
+
+__all__ = ["PREFETCH_MODES", "DaemonOptions", "ReadyPipe"]
+
+PREFETCH_MODES = ("none", "auto", "profile", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """Serve image ``ref`` of the store at ``root`` on ``mountpoint``.
+
+    ``prefetch`` (`PREFETCH_MODES`): ``none`` fetches nothing ahead; ``auto`` the
+    landmark files and the recorded profile, if any; ``profile`` the same, warning
+    if there is no profile; ``all`` those, then every chunk. ``record``: store the
+    access profile of this mount at unmount. ``verbose``: debug logging.
+    """
+
+    root: Path
+    ref: str
+    mountpoint: Path
+    allow_other: bool = False
+    cache_bytes: int = DEFAULT_MAX_BYTES  # the chunk LRU's memory
+    prefetch: str = "auto"
+    record: bool = False
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prefetch not in PREFETCH_MODES:
+            raise ValueError(f"prefetch {self.prefetch!r}: expected one of {PREFETCH_MODES}")
+        if self.cache_bytes <= 0:
+            raise ValueError(f"cache_bytes {self.cache_bytes}: must be positive")
+
+    def absolute(self) -> DaemonOptions:
+        """The same with ``root`` and ``mountpoint`` absolute (a daemon runs in /)."""
+        return replace(
+            self,
+            root=Path(os.path.abspath(self.root)),
+            mountpoint=Path(os.path.abspath(self.mountpoint)),
+        )
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["root"], doc["mountpoint"] = str(self.root), str(self.mountpoint)
+        doc["registry"]["insecure_registries"] = list(self.registry.insecure_registries)
+        return json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> DaemonOptions:
+        """Parse what `to_json` wrote; `ValueError` if it is not that."""
+        try:
+            doc: dict[str, Any] = json.loads(text)
+            registry = doc.pop("registry")
+            return cls(
+                **{**doc, "root": Path(doc["root"]), "mountpoint": Path(doc["mountpoint"])},
+                registry=RegistryOptions(
+                    tuple(registry["insecure_registries"]), registry["ca_file"]
+                ),
+            )
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"daemon options: {exc}") from None
+
+
+class ReadyPipe:
+    """``on_ready`` for a daemon whose starter waits on pipe ``fd``: the first message
+    (``ready`` or ``error: ...``) is written as one line, then the pipe is closed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def __call__(self, message: str) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:  # once: the fd is closed after the first line (and its number reused)
+            return
+        try:
+            os.write(fd, message.encode() + b"\n")
+            os.close(fd)
+        except OSError:
+            pass  # the starter is gone: serve anyway, umount still works
