@@ -16,11 +16,10 @@ FORBIDDEN = {
         "pyfuse3",
         "fusesnap.lazy",
         "fusesnap.fs",
-        "fusesnap.runtime",
         "click",
     },
-    "lazy": {"pyfuse3", "click", "fusesnap.fs", "fusesnap.runtime"},
-    "fs": {"httpx", "click", "fusesnap.runtime"},
+    "lazy": {"pyfuse3", "click", "fusesnap.fs"},
+    "fs": {"httpx", "click"},
 }
 
 

@@ -29,17 +29,27 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fusesnap.containers import runc
+from fusesnap.containers.record import (
+    RECORD,
+    SPEC,
+    UNFINISHED,
+    ContainerError,
+    ContainerInfo,
+    ContainerRecord,
+    container_dir,
+    directories,
+    load_record,
+    snapshot_key,
+)
 from fusesnap.containers.runc import RunResult, runc_status
 from fusesnap.containers.spec import build_spec, resolve_user
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
@@ -53,7 +63,6 @@ from fusesnap.mountd import (
     start_mount,
     unmount,
 )
-from fusesnap.process import process_start_time
 from fusesnap.pull import layer_complete
 from fusesnap.registry import RegistryOptions
 from fusesnap.snapshots import Snapshotter
@@ -77,66 +86,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONTAINERS = "containers"
-RECORD = "container.json"
-SPEC = "config.json"
-LOG = "container.log"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STOP_TIMEOUT = 10.0
 RUNNER_EXIT_TIMEOUT = 60.0
-# Statuses of a container whose runner has not yet said how it ended.
-_UNFINISHED = frozenset({"creating", "created", "running"})
 
-
-class ContainerError(FusesnapError):
-    """A container cannot be created, started or removed."""
-
-
-@dataclass
-class ContainerRecord:
-    """What ``container.json`` says about a container."""
-
-    name: str
-    image: str
-    created: float
-    status: str = "creating"  # creating, created, running, exited, dead
-    exit_code: int | None = None
-    error: str | None = None
-    runner_pid: int | None = None
-    runner_start: int | None = None
-    detached: bool = False
-    auto_remove: bool = False
-    readonly: bool = False
-    snapshot: str = ""
-
-    @classmethod
-    def load(cls, directory: Path) -> ContainerRecord | None:
-        try:
-            doc = json.loads((directory / RECORD).read_text())
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in doc.items() if k in known})
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def save(self, directory: Path) -> None:
-        tmp = directory / (RECORD + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self)))
-        os.replace(tmp, directory / RECORD)
-
-    def claim(self) -> None:
-        """Make this process the container's runner."""
-        self.runner_pid = os.getpid()
-        self.runner_start = process_start_time(self.runner_pid)
-
-    def runner_alive(self) -> bool:
-        if self.runner_pid is None:
-            return False
-        start = process_start_time(self.runner_pid)
-        return start is not None and start == self.runner_start
-
-
-def containers_root(root: Path) -> Path:
-    return Path(root).absolute() / CONTAINERS
 
 
 def _wants_profile(store: Store, view: ImageView) -> bool:
@@ -144,27 +96,6 @@ def _wants_profile(store: Store, view: ImageView) -> bool:
     if profiles.load(store, str(view.record.manifest_digest)) is not None:
         return False
     return not all(layer_complete(store, layer.digest) for layer in view.layers)
-
-
-def container_dir(root: Path, name: str) -> Path:
-    if not NAME_RE.match(name):
-        raise ContainerError(
-            f"container name {name!r}: use letters, digits, '_', '.', '-' (at most 64)"
-        )
-    return containers_root(root) / name
-
-
-def snapshot_key(name: str) -> str:
-    """The key of container ``name``'s active snapshot (or view)."""
-    return f"{CONTAINERS}/{name}"
-
-
-def _load(root: Path, name: str) -> tuple[Path, ContainerRecord]:
-    directory = container_dir(root, name)
-    record = ContainerRecord.load(directory)
-    if record is None:
-        raise NotFoundError(f"container {name}: not found")
-    return directory, record
 
 
 def _read_image_file(lower: Path, path: str) -> str:
@@ -325,7 +256,7 @@ def _take_down(root: Path, directory: Path) -> None:
 def run(root: Path, name: str, *, terminal: bool = False) -> RunResult:
     """Run container ``name`` (made by `create`) in the foreground (`runc.run_foreground`),
     as its runner; record how it ended and take its mounts down."""
-    directory, record = _load(root, name)
+    directory, record = load_record(root, name)
     record.status = "running"
     record.claim()
     record.save(directory)
@@ -347,7 +278,7 @@ def run(root: Path, name: str, *, terminal: bool = False) -> RunResult:
 def stop(root: Path, name: str, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> None:
     """Stop container ``name`` if runc runs it: SIGTERM, then SIGKILL after ``timeout``
     seconds (at once with ``force``); then wait for its runner to finish."""
-    _, record = _load(root, name)
+    _, record = load_record(root, name)
     if runc_status(root, name) in runc.LIVE:
         if not force:
             runc.kill(root, name, "TERM")
@@ -386,9 +317,9 @@ def reap(root: Path) -> list[str]:
     it recorded the end (a SIGKILLed ``fusesnap run``) and that runc no longer runs;
     they stay listed as ``dead`` until removed. The names reaped."""
     reaped = []
-    for directory in _directories(root):
+    for directory in directories(root):
         record = ContainerRecord.load(directory)
-        if record is None or record.status not in _UNFINISHED or record.runner_alive():
+        if record is None or record.status not in UNFINISHED or record.runner_alive():
             continue
         status = runc_status(root, record.name)
         if status in ("running", "paused"):
@@ -409,7 +340,7 @@ def reap(root: Path) -> list[str]:
 def info(root: Path, name: str) -> dict[str, Any]:
     """Container ``name`` as ``containers info`` shows it: its record, its OCI runtime
     spec, its snapshot."""
-    directory, record = _load(root, name)
+    directory, record = load_record(root, name)
     try:
         spec = json.loads((directory / SPEC).read_text())
     except (OSError, ValueError):
@@ -436,26 +367,10 @@ def info(root: Path, name: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
-    """A row of ``fusesnap ps``."""
-
-    name: str
-    image: str
-    status: str
-    created: float
-
-
-def _directories(root: Path) -> Iterator[Path]:
-    base = containers_root(root)
-    if base.is_dir():
-        yield from (d for d in sorted(base.iterdir()) if d.is_dir())
-
-
 def list_containers(root: Path) -> Iterator[ContainerInfo]:
     """The containers under ``ROOT/containers``, by name, with runc's status (or how they
     ended)."""
-    for directory in _directories(root):
+    for directory in directories(root):
         record = ContainerRecord.load(directory)
         if record is None:
             yield ContainerInfo(directory.name, "?", "unknown", directory.stat().st_mtime)
@@ -464,7 +379,7 @@ def list_containers(root: Path) -> Iterator[ContainerInfo]:
         if status is None:
             if record.status == "exited":
                 status = f"exited ({record.exit_code})"
-            elif record.status in _UNFINISHED and not record.runner_alive():
+            elif record.status in UNFINISHED and not record.runner_alive():
                 status = "dead"  # its runner was killed: `reap` cleans up
             else:
                 status = record.status

@@ -25,6 +25,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from fusesnap.containers import container
+from fusesnap.containers.record import LOG
 from fusesnap.containers.runc import RunResult, runc_status
 from fusesnap.errors import FusesnapError, NotFoundError
 
@@ -42,7 +43,7 @@ def start_detached(root: Path, name: str, *, timeout: float = START_TIMEOUT) -> 
     within ``timeout`` seconds."""
     directory = container.container_dir(root, name)
     cmd = [sys.executable, "-m", "fusesnap.containers.runner", str(Path(root).absolute()), name]
-    with open(directory / container.LOG, "ab") as out:
+    with open(directory / LOG, "ab") as out:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

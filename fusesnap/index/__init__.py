@@ -16,7 +16,7 @@ these through `fusesnap.blocking.run_blocking`; the range reads around the TOC
 parsers are `fusesnap.pull`'s (module `tocs`).
 """
 
-from fusesnap.index import estargz, zstdchunked
+from fusesnap.index import estargz, gzipindex, zstdchunked
 from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
 from fusesnap.index.frames import decompress_frame
 from fusesnap.index.model import (
@@ -50,6 +50,7 @@ __all__ = [
     "decompress_frame",
     "encode",
     "estargz",
+    "gzipindex",
     "is_zstdchunked",
     "zstdchunked",
 ]
