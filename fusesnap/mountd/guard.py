@@ -40,7 +40,7 @@ class SideTasks:
         then the daemon goes on without it)."""
         await self._nursery.start(self._guarded_start, what, fn, args)
 
-    def failed(self, what: str) -> None:
+    def _failed(self, what: str) -> None:
         """Log the exception being handled as the failure of side task ``what``."""
         self.failures += 1
         log.exception("%s failed; the mount keeps serving without it", what)
@@ -51,7 +51,7 @@ class SideTasks:
         try:
             await fn(*args)
         except Exception:
-            self.failed(what)
+            self._failed(what)
 
     async def _guarded_start(
         self,
@@ -61,27 +61,22 @@ class SideTasks:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = False
-
-        def mark(value: None = None) -> None:
-            nonlocal started
-            started = True
-            task_status.started()
-
-        status = _Status(mark)
+        status = _Status(task_status)
         try:
             await fn(*args, task_status=status)
         except Exception:
-            self.failed(what)
-            if not started:
+            self._failed(what)
+            if not status.done:
                 task_status.started()
 
 
 class _Status:
-    """A `trio.TaskStatus` that records that ``started`` was called."""
+    """The task's `trio.TaskStatus`, remembering whether ``started`` was called."""
 
-    def __init__(self, mark: Callable[[None], None]) -> None:
-        self._mark = mark
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self._inner = inner
+        self.done = False
 
     def started(self, value: None = None) -> None:
-        self._mark(value)
+        self.done = True
+        self._inner.started()

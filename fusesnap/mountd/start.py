@@ -76,7 +76,8 @@ def start_mount(
 ) -> MountState:
     """Mount the image of ``options`` by a background daemon; return once it serves.
 
-    ``view``: the image, already checked by the caller (`check_image`). `NotFoundError`
+    ``view``: the image, already checked by the caller (`check_image`) and its tree built
+    while the caller's store was open (the forked daemon serves that tree). `NotFoundError`
     if the image is not (wholly) in the store, `MountError` if DIR cannot be mounted on
     or the daemon fails (its message).
     """
