@@ -59,25 +59,22 @@ and every path re-validated.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from typing import Any
 
 import msgpack
 import zstandard
 
-from fusesnap.digest import Digest
-from fusesnap.errors import InvalidDigestError, LayerError
+from fusesnap.errors import LayerError
+from fusesnap.index.checkpointcodec import decode_checkpoints, encode_checkpoints
+from fusesnap.index.fields import Corrupt, Fields
 from fusesnap.index.model import (
     FORMAT_VERSION,
     MAGIC,
     SHA256_SIZE,
-    Checkpoint,
     ChunkRef,
     Entry,
     EntryType,
-    GzipCheckpoints,
     LayerIndex,
     normalize_path,
 )
@@ -129,22 +126,21 @@ def encode(index: LayerIndex) -> bytes:
                 chunks.append([c.length for c in e.chunks])
             prev_end = e.chunks[-1].offset + e.chunks[-1].length
         rows.append(_row(e, plen, path[plen:], chunks))
-    gz = None
-    if index.checkpoints is not None:
-        cp = index.checkpoints
-        gz = [
-            cp.spacing, cp.window_size, [p.coffset for p in cp.points],
-            [p.bits for p in cp.points], [p.uoffset for p in cp.points],
-            [p.window for p in cp.points], [p.digest for p in cp.points],
-            [p.wclength for p in cp.points],
-            None if cp.windows_blob is None else str(cp.windows_blob),
-        ]  # fmt: skip
+    gz = None if index.checkpoints is None else encode_checkpoints(index.checkpoints)
     body = [
-        str(index.layer_digest), str(index.diff_id), index.media_type, index.compression,
-        index.compressed_size, index.uncompressed_size, index.chunk_size, rows, gz,
+        str(index.layer_digest),
+        str(index.diff_id),
+        index.media_type,
+        index.compression,
+        index.compressed_size,
+        index.uncompressed_size,
+        index.chunk_size,
+        rows,
+        gz,
         None if index.root is None else _row(index.root, 0, b"", None),
-        index.source, [_bin(p) for p in index.prefetch],
-    ]  # fmt: skip
+        index.source,
+        [_bin(p) for p in index.prefetch],
+    ]
     packed = msgpack.packb(body, use_bin_type=True)
     frame = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(packed)
     return MAGIC + bytes([FORMAT_VERSION]) + frame
@@ -155,9 +151,23 @@ def _row(e: Entry, plen: int, suffix: bytes, chunks: list[Any] | None) -> list[A
     if e.xattrs:
         xattrs = [x for k in sorted(e.xattrs) for x in (_bin(k), bytes(e.xattrs[k]))]
     return [
-        plen, suffix, _TYPE_CODES[e.type], e.mode, e.uid, e.gid, e.mtime, e.mtime_nsec, e.size,
-        _bin(e.linkname), e.devmajor, e.devminor, xattrs, _bin(e.uname), _bin(e.gname), chunks,
-    ]  # fmt: skip
+        plen,
+        suffix,
+        _TYPE_CODES[e.type],
+        e.mode,
+        e.uid,
+        e.gid,
+        e.mtime,
+        e.mtime_nsec,
+        e.size,
+        _bin(e.linkname),
+        e.devmajor,
+        e.devminor,
+        xattrs,
+        _bin(e.uname),
+        _bin(e.gname),
+        chunks,
+    ]
 
 
 def _check_chunks(e: Entry, prev_end: int) -> None:
@@ -208,10 +218,6 @@ def _split(offset: int, size: int, chunk_size: int) -> list[tuple[int, int]]:
 # -- decode --------------------------------------------------------------------------------
 
 
-class _Corrupt(Exception):
-    pass
-
-
 def decode(data: bytes) -> LayerIndex:
     """Parse what `encode` wrote; raise `LayerError` if it is corrupt or from a newer fusesnap."""
     if len(data) < len(MAGIC) + 1 or not data.startswith(MAGIC):
@@ -230,7 +236,7 @@ def decode(data: bytes) -> LayerIndex:
         )
         body = msgpack.unpackb(raw, raw=False, use_list=True)
         return _decode_body(body, version)
-    except (zstandard.ZstdError, ValueError, TypeError, _Corrupt) as exc:
+    except (zstandard.ZstdError, ValueError, TypeError, Corrupt) as exc:
         # msgpack's errors derive from ValueError; InvalidDigestError too.
         raise LayerError(f"layer index: corrupt ({exc})") from None
 
@@ -249,12 +255,12 @@ class _State:
 
 
 def _decode_body(body: Any, version: int) -> LayerIndex:
-    f = _Fields(body, 10 if version == 1 else 12, "index")
+    f = Fields(body, 10 if version == 1 else 12, "index")
     layer_digest, diff_id = f.digest(), f.digest()
     media_type, compression = f.text(), f.text()
     compressed_size, uncompressed_size, chunk_size = f.uint(), f.uint(), f.uint()
     if chunk_size == 0:
-        raise _Corrupt("chunk size is 0")
+        raise Corrupt("chunk size is 0")
     rows, gz, raw_root = f.array(), f.any(), f.any()
     source = "built"
     prefetch: tuple[str, ...] = ()
@@ -263,7 +269,7 @@ def _decode_body(body: Any, version: int) -> LayerIndex:
         prefetch = tuple(_path(p, f"prefetch entry {i}") for i, p in enumerate(f.array()))
     checkpoints = None
     if gz is not None:
-        checkpoints = _decode_checkpoints(gz, compressed_size, uncompressed_size, version)
+        checkpoints = decode_checkpoints(gz, compressed_size, uncompressed_size, version)
     state = _State(chunk_size, compressed_size, uncompressed_size, version)
     root = None if raw_root is None else _decode_row(raw_root, _State(chunk_size, 0, 0, 1), -1)
     entries = [_decode_row(row, state, i) for i, row in enumerate(rows)]
@@ -285,21 +291,21 @@ def _decode_body(body: Any, version: int) -> LayerIndex:
 
 def _path(raw: Any, what: str) -> str:
     if not isinstance(raw, bytes):
-        raise _Corrupt(f"{what}: want bytes")
+        raise Corrupt(f"{what}: want bytes")
     path = _fs(raw)
     try:
         if normalize_path(path) == path != "":
             return path
     except ValueError:
         pass
-    raise _Corrupt(f"{what}: unsafe path {path!r}")
+    raise Corrupt(f"{what}: unsafe path {path!r}")
 
 
 def _decode_row(row: Any, st: _State, i: int) -> Entry:
-    f = _Fields(row, 16, f"entry {i}")
+    f = Fields(row, 16, f"entry {i}")
     plen, suffix = f.uint(), f.blob()
     if plen > len(st.prev_path):
-        raise _Corrupt(f"entry {i}: bad path prefix")
+        raise Corrupt(f"entry {i}: bad path prefix")
     path_b = st.prev_path[:plen] + suffix
     path = _fs(path_b)
     try:
@@ -307,11 +313,11 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
     except ValueError:
         ok = False
     if not ok:
-        raise _Corrupt(f"entry {i}: unsafe path {path!r}")
+        raise Corrupt(f"entry {i}: unsafe path {path!r}")
     st.prev_path = path_b
     code = f.uint()
     if code >= len(_TYPES) or (i < 0 and _TYPES[code] is not EntryType.DIR):
-        raise _Corrupt(f"entry {i}: unknown type {code}")
+        raise Corrupt(f"entry {i}: unknown type {code}")
     etype = _TYPES[code]
     mode, uid, gid = f.uint(), f.uint(), f.uint()
     mtime, nsec, size = f.integer(), f.uint(), f.uint()
@@ -320,28 +326,41 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
     xattrs: dict[str, bytes] = {}
     if raw_x is not None:
         if not isinstance(raw_x, list) or len(raw_x) % 2:
-            raise _Corrupt(f"entry {i}: bad xattrs")
+            raise Corrupt(f"entry {i}: bad xattrs")
         if not all(isinstance(x, bytes) for x in raw_x):
-            raise _Corrupt(f"entry {i}: bad xattrs")
+            raise Corrupt(f"entry {i}: bad xattrs")
         xattrs = {_fs(raw_x[j]): raw_x[j + 1] for j in range(0, len(raw_x), 2)}
     uname, gname = _fs(f.blob()), _fs(f.blob())
     raw_c = f.any()
     chunks: tuple[ChunkRef, ...] = ()
     if raw_c is not None:
         if etype is not EntryType.FILE:
-            raise _Corrupt(f"entry {i}: chunks on a {etype}")
+            raise Corrupt(f"entry {i}: chunks on a {etype}")
         if isinstance(raw_c, list) and raw_c and raw_c[0] is None and st.version >= 2:
             chunks = _decode_frame_chunks(raw_c, size, st, i)
         else:
             chunks = _decode_chunks(raw_c, size, st, i)
     elif etype is EntryType.FILE and size:
-        raise _Corrupt(f"entry {i}: file without chunks")
+        raise Corrupt(f"entry {i}: file without chunks")
     if mode > 0o7777 or nsec >= 10**9:
-        raise _Corrupt(f"entry {i}: bad mode or mtime")
+        raise Corrupt(f"entry {i}: bad mode or mtime")
     return Entry(
-        path, etype, mode, uid, gid, size, mtime, nsec, linkname, devmajor, devminor,
-        xattrs, uname, gname, chunks,
-    )  # fmt: skip
+        path,
+        etype,
+        mode,
+        uid,
+        gid,
+        size,
+        mtime,
+        nsec,
+        linkname,
+        devmajor,
+        devminor,
+        xattrs,
+        uname,
+        gname,
+        chunks,
+    )
 
 
 def _lengths(raw: Any, start: int, size: int, chunk_size: int, i: int) -> list[tuple[int, int]]:
@@ -349,31 +368,31 @@ def _lengths(raw: Any, start: int, size: int, chunk_size: int, i: int) -> list[t
     if raw is None:
         return _split(start, size, chunk_size)
     if not isinstance(raw, list):
-        raise _Corrupt(f"entry {i}: bad chunk lengths")
+        raise Corrupt(f"entry {i}: bad chunk lengths")
     spans, off = [], start
     for n in raw:
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            raise _Corrupt(f"entry {i}: bad chunk length")
+            raise Corrupt(f"entry {i}: bad chunk length")
         spans.append((off, n))
         off += n
     if off - start != size:
-        raise _Corrupt(f"entry {i}: chunk lengths do not add up to the file size")
+        raise Corrupt(f"entry {i}: chunk lengths do not add up to the file size")
     return spans
 
 
 def _digests(digests: bytes, n: int, i: int) -> list[bytes]:
     if n == 0 or len(digests) != n * SHA256_SIZE:
-        raise _Corrupt(f"entry {i}: chunk count does not match the file size")
+        raise Corrupt(f"entry {i}: chunk count does not match the file size")
     return [digests[j * SHA256_SIZE : (j + 1) * SHA256_SIZE] for j in range(n)]
 
 
 def _decode_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, ...]:
     if not isinstance(raw, list) or len(raw) not in (2, 3):
-        raise _Corrupt(f"entry {i}: bad chunk list")
-    f = _Fields(raw, len(raw), f"entry {i} chunks")
+        raise Corrupt(f"entry {i}: bad chunk list")
+    f = Fields(raw, len(raw), f"entry {i} chunks")
     start, digests = st.prev_end + f.uint(), f.blob()
     if len(digests) % SHA256_SIZE:
-        raise _Corrupt(f"entry {i}: bad chunk digests")
+        raise Corrupt(f"entry {i}: bad chunk digests")
     spans = _lengths(f.array() if len(raw) == 3 else None, start, size, st.chunk_size, i)
     refs = tuple(
         ChunkRef(off, n, d)
@@ -381,12 +400,12 @@ def _decode_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, .
     )
     st.prev_end = start + size
     if st.prev_end > st.usize:
-        raise _Corrupt(f"entry {i}: data beyond the end of the layer")
+        raise Corrupt(f"entry {i}: data beyond the end of the layer")
     return refs
 
 
 def _decode_frame_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, ...]:
-    f = _Fields(raw, 6, f"entry {i} chunks")
+    f = Fields(raw, 6, f"entry {i} chunks")
     f.any()  # the nil marker
     digests, raw_lengths = f.blob(), f.any()
     deltas, clengths, raw_inners = f.array(), f.array(), f.any()
@@ -394,104 +413,16 @@ def _decode_frame_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[Chunk
     n = len(spans)
     inners = [0] * n if raw_inners is None else raw_inners
     if not isinstance(inners, list) or not len(deltas) == len(clengths) == len(inners) == n:
-        raise _Corrupt(f"entry {i}: frame columns differ in length")
+        raise Corrupt(f"entry {i}: frame columns differ in length")
     refs = []
     for (off, length), d, delta, clen, inner in zip(
         spans, _digests(digests, n, i), deltas, clengths, inners, strict=True
     ):
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in (delta, clen, inner)):
-            raise _Corrupt(f"entry {i}: non-integer frame field")
+            raise Corrupt(f"entry {i}: non-integer frame field")
         coffset = st.prev_cend + delta
         if coffset < 0 or clen <= 0 or inner < 0 or coffset + clen > st.csize:
-            raise _Corrupt(f"entry {i}: frame range outside the layer blob")
+            raise Corrupt(f"entry {i}: frame range outside the layer blob")
         refs.append(ChunkRef(off, length, d, coffset, clen, inner))
         st.prev_cend = coffset + clen
     return tuple(refs)
-
-
-def _decode_checkpoints(raw: Any, csize: int, usize: int, version: int) -> GzipCheckpoints:
-    f = _Fields(raw, 6 if version < 3 else 9, "checkpoints")
-    spacing, window_size = f.uint(), f.uint()
-    coffs, bits, uoffs, windows = f.array(), f.array(), f.array(), f.array()
-    n = len(coffs)
-    digests: list[Any] = [None] * n
-    wclengths: list[Any] = [0] * n
-    windows_blob = None
-    if version >= 3:
-        digests, wclengths, raw_blob = f.array(), f.array(), f.any()
-        if raw_blob is not None:
-            windows_blob = _Fields([raw_blob], 1, "checkpoints windows blob").digest()
-    if not n == len(bits) == len(uoffs) == len(windows) == len(digests) == len(wclengths):
-        raise _Corrupt("checkpoints: columns differ in length")
-    points = []
-    last_c, last_u = -1, -1
-    for c, b, u, w, d, wl in zip(coffs, bits, uoffs, windows, digests, wclengths, strict=True):
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (c, b, u, wl)):
-            raise _Corrupt("checkpoints: non-integer offset")
-        if not isinstance(w, bytes) or len(w) not in (0, window_size) or not 0 <= b <= 7:
-            raise _Corrupt("checkpoints: bad window or bit offset")
-        if c < last_c or u <= last_u or c > csize or u > usize or wl < 0:
-            raise _Corrupt("checkpoints: offsets out of order or out of range")
-        if d is None:  # versions 1, 2: windows inline
-            d = hashlib.sha256(w).digest() if w else b""
-        elif not isinstance(d, bytes) or len(d) not in (0, SHA256_SIZE):
-            raise _Corrupt("checkpoints: bad window digest")
-        elif w and hashlib.sha256(w).digest() != d:
-            raise _Corrupt("checkpoints: inline window does not match its digest")
-        if not d and (w or wl):
-            raise _Corrupt("checkpoints: window without a digest")
-        last_c, last_u = c, u
-        points.append(Checkpoint(c, b, u, w, d, wl))
-    return GzipCheckpoints(csize, usize, spacing, window_size, tuple(points), windows_blob)
-
-
-class _Fields:
-    """Pull typed fields off one msgpack array, naming the record in errors."""
-
-    def __init__(self, value: Any, n: int, what: str) -> None:
-        if not isinstance(value, list) or len(value) != n:
-            raise _Corrupt(f"{what}: want an array of {n}")
-        self._it = iter(value)
-        self._what = what
-
-    def any(self) -> Any:
-        return next(self._it)
-
-    def integer(self) -> int:
-        v = next(self._it)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise _Corrupt(f"{self._what}: want an integer, got {type(v).__name__}")
-        return v
-
-    def uint(self) -> int:
-        v = self.integer()
-        if v < 0:
-            raise _Corrupt(f"{self._what}: negative value")
-        return v
-
-    def blob(self) -> bytes:
-        v = next(self._it)
-        if not isinstance(v, bytes):
-            raise _Corrupt(f"{self._what}: want bytes, got {type(v).__name__}")
-        return v
-
-    def text(self) -> str:
-        v = next(self._it)
-        if not isinstance(v, str) or not _PRINTABLE.match(v):
-            raise _Corrupt(f"{self._what}: want a short printable string")
-        return v
-
-    def array(self) -> list[Any]:
-        v = next(self._it)
-        if not isinstance(v, list):
-            raise _Corrupt(f"{self._what}: want an array")
-        return v
-
-    def digest(self) -> Digest:
-        try:
-            return Digest(self.text())
-        except InvalidDigestError as exc:
-            raise _Corrupt(str(exc)) from None
-
-
-_PRINTABLE = re.compile(r"^[\x20-\x7e]{0,255}$")
