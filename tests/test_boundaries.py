@@ -18,7 +18,17 @@ PKG = Path(__file__).resolve().parent.parent / "fusesnap"
 
 # The modules every unit may use: errors, digests, references, OCI documents, and the
 # small helpers beside them.
-CORE = {"errors", "digest", "reference", "oci", "blocking", "termui", "process", "singleflight"}
+CORE = {
+    "errors",
+    "digest",
+    "reference",
+    "oci",
+    "blocking",
+    "termui",
+    "process",
+    "singleflight",
+    "groups",
+}
 
 ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
@@ -31,6 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "termui": set(),
     "process": set(),
     "singleflight": set(),
+    "groups": set(),
     "index": CORE,
     "store": CORE,
     "registry": CORE | {"__init__"},  # the version, for User-Agent
@@ -41,8 +52,7 @@ ALLOWED: dict[str, set[str]] = {
     "pull": CORE | {"index", "registry", "lazy", "store"},
     "snapshots": CORE | {"index", "image", "pull", "store"},
     "mountd": CORE | {"index", "fs", "fuse", "image", "lazy", "pull", "registry", "store"},
-    "containers": CORE
-    | {"image", "lazy", "mountd", "pull", "registry", "snapshots", "store"},
+    "containers": CORE | {"image", "lazy", "mountd", "pull", "registry", "snapshots", "store"},
     "cli": CORE
     | {"__init__", "containers", "fs", "fuse", "image", "index", "lazy", "mountd", "pull"}
     | {"registry", "snapshots", "store"},

@@ -21,6 +21,7 @@ import trio
 
 from fusesnap import __version__
 from fusesnap.errors import FusesnapError
+from fusesnap.groups import first_error
 from fusesnap.store import Store, default_root, open_store
 
 T = TypeVar("T")
@@ -152,14 +153,6 @@ def cli(
     ctx.call_on_close(obj.close)
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real error inside (possibly nested) exception groups from trio nurseries."""
-    while isinstance(exc, BaseExceptionGroup):
-        errors = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
-        exc = (errors or list(exc.exceptions))[0]
-    return exc
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turn errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             cli.main(args=args, prog_name="fusesnap", standalone_mode=False)
         except BaseExceptionGroup as group:
-            raise _leaf(group) from group
+            raise first_error(group) from group
     except click.exceptions.Abort:
         click.echo("fusesnap: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -37,6 +37,7 @@ import trio
 from fusesnap.blocking import run_blocking
 from fusesnap.errors import NotFoundError
 from fusesnap.fs import ChunkSource, chunk_span, read_file
+from fusesnap.groups import first_error
 from fusesnap.index import Entry
 
 __all__ = ["DEFAULT_MAX_BYTES", "PREFETCH_BYTES", "CacheStats", "ChunkCache"]
@@ -201,7 +202,7 @@ class ChunkCache:
                     for digest in dict.fromkeys(r.digest for r in refs):
                         nursery.start_soon(one, digest)
             except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+                raise first_error(group) from None
         return read_file(entry, offset, size, _Loaded(got))
 
     def _hint_next(self, entry: Entry, offset: int, end: int) -> None:
@@ -256,16 +257,3 @@ class ChunkCache:
                     await self._load(digest)
                 except Exception as exc:  # the reader that needs it will get the error
                     log.debug("prefetch of chunk %s: %s", digest.hex()[:12], exc)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first plain error in a nursery's group, so callers see what a one-chunk read
-    would raise; the group itself if it holds only cancellations."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            inner = _first_error(exc)
-            if inner is not exc:
-                return inner
-        elif isinstance(exc, Exception):
-            return exc
-    return group

@@ -58,6 +58,7 @@ from fusesnap.errors import (
     RegistryUnavailableError,
     StoreError,
 )
+from fusesnap.groups import first_error
 from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.spandecode import Cut, cut_span
@@ -162,9 +163,7 @@ async def open_chunk_fetcher(
     except BaseExceptionGroup as group:
         # Fetch tasks hand their errors to their waiters and never raise, so a group
         # holds the block's own exception.
-        if len(group.exceptions) != 1:
-            raise
-        exc = group.exceptions[0]
+        exc = first_error(group)
         context = exc.__context__
         try:
             raise exc
