@@ -1,9 +1,9 @@
 """What makes reads lazy: chunks fetched on demand, verified and stored.
 
 `ChunkFetcher` (module `fetcher`) turns "I need these chunks of this layer" into the
-fewest byte-range reads (`ranges`: where a chunk's bytes are in the blob; `windows`:
-gzip windows for layers without checkpoints; `spandecode`: cutting a fetched span
-into verified chunks), with one flight per chunk. It depends on two narrow
+fewest byte-range reads its `limits` allow (`ranges`: where a chunk's bytes are in
+the blob; `windows`: gzip windows for layers without checkpoints; `spandecode`:
+cutting a fetched span into verified chunks), with one flight per chunk. It depends on two narrow
 interfaces only: a range reader (`FetchRange`, wired to a registry by
 `fusesnap.pull.open_registry_fetcher`) and a chunk store (`ChunkStorage`).
 `LazyChunks` (module `chunks`) maps an image's chunk digests to their layers for
@@ -15,11 +15,10 @@ from fusesnap.lazy.chunks import LazyChunks
 from fusesnap.lazy.fetcher import (
     ChunkFetcher,
     ChunkStorage,
-    FetchLimits,
     FetchRange,
-    FetchStats,
     open_chunk_fetcher,
 )
+from fusesnap.lazy.limits import FetchLimits, FetchStats, PrefetchResult
 from fusesnap.lazy.prefetch import PrefetchPlan, run_prefetch
 from fusesnap.lazy.profile import AccessProfile, ProfileError
 from fusesnap.lazy.ranges import layout_of
@@ -35,6 +34,7 @@ __all__ = [
     "LazyChunks",
     "LoadWindows",
     "PrefetchPlan",
+    "PrefetchResult",
     "ProfileError",
     "layout_of",
     "open_chunk_fetcher",

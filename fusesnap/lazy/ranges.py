@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 
-
 class Access(enum.Enum):
     RAW = "raw"
     GZIP = "gzip"

@@ -28,7 +28,6 @@ __all__ = ["Cut", "ReadBefore", "cut_span"]
 ReadBefore = Callable[[int, int], bytes]
 
 
-
 @dataclass(slots=True)
 class Cut:
     """What a span gave: verified chunks by digest, and errors for the chunks it did not."""
