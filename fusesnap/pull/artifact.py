@@ -2,7 +2,7 @@
 
     pushed = await push_index_artifact(client, ref, resolved.manifest, indexes)
     pushed.digest, pushed.discovery      "referrers" (the API lists it) or "tag"
-    found = await find_index_artifact(client, ref, resolved.manifest.digest)
+    found = await find_index_artifact(client, ref, resolved.manifest.digest)   (artifactfind)
     found.indexes[layer.digest]          a LayerIndex, decoded from a verified blob
 
 Format: an OCI image manifest used as an artifact (image-spec 1.1)::
@@ -57,28 +57,24 @@ import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import (
     AuthenticationError,
-    DigestMismatchError,
-    InvalidDigestError,
     LayerError,
     ManifestError,
     RegistryError,
     RegistryNotFoundError,
     RegistryUnavailableError,
 )
-from fusesnap.index import LayerIndex, decode, encode
-from fusesnap.lazy import AccessProfile, LoadWindows, ProfileError, with_windows_blob
+from fusesnap.index import LayerIndex, encode
+from fusesnap.lazy import AccessProfile, LoadWindows, with_windows_blob
 from fusesnap.lazy import profile as profiles
-from fusesnap.oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest
+from fusesnap.oci import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Descriptor, Index
 from fusesnap.oci import parse_manifest as parse_document
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
@@ -92,7 +88,6 @@ __all__ = [
     "ArtifactIndexes",
     "PushedArtifact",
     "fallback_tag",
-    "find_index_artifact",
     "push_index_artifact",
 ]
 
@@ -205,22 +200,29 @@ async def push_index_artifact(
                     f"layer {index.layer_digest.short}: the windows blob "
                     f"{cp.windows_blob.short} of its index is not in {ref}"
                 )
-            layers.append(Descriptor(WINDOWS_MEDIA_TYPE, cp.windows_blob,
-                                     sum(p.wclength for p in cp.points),
-                                     annotations=annotations))  # fmt: skip
+            layers.append(
+                Descriptor(
+                    WINDOWS_MEDIA_TYPE,
+                    cp.windows_blob,
+                    sum(p.wclength for p in cp.points),
+                    annotations=annotations,
+                )
+            )
         else:
             index, windows = await run_blocking(with_windows_blob, index, load_windows)
             if windows is not None:
                 wdigest = Digest.of(windows)
                 await _ensure_blob(client, ref, windows, wdigest)
-                layers.append(Descriptor(WINDOWS_MEDIA_TYPE, wdigest, len(windows),
-                                         annotations=annotations))  # fmt: skip
+                layers.append(
+                    Descriptor(WINDOWS_MEDIA_TYPE, wdigest, len(windows), annotations=annotations)
+                )
         data = await run_blocking(encode, index)
         blobs.append(data)
         digest = Digest.of(data)
         await _ensure_blob(client, ref, data, digest)
-        layers.append(Descriptor(LAYER_INDEX_MEDIA_TYPE, digest, len(data),
-                                 annotations=annotations))  # fmt: skip
+        layers.append(
+            Descriptor(LAYER_INDEX_MEDIA_TYPE, digest, len(data), annotations=annotations)
+        )
     if profile is not None:
         if profile.image != str(manifest_desc.digest):
             raise ValueError(f"the access profile is of {profile.image}, not this image")
@@ -233,18 +235,34 @@ async def push_index_artifact(
     digest = await client.put_manifest(ref, body, OCI_MANIFEST, tag=None)
     index_bytes = sum(len(b) for b in blobs)
     windows_bytes = sum(d.size for d in layers if d.media_type == WINDOWS_MEDIA_TYPE)
-    listed = await _referrers(client, ref, manifest_desc.digest)
+    listed = await referrers(client, ref, manifest_desc.digest)
     if listed is not None:
         if all(d.digest != digest for d in listed):
             # The API may list a new referrer a little later; the push itself is done.
             log.debug("%s: referrers of %s do not list %s yet", ref, manifest_desc.digest, digest)
-        return PushedArtifact(digest, len(body), len(unique), index_bytes, "referrers",
-                              windows_bytes=windows_bytes, profile=profile is not None)  # fmt: skip
-    desc = Descriptor(OCI_MANIFEST, digest, len(body), annotations=annotations,
-                      artifact_type=ARTIFACT_TYPE)  # fmt: skip
+        return PushedArtifact(
+            digest,
+            len(body),
+            len(unique),
+            index_bytes,
+            "referrers",
+            windows_bytes=windows_bytes,
+            profile=profile is not None,
+        )
+    desc = Descriptor(
+        OCI_MANIFEST, digest, len(body), annotations=annotations, artifact_type=ARTIFACT_TYPE
+    )
     tag = await _add_to_fallback_tag(client, ref, manifest_desc.digest, desc)
-    return PushedArtifact(digest, len(body), len(unique), index_bytes, "tag", tag,
-                          windows_bytes=windows_bytes, profile=profile is not None)  # fmt: skip
+    return PushedArtifact(
+        digest,
+        len(body),
+        len(unique),
+        index_bytes,
+        "tag",
+        tag,
+        windows_bytes=windows_bytes,
+        profile=profile is not None,
+    )
 
 
 async def _ensure_blob(client: RegistryClient, ref: Reference, data: bytes, digest: Digest) -> None:
@@ -269,7 +287,7 @@ def _manifest_bytes(
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-async def _referrers(
+async def referrers(
     client: RegistryClient, ref: Reference, subject: Digest
 ) -> tuple[Descriptor, ...] | None:
     """Our artifacts the referrers API lists for ``subject``; None without the API."""
@@ -283,10 +301,10 @@ async def _referrers(
         return None
     if found is None:
         return None
-    return tuple(d for d in found.manifests if _is_ours(d))
+    return tuple(d for d in found.manifests if is_ours(d))
 
 
-def _is_ours(desc: Descriptor) -> bool:
+def is_ours(desc: Descriptor) -> bool:
     return desc.artifact_type == ARTIFACT_TYPE and desc.media_type == OCI_MANIFEST
 
 
@@ -310,166 +328,7 @@ async def _add_to_fallback_tag(
         doc["mediaType"] = OCI_INDEX
     doc["manifests"] = [m for m in doc["manifests"] if m.get("digest") != desc.digest]
     doc["manifests"].append(desc.to_dict())
-    await client.put_manifest(ref, json.dumps(doc, separators=(",", ":")).encode(), OCI_INDEX,
-                              tag=tag)  # fmt: skip
+    await client.put_manifest(
+        ref, json.dumps(doc, separators=(",", ":")).encode(), OCI_INDEX, tag=tag
+    )
     return tag
-
-
-# -- find ------------------------------------------------------------------------------------
-
-
-async def find_index_artifact(
-    client: RegistryClient,
-    ref: Reference,
-    manifest_digest: Digest,
-    *,
-    layers: Collection[Digest] | None = None,
-) -> ArtifactIndexes | None:
-    """The newest usable fusesnap index artifact of image manifest ``manifest_digest``,
-    or None if there is none (module docstring: discovery, trust).
-
-    ``layers``: fetch the index blobs of these layers only (default: all). An artifact
-    that does not parse or names another subject is skipped with a warning and the next
-    newest tried; so is one none of whose wanted blobs verifies and decodes.
-
-    Raise `RegistryError` only when the registry fails (past retries) or refuses us.
-    """
-    candidates, discovery, nbytes = await _candidates(client, ref, manifest_digest)
-    for desc in _newest_first(candidates)[:MAX_CANDIDATES]:
-        try:
-            found = await _load(client, ref, manifest_digest, desc, layers, discovery)
-        except (ManifestError, DigestMismatchError, RegistryNotFoundError) as exc:
-            log.warning("index artifact %s of %s: ignored: %s", desc.digest.short, ref, exc)
-            continue
-        nbytes += found.fetched_bytes
-        if found.indexes or (layers is not None and not layers):
-            return dataclasses.replace(found, fetched_bytes=nbytes)
-    return None
-
-
-async def _candidates(
-    client: RegistryClient, ref: Reference, subject: Digest
-) -> tuple[list[Descriptor], str, int]:
-    listed = await _referrers(client, ref, subject)
-    if listed is not None:
-        return list(listed), "referrers", 0
-    tag = fallback_tag(subject)
-    try:
-        _, body = await client.get_manifest(ref, tag)
-    except RegistryNotFoundError:
-        return [], "tag", 0
-    try:
-        parsed = parse_document(body, what=f"referrers tag {ref.name}:{tag}")
-    except ManifestError as exc:
-        log.warning("%s: ignoring the referrers tag: %s", ref, exc)
-        return [], "tag", len(body)
-    if not isinstance(parsed, Index):
-        log.warning("%s: referrers tag %s is not an image index; ignored", ref, tag)
-        return [], "tag", len(body)
-    return [d for d in parsed.manifests if _is_ours(d)], "tag", len(body)
-
-
-def _created(desc: Descriptor) -> datetime.datetime:
-    text = desc.annotations.get(CREATED_ANNOTATION, "")
-    try:
-        when = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
-    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
-
-
-def _newest_first(candidates: Sequence[Descriptor]) -> list[Descriptor]:
-    """By creation time, newest first; the same time: the one listed later first."""
-    order = sorted(enumerate(candidates), key=lambda p: (_created(p[1]), p[0]), reverse=True)
-    return [d for _, d in order]
-
-
-async def _load(
-    client: RegistryClient,
-    ref: Reference,
-    subject: Digest,
-    desc: Descriptor,
-    layers: Collection[Digest] | None,
-    discovery: str,
-) -> ArtifactIndexes:
-    _, body = await client.get_manifest(ref, desc.digest)  # verified against the digest
-    what = f"index artifact {desc.digest.short}"
-    parsed = parse_document(body, what=what)
-    if not isinstance(parsed, Manifest) or parsed.artifact_type != ARTIFACT_TYPE:
-        raise ManifestError(f"{what}: not a fusesnap index artifact")
-    if parsed.subject is None or parsed.subject.digest != subject:
-        raise ManifestError(f"{what}: its subject is not manifest {subject.short}")
-    nbytes = len(body)
-    indexes: dict[Digest, LayerIndex] = {}
-    profile = None
-    candidates: dict[Digest, list[Descriptor]] = {}  # by layer, in artifact order
-    for blob in parsed.layers:
-        if blob.media_type == profiles.MEDIA_TYPE and profile is None:
-            profile = await _load_profile(client, ref, blob, subject, what)
-            nbytes += blob.size if profile is not None else 0
-            continue
-        if blob.media_type not in LAYER_INDEX_MEDIA_TYPES:
-            continue  # a windows blob (fetched by range when needed), or an unknown format
-        try:
-            layer = Digest(blob.annotations.get(LAYER_DIGEST_ANNOTATION, ""))
-        except InvalidDigestError:
-            log.warning("%s: blob %s names no layer; ignored", what, blob.digest.short)
-            continue
-        if layers is not None and layer not in layers:
-            continue
-        if blob.size > MAX_INDEX_BLOB:
-            log.warning("%s: index of layer %s is %d bytes, over the limit; ignored",
-                        what, layer.short, blob.size)  # fmt: skip
-            continue
-        candidates.setdefault(layer, []).append(blob)
-    errors: list[Exception] = []
-    encoded: dict[Digest, bytes] = {}
-
-    async def load_layer(layer: Digest, blobs: list[Descriptor]) -> None:
-        nonlocal nbytes
-        for blob in blobs:  # the first that is sound
-            try:
-                data = await client.get_blob(ref, blob)
-                nbytes += len(data)
-                index = await run_blocking(decode, data)
-            except (DigestMismatchError, LayerError, RegistryNotFoundError) as exc:
-                log.warning("%s: index of layer %s ignored: %s", what, layer.short, exc)
-                continue
-            except Exception as exc:  # the registry failing: raised below, as itself
-                errors.append(exc)
-                return
-            if index.layer_digest != layer:
-                log.warning("%s: blob for layer %s holds the index of %s; ignored",
-                            what, layer.short, index.layer_digest.short)  # fmt: skip
-                continue
-            indexes[layer] = index
-            encoded[layer] = data
-            return
-
-    # Side by side: at mount time each round trip counts.
-    async with trio.open_nursery() as nursery:
-        for layer, blobs in candidates.items():
-            nursery.start_soon(load_layer, layer, blobs)
-    if errors:
-        raise errors[0]
-    indexes = {layer: indexes[layer] for layer in candidates if layer in indexes}
-    created = parsed.annotations.get(CREATED_ANNOTATION, "")
-    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created, profile, encoded)
-
-
-async def _load_profile(
-    client: RegistryClient, ref: Reference, blob: Descriptor, subject: Digest, what: str
-) -> AccessProfile | None:
-    """The artifact's access profile of ``subject``; None (logged) if it is not one."""
-    if blob.size > MAX_PROFILE_BLOB:
-        log.warning("%s: access profile of %d bytes, over the limit; ignored", what, blob.size)
-        return None
-    try:
-        profile = profiles.decode(await client.get_blob(ref, blob))
-    except (DigestMismatchError, ProfileError, RegistryNotFoundError) as exc:
-        log.warning("%s: access profile ignored: %s", what, exc)
-        return None
-    if profile.image != str(subject):
-        log.warning("%s: access profile of %s, not %s; ignored", what, profile.image, subject)
-        return None
-    return profile

@@ -36,7 +36,8 @@ from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.lazy import AccessProfile, ChunkFetcher, FetchLimits, layout_of, open_chunk_fetcher
 from fusesnap.lazy import profile as profiles
 from fusesnap.oci import Descriptor, ImageConfig, Platform, chain_ids, layer_compression
-from fusesnap.pull.artifact import ArtifactIndexes, find_index_artifact
+from fusesnap.pull.artifact import ArtifactIndexes
+from fusesnap.pull.artifactfind import find_index_artifact
 from fusesnap.pull.indexsource import (
     FetchCounter,
     IndexSource,

@@ -27,9 +27,9 @@ from fusesnap.pull.artifact import (
     LAYER_INDEX_MEDIA_TYPE,
     WINDOWS_MEDIA_TYPE,
     fallback_tag,
-    find_index_artifact,
     push_index_artifact,
 )
+from fusesnap.pull.artifactfind import find_index_artifact
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
 from fusesnap.registry.credentials import Credentials
