@@ -23,12 +23,14 @@ deps: system-deps venv
 
 lint: deps
 	$(BIN)/ruff check fusesnap tools tests
+	$(BIN)/ruff format --check fusesnap tools tests
 
 typecheck: deps
 	$(BIN)/mypy
 
 test: deps
 	$(BIN)/ruff check fusesnap tools tests
+	$(BIN)/ruff format --check fusesnap tools tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -42,8 +42,12 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if (in_ci() and report.skipped and item.get_closest_marker("e2e") is not None
-            and not hasattr(report, "wasxfail")):
+    if (
+        in_ci()
+        and report.skipped
+        and item.get_closest_marker("e2e") is not None
+        and not hasattr(report, "wasxfail")
+    ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"e2e test skipped under CI=true: {reason}"

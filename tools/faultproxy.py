@@ -49,10 +49,20 @@ PIECE = 64 * 1024
 Kind = Literal["manifest", "blob", "upload", "token", "other"]
 KINDS: tuple[Kind, ...] = ("manifest", "blob", "upload", "token", "other")
 
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "trailers", "transfer-encoding", "upgrade", "expect",
-})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
+)
 _MANIFEST = re.compile(r"^/v2/.+/manifests/[^/]+$")
 _UPLOAD = re.compile(r"^/v2/.+/blobs/uploads(/|$)")
 _BLOB = re.compile(r"^/v2/.+/blobs/[^/]+$")
@@ -99,8 +109,9 @@ class _Live:
     bytes_sent: int = 0
 
     def freeze(self) -> ProxyRecord:
-        return ProxyRecord(self.method, self.path, self.kind, self.status, self.range,
-                           self.bytes_sent, self.fault)
+        return ProxyRecord(
+            self.method, self.path, self.kind, self.status, self.range, self.bytes_sent, self.fault
+        )
 
 
 @dataclass(slots=True)
@@ -166,8 +177,14 @@ class FaultProxy:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def fail_next(self, n: int = 1, status: int = 500, *, retry_after: float | None = None,
-                  kind: Kind | None = None) -> None:
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 500,
+        *,
+        retry_after: float | None = None,
+        kind: Kind | None = None,
+    ) -> None:
         """Answer the next ``n`` requests (of ``kind``) with ``status`` and a registry-style
         JSON error, with ``Retry-After`` if given; nothing reaches the upstream."""
         self._add(_Fault("fail", n, kind, status=status, retry_after=retry_after))
@@ -176,8 +193,7 @@ class FaultProxy:
         """Close the connection of the next ``n`` requests without answering."""
         self._add(_Fault("drop", n, kind))
 
-    def cut_body_next(self, n: int = 1, after_bytes: int = 0, *, kind: Kind | None = None
-                      ) -> None:
+    def cut_body_next(self, n: int = 1, after_bytes: int = 0, *, kind: Kind | None = None) -> None:
         """For the next ``n`` GET requests (of ``kind``): forward, send the status, headers and
         ``after_bytes`` of the body, then close the connection."""
         self._add(_Fault("cut", n, kind, after_bytes=after_bytes))
@@ -227,8 +243,7 @@ class FaultProxy:
         """Requests seen (faulted ones included), filtered by kind and/or method."""
         with self._lock:
             return sum(
-                n for (m, k), n in self._counts.items()
-                if kind in (None, k) and method in (None, m)
+                n for (m, k), n in self._counts.items() if kind in (None, k) and method in (None, m)
             )
 
     @property
@@ -313,8 +328,13 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(delay)
             fault = proxy._take_fault(self.command, kind)
-            self._live = _Live(self.command, self.path, kind, self.headers.get("Range"),
-                               fault.action if fault is not None else None)
+            self._live = _Live(
+                self.command,
+                self.path,
+                kind,
+                self.headers.get("Range"),
+                fault.action if fault is not None else None,
+            )
             proxy._begin(self._live)
             try:
                 body = self._body()
@@ -342,8 +362,10 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
 
         def _send_error(self, fault: _Fault) -> None:
-            data = (b'{"errors":[{"code":"UNAVAILABLE","message":"fusesnap fault proxy: '
-                    b'injected failure"}]}')
+            data = (
+                b'{"errors":[{"code":"UNAVAILABLE","message":"fusesnap fault proxy: '
+                b'injected failure"}]}'
+            )
             self._start_response(fault.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -353,16 +375,17 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self._write_body(data)
 
-        def _forward(self, body: Iterator[bytes] | None, fault: _Fault | None,
-                     rate: float | None) -> None:
+        def _forward(
+            self, body: Iterator[bytes] | None, fault: _Fault | None, rate: float | None
+        ) -> None:
             # A list, not a dict: clients repeat headers (Go sends one Accept per media type).
             headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
             conn = http.client.HTTPConnection(proxy.upstream, timeout=proxy.timeout)
             try:
-                chunked = body is not None and all(k.lower() != "content-length"
-                                                   for k, _ in headers)
-                conn.putrequest(self.command, self.path, skip_host=True,
-                                skip_accept_encoding=True)
+                chunked = body is not None and all(
+                    k.lower() != "content-length" for k, _ in headers
+                )
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                 for name, value in headers:
                     conn.putheader(name, value)
                 if chunked:
@@ -386,8 +409,9 @@ def _handler_for(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             finally:
                 conn.close()
 
-        def _relay(self, resp: http.client.HTTPResponse, fault: _Fault | None,
-                   rate: float | None) -> None:
+        def _relay(
+            self, resp: http.client.HTTPResponse, fault: _Fault | None, rate: float | None
+        ) -> None:
             self._start_response(resp.status, resp.reason)
             length = resp.getheader("Content-Length")
             for name, value in resp.getheaders():

@@ -330,8 +330,10 @@ class Registry:
         # Our process must be the one listening: another server on the same port
         # would answer GET /v2/ just as well.
         return wait_until(
-            lambda: _listens(proc.pid, self.port)
-            and http_status(f"{self.url}/v2/", timeout=1.0) in (200, 401),
+            lambda: (
+                _listens(proc.pid, self.port)
+                and http_status(f"{self.url}/v2/", timeout=1.0) in (200, 401)
+            ),
             timeout=self.start_timeout,
             abort=lambda: proc.poll() is not None,
         )

@@ -122,7 +122,8 @@ class TokenServer:
         """PEM certificate to use as the registry's ``rootcertbundle`` (written by `start`)."""
         if self._cert_dir is None:
             self._cert_dir = self._given_cert_dir or Path(
-                tempfile.mkdtemp(prefix="fusesnap-tokenserver-"))
+                tempfile.mkdtemp(prefix="fusesnap-tokenserver-")
+            )
         return self._cert_dir / "cert.pem"
 
     @property

@@ -92,14 +92,28 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 # imports) loads when the command is used, so ``mount`` does not import what ``commit``
 # needs (~0.15 s of a cold start). tests/test_cli_commands.py keeps this list honest.
 COMMAND_MODULES = {
-    "pull": "images", "images": "images", "rmi": "images",
+    "pull": "images",
+    "images": "images",
+    "rmi": "images",
     "index": "index",
-    "layers": "inspect", "ls": "inspect", "cat": "inspect", "tree": "inspect", "diff": "inspect",
-    "content": "maintenance", "lease": "maintenance", "gc": "maintenance",
-    "mount": "mount", "umount": "mount", "stats": "mount",
-    "run": "run", "ps": "run", "rm": "run", "containers": "run",
-    "snapshot": "snapshots", "commit": "snapshots",
-}  # fmt: skip
+    "layers": "inspect",
+    "ls": "inspect",
+    "cat": "inspect",
+    "tree": "inspect",
+    "diff": "inspect",
+    "content": "maintenance",
+    "lease": "maintenance",
+    "gc": "maintenance",
+    "mount": "mount",
+    "umount": "mount",
+    "stats": "mount",
+    "run": "run",
+    "ps": "run",
+    "rm": "run",
+    "containers": "run",
+    "snapshot": "snapshots",
+    "commit": "snapshots",
+}
 
 
 class _LazyGroup(click.Group):

@@ -107,10 +107,16 @@ def layer_table(store: Store, result: PullResult) -> str:
         info = store.layers.info(digest)
         p = store.layers.present_chunks(digest)
         pct = 100 * p.present // p.total if p.total else 100
-        rows.append([
-            str(n), digest.short, outcome.action, human_size(info.index_size),
-            f"{pct}% ({human_size(p.raw_bytes)} in {p.present}/{p.total} chunks)", outcome.text,
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(n),
+                digest.short,
+                outcome.action,
+                human_size(info.index_size),
+                f"{pct}% ({human_size(p.raw_bytes)} in {p.present}/{p.total} chunks)",
+                outcome.text,
+            ]
+        )
     return table(rows, ["#", "DIGEST", "SOURCE", "INDEX", "LOCAL", "HOW"])
 
 

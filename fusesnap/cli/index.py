@@ -53,18 +53,27 @@ def index_cmd(
             insecure_registries=c.insecure_registries, ca_file=c.ca_file
         ) as client:
             result = await pull_image(
-                store, client, reference, platform=plat, progress=progress,
-                limits=Limits(max_uncompressed=max_layer_size), check=MergedTree.build,
+                store,
+                client,
+                reference,
+                platform=plat,
+                progress=progress,
+                limits=Limits(max_uncompressed=max_layer_size),
+                check=MergedTree.build,
                 lazy=True,
-            )  # fmt: skip
+            )
             if not push:
                 return result, None
             indexes = await run_blocking(_indexes, store, result)
             profile = await run_blocking(profiles.load, store, str(result.manifest.digest))
             pushed = await push_index_artifact(
-                client, reference, result.manifest, indexes,
-                load_windows=store.chunks.get_many, profile=profile,
-            )  # fmt: skip
+                client,
+                reference,
+                result.manifest,
+                indexes,
+                load_windows=store.chunks.get_many,
+                profile=profile,
+            )
             return result, pushed
 
     try:

@@ -33,9 +33,10 @@ from fusesnap.termui import human_size, table
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--foreground", is_flag=True, help="Serve from this process until unmounted.")
 @click.option(
-    "--allow-other", is_flag=True, help="Let other users see the mount (non-root: needs "
-    "user_allow_other in /etc/fuse.conf)."
-)  # fmt: skip
+    "--allow-other",
+    is_flag=True,
+    help="Let other users see the mount (non-root: needs user_allow_other in /etc/fuse.conf).",
+)
 @click.option(
     "--cache-size",
     type=SIZE,

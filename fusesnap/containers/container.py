@@ -90,7 +90,6 @@ STOP_TIMEOUT = 10.0
 RUNNER_EXIT_TIMEOUT = 60.0
 
 
-
 def _wants_profile(store: Store, view: ImageView) -> bool:
     """Record an access profile of this start (the first of a lazily pulled image)?"""
     if profiles.load(store, str(view.record.manifest_digest)) is not None:

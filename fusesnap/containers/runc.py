@@ -192,9 +192,16 @@ def run_foreground(root: Path, bundle: Path, name: str, *, terminal: bool = Fals
     passes them to the container. Returns when runc exits (it deletes its container
     then)."""
     cmd = runc_cmd(
-        root, "--log", str(bundle / "runc.log"), "--log-format", "json",
-        "run", "--bundle", str(bundle), name,
-    )  # fmt: skip
+        root,
+        "--log",
+        str(bundle / "runc.log"),
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        str(bundle),
+        name,
+    )
     read_end, write_end = os.pipe()
     try:
         proc = subprocess.Popen(

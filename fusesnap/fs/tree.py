@@ -213,8 +213,6 @@ class MergedTree:
         return count
 
 
-
-
 def _freeze(root: Dir) -> MergedTree:
     entries: list[Entry] = [root.entry]
     layers = array("I", [root.layer])
@@ -267,6 +265,11 @@ def _freeze(root: Dir) -> MergedTree:
         file_bytes=file_bytes,
     )
     return MergedTree(
-        entries=entries, layers=layers, nlinks=nlinks, parents=parents, names=names,
-        dirs=dirs, stats=stats,
-    )  # fmt: skip
+        entries=entries,
+        layers=layers,
+        nlinks=nlinks,
+        parents=parents,
+        names=names,
+        dirs=dirs,
+        stats=stats,
+    )

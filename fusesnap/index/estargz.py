@@ -104,16 +104,18 @@ def index_from_toc_member(
     toc = _toc_json(member, max_toc, what)
     want = layer.annotations.get(TOC_DIGEST_ANNOTATION)
     if want is None:
-        log.warning("%s: no %s annotation: its eStargz TOC is not verified",
-                    what, TOC_DIGEST_ANNOTATION)  # fmt: skip
+        log.warning(
+            "%s: no %s annotation: its eStargz TOC is not verified", what, TOC_DIGEST_ANNOTATION
+        )
     else:
         try:
             expected = Digest(want)
         except InvalidDigestError as exc:
             raise LayerError(f"{what}: {TOC_DIGEST_ANNOTATION}: {exc}") from None
         expected.verify(toc, what=f"{what}: eStargz TOC")
-    blob = TocBlob(layer, diff_id, "estargz", data_end=toc_offset,
-                   uncompressed_size=_size_annotation(layer))  # fmt: skip
+    blob = TocBlob(
+        layer, diff_id, "estargz", data_end=toc_offset, uncompressed_size=_size_annotation(layer)
+    )
     return index_from_toc(load_toc_json(toc, what=what), blob, what=what)
 
 

@@ -291,8 +291,9 @@ class _TocReader:
                     raise self._fail(i, f"{where}: endOffset {end_offset} outside its frames")
                 end = end_offset
             inner = self._int(part, "innerOffset", i)
-            refs.append(ChunkRef(done, length, bytes.fromhex(m.group(1)), coffset, end - coffset,
-                                 inner))  # fmt: skip
+            refs.append(
+                ChunkRef(done, length, bytes.fromhex(m.group(1)), coffset, end - coffset, inner)
+            )
             done += length
         return tuple(refs)
 
@@ -346,9 +347,14 @@ class _TocReader:
             offset = (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (-1 if zone[0] == "-" else 1)
         try:
             when = datetime.datetime(
-                int(year), int(month), int(day), int(hour), int(minute), int(second),
+                int(year),
+                int(month),
+                int(day),
+                int(hour),
+                int(minute),
+                int(second),
                 tzinfo=datetime.UTC,
-            )  # fmt: skip
+            )
         except ValueError as exc:
             raise self._fail(i, f"modtime {raw!r}: {exc}") from None
         seconds = (when - _EPOCH) // datetime.timedelta(seconds=1) - offset

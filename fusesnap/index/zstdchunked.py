@@ -95,8 +95,10 @@ def toc_position(layer: Descriptor, max_toc: int, what: str) -> tuple[int, int, 
     if length <= 0 or ulength <= 0 or offset + length > layer.size:
         raise LayerError(f"{what}: {key} {text!r} points outside the blob")
     if length > max_toc or ulength > max_toc:
-        raise LayerError(f"{what}: zstd:chunked TOC of {max(length, ulength)} bytes "
-                         f"exceeds the limit of {max_toc}")  # fmt: skip
+        raise LayerError(
+            f"{what}: zstd:chunked TOC of {max(length, ulength)} bytes "
+            f"exceeds the limit of {max_toc}"
+        )
     return offset, length, ulength
 
 
@@ -135,9 +137,15 @@ def index_from_toc_frame(
         raise LayerError(f"{what}: zstd:chunked TOC is {len(toc)} bytes, not {ulength}")
     checked = _verify(layer, (TOC_DIGEST_ANNOTATION,), toc, what) or checked
     if not checked:
-        log.warning("%s: no manifest-checksum annotation: its zstd:chunked TOC is not verified",
-                    what)  # fmt: skip
+        log.warning(
+            "%s: no manifest-checksum annotation: its zstd:chunked TOC is not verified", what
+        )
     size = layer.annotations.get(UNCOMPRESSED_SIZE_ANNOTATION, "")
-    blob = TocBlob(layer, diff_id, "zstd:chunked", data_end=data_end,
-                   uncompressed_size=int(size) if size.isdigit() and len(size) < 20 else 0)
+    blob = TocBlob(
+        layer,
+        diff_id,
+        "zstd:chunked",
+        data_end=data_end,
+        uncompressed_size=int(size) if size.isdigit() and len(size) < 20 else 0,
+    )
     return index_from_toc(load_toc_json(toc, what=what), blob, what=what)

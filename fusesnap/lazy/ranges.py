@@ -153,9 +153,14 @@ class LayerLayout:
         # next block's header, which lies beyond the range.
         last = bisect.bisect_right(self._uoffs, end)
         return _Piece(
-            self._cstart(first), self._cend(last), ref, first, last,
-            self._uoffs[first], self._uend(last),
-        )  # fmt: skip
+            self._cstart(first),
+            self._cend(last),
+            ref,
+            first,
+            last,
+            self._uoffs[first],
+            self._uend(last),
+        )
 
     def _cstart(self, point: int) -> int:
         if point == 0:

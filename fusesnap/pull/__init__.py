@@ -10,9 +10,10 @@ fetches every chunk. `artifact` finds and pushes index artifacts;
 
 from fusesnap.pull.artifact import PushedArtifact, push_index_artifact
 from fusesnap.pull.fetching import open_registry_fetcher
-from fusesnap.pull.image import LayerOutcome, PullProgress, PullResult, pull
+from fusesnap.pull.image import PullProgress, PullResult, pull
 from fusesnap.pull.indexing import ingest_layer_file
 from fusesnap.pull.indexsource import layer_complete
+from fusesnap.pull.layers import LayerOutcome
 from fusesnap.pull.tocs import Fetch, read_estargz_index, read_zstdchunked_index
 
 __all__ = [

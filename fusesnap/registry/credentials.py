@@ -53,8 +53,7 @@ class Credentials:
         password = "'***'" if self.password else "''"
         token = "'***'" if self.identity_token else "''"
         return (
-            f"Credentials(username={self.username!r}, password={password}, "
-            f"identity_token={token})"
+            f"Credentials(username={self.username!r}, password={password}, identity_token={token})"
         )
 
     __str__ = __repr__

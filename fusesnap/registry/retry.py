@@ -140,6 +140,10 @@ async def with_retries(
             delay = policy.delay(failures, retry_after)
             log.debug(
                 "registry %s: %s: attempt %d failed (%s); retrying in %.2fs",
-                host, what, failures, cause, delay,
+                host,
+                what,
+                failures,
+                cause,
+                delay,
             )
             await policy.sleep(delay)

@@ -230,9 +230,13 @@ class SnapshotStore:
             for chain, (layer, diff_id) in zip(chains, layers, strict=True):
                 if get_snapshot(txn, self._env, chain) is None:
                     record = SnapshotRecord(
-                        key=chain, kind=COMMITTED, parent=parent, layer=layer,
-                        diff_id=diff_id, labels=dict(labels),
-                    )  # fmt: skip
+                        key=chain,
+                        kind=COMMITTED,
+                        parent=parent,
+                        layer=layer,
+                        diff_id=diff_id,
+                        labels=dict(labels),
+                    )
                     self._put(txn, _with_created(record))
                 parent = chain
         return parent

@@ -93,8 +93,9 @@ async def _index_layers(img: PushedImage, workdir: Path) -> list[LayerIndex]:
             finally:
                 sink.close()
 
-            def index(p: Path = path, digest: str = layer.digest,
-                      media_type: str = layer.media_type) -> LayerIndex:
+            def index(
+                p: Path = path, digest: str = layer.digest, media_type: str = layer.media_type
+            ) -> LayerIndex:
                 with p.open("rb") as f:
                     return build_index(f, layer_digest=digest, media_type=media_type)
 
@@ -128,8 +129,7 @@ async def cold_fetcher(
                 yield fetcher
 
 
-async def read(fetcher: ChunkFetcher, debian: Indexed, path: str, size: int | None = None
-               ) -> bytes:
+async def read(fetcher: ChunkFetcher, debian: Indexed, path: str, size: int | None = None) -> bytes:
     index, entry = debian.lookup(path)
     refs = chunk_span(entry, 0, entry.size if size is None else size)
     got = await fetcher.get_many(index, refs)
@@ -162,16 +162,18 @@ async def test_cold_reads_fetch_a_sliver_and_match_umoci(debian, faulty, tmp_pat
 
 
 async def test_transient_server_errors_are_ridden_out(debian, faulty, tmp_path) -> None:
-    async with cold_fetcher(debian, faulty, tmp_path / "store",
-                            retry=RetryPolicy(attempts=4, backoff=0.05)) as fetcher:
+    async with cold_fetcher(
+        debian, faulty, tmp_path / "store", retry=RetryPolicy(attempts=4, backoff=0.05)
+    ) as fetcher:
         faulty.fail_next(2, 500, kind="blob")
         data = await read(fetcher, debian, "etc/debian_version")
     assert data == (debian.rootfs / "etc/debian_version").read_bytes()
     assert [r.status for r in faulty.records if r.kind == "blob"][:3] == [500, 500, 206]
 
 
-async def test_a_registry_that_stays_down_fails_fast_then_recovers(debian, faulty, tmp_path
-                                                                  ) -> None:
+async def test_a_registry_that_stays_down_fails_fast_then_recovers(
+    debian, faulty, tmp_path
+) -> None:
     retry = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.2)
     async with cold_fetcher(debian, faulty, tmp_path / "store", retry=retry) as fetcher:
         faulty.fail_next(1000, 503, kind="blob")

@@ -169,8 +169,13 @@ def test_foreground_stays_attached_until_interrupted(pulled: Pulled, tmp_path: P
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"}
-    proc = subprocess.Popen(fusesnap_cmd(pulled.root, "mount", "--foreground", img.ref, str(mnt)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        fusesnap_cmd(pulled.root, "mount", "--foreground", img.ref, str(mnt)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None
         assert "mounted" in proc.stdout.readline()

@@ -127,7 +127,6 @@ def test_estargz_landmark_files_are_prefetched(
         assert faulty.bytes_sent("blob") == 0, faulty.records
 
 
-
 def test_an_opened_file_is_fetched_whole_in_the_background(
     registry: Any, faulty: FaultProxy, tmp_path: Path
 ) -> None:

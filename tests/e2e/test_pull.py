@@ -51,7 +51,8 @@ def image_blobs(
     registry serves them."""
     raw = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", *creds, f"docker://{img.ref}"],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     doc = json.loads(raw)
     want = {img.manifest_digest}
@@ -59,9 +60,16 @@ def image_blobs(
         assert manifest_digest is not None
         want.add(manifest_digest)
         raw = subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", *creds,
-             f"docker://{img.host}/{img.repo}@{manifest_digest}"],
-            capture_output=True, check=True,
+            [
+                "skopeo",
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                *creds,
+                f"docker://{img.host}/{img.repo}@{manifest_digest}",
+            ],
+            capture_output=True,
+            check=True,
         ).stdout
         doc = json.loads(raw)
     want.add(doc["config"]["digest"])
@@ -228,8 +236,11 @@ def test_pull_killed_then_rerun(registry, tmp_path) -> None:
         proxy.rate_limit(8 * 1024 * 1024)
         for fraction in (0.1, 0.4, 0.7):
             start = proxy.bytes_sent("blob")
-            p = subprocess.Popen(fusesnap_cmd(root, "pull", ref), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+            p = subprocess.Popen(
+                fusesnap_cmd(root, "pull", ref),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             _wait_for_bytes(proxy, start + int(total * fraction / 3))
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
@@ -256,8 +267,12 @@ def test_gc_spares_a_pull_in_progress(registry, tmp_path) -> None:
     with FaultProxy(registry.host) as proxy:
         ref = img.ref.replace(registry.host, proxy.host)
         proxy.rate_limit(16 * 1024 * 1024)
-        p = subprocess.Popen(fusesnap_cmd(root, "pull", ref), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            fusesnap_cmd(root, "pull", ref),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _wait_for_bytes(proxy, 2 * 1024 * 1024)
         for _ in range(3):
             out = run(root, "gc").stdout

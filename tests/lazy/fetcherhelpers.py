@@ -54,8 +54,10 @@ def sample_files(seed: int = 0) -> list[tuple[str, bytes]]:
     for i in range(4):
         files.append((f"big/text{i}.txt", text(2 * MiB + rng.randrange(MiB), seed + i)))
         files.append((f"big/random{i}.bin", rng.randbytes(rng.randrange(300_000, 900_000))))
-        files += [(f"small/{i}/{k:03}", text(rng.randrange(1, 9000), seed * 1000 + i * 100 + k))
-                  for k in range(60)]
+        files += [
+            (f"small/{i}/{k:03}", text(rng.randrange(1, 9000), seed * 1000 + i * 100 + k))
+            for k in range(60)
+        ]
     return files
 
 
@@ -92,8 +94,12 @@ def gzip_layer(files: list[tuple[str, bytes]], *, spacing: int = MiB) -> Layer:
     tar = make_tar(files)
     c = zlib.compressobj(6, zlib.DEFLATED, 31)
     blob = c.compress(tar) + c.flush()
-    index = build_index(io.BytesIO(blob), layer_digest=sha(blob), media_type=OCI_LAYER_GZIP,
-                        checkpoint_spacing=spacing)
+    index = build_index(
+        io.BytesIO(blob),
+        layer_digest=sha(blob),
+        media_type=OCI_LAYER_GZIP,
+        checkpoint_spacing=spacing,
+    )
     assert index.checkpoints is not None
     return Layer(blob, tar, index)
 
@@ -104,8 +110,9 @@ def raw_layer(files: list[tuple[str, bytes]]) -> Layer:
     return Layer(tar, tar, index)
 
 
-def frame_layer(files: list[tuple[str, bytes]], codec: str, *, chunk: int = 256 << 10,
-                frame: int = 0) -> Layer:
+def frame_layer(
+    files: list[tuple[str, bytes]], codec: str, *, chunk: int = 256 << 10, frame: int = 0
+) -> Layer:
     """Each file (or each ``frame`` bytes of it) compressed on its own, back to back, with
     the chunks of a frame named by ``inner`` offsets. ``codec``: ``gzip`` (eStargz: each
     frame two gzip members, to exercise multi-member decoding) or ``zstd``."""
@@ -126,15 +133,28 @@ def frame_layer(files: list[tuple[str, bytes]], codec: str, *, chunk: int = 256 
             blob += comp
             for i in range(0, len(piece), chunk):
                 part = piece[i : i + chunk]
-                refs.append(ChunkRef(f0 + i, len(part), hashlib.sha256(part).digest(),
-                                     coffset=start, clength=len(comp), inner=i))
+                refs.append(
+                    ChunkRef(
+                        f0 + i,
+                        len(part),
+                        hashlib.sha256(part).digest(),
+                        coffset=start,
+                        clength=len(comp),
+                        inner=i,
+                    )
+                )
         entries.append(Entry(name, EntryType.FILE, size=len(data), chunks=tuple(refs)))
     blob += b"trailer"
     compression = "estargz" if codec == "gzip" else "zstd:chunked"
     index = LayerIndex(
-        layer_digest=sha(bytes(blob)), diff_id=sha(b"unused"), media_type=OCI_LAYER_GZIP,
-        compression=compression, compressed_size=len(blob),
-        uncompressed_size=sum(len(d) for _, d in files), chunk_size=chunk, entries=tuple(entries),
+        layer_digest=sha(bytes(blob)),
+        diff_id=sha(b"unused"),
+        media_type=OCI_LAYER_GZIP,
+        compression=compression,
+        compressed_size=len(blob),
+        uncompressed_size=sum(len(d) for _, d in files),
+        chunk_size=chunk,
+        entries=tuple(entries),
     )
     return Layer(bytes(blob), b"", index, dict(files))
 

@@ -280,7 +280,9 @@ async def test_credentials_not_sent_to_plain_http_realm(
     fake: FakeRegistry, connect: Connect
 ) -> None:
     fake.hooks.append(
-        lambda r: httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="http://auth.example/token"'})
+        lambda r: httpx.Response(
+            401, headers={"WWW-Authenticate": 'Bearer realm="http://auth.example/token"'}
+        )
     )
     async with connect(credentials=ALICE) as client:
         with pytest.raises(AuthenticationError, match="plain-HTTP token realm"):

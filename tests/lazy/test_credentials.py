@@ -45,7 +45,7 @@ def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             body = f'cat > "{log}"\necho "credentials not found in native keychain"\nexit 1\n'
         else:
             body = f"cat > \"{log}\"\ncat <<'EOF'\n{json.dumps(reply)}\nEOF\n"
-        script.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 2\n{body}")
+        script.write_text(f'#!/bin/sh\n[ "$1" = get ] || exit 2\n{body}')
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
         return log
 

@@ -62,8 +62,9 @@ def test_raw_plan_merges_within_gap_and_request_size(raw) -> None:
     assert layout.access is Access.RAW
     small = [e.chunks[0] for e in raw.index.entries if e.path.startswith("small/0/")][:6]
     one = layout.plan(small, max_request=MiB, max_gap=4 * KiB, max_inflate=MiB)
-    assert [(s.start, s.end) for s in one] == [(small[0].offset, small[-1].offset
-                                                + small[-1].length)]
+    assert [(s.start, s.end) for s in one] == [
+        (small[0].offset, small[-1].offset + small[-1].length)
+    ]
     apart = layout.plan(small, max_request=MiB, max_gap=0, max_inflate=MiB)
     assert len(apart) == 6
     capped = layout.plan(small, max_request=12 * KiB, max_gap=4 * KiB, max_inflate=MiB)
@@ -118,14 +119,17 @@ async def test_gzip_chunks_at_checkpoint_edges_and_blob_ends(gz, store) -> None:
     total = len(gz.tar)
     refs = [cut(gz, 0, 100), cut(gz, total - 5000, 5000), cut(gz, total - 1, 1)]
     for p in points[1:5]:
-        refs += [cut(gz, p.uoffset - 700, 700), cut(gz, p.uoffset, 700),
-                 cut(gz, p.uoffset - 1, 2), cut(gz, p.uoffset - 300_000, 600_000)]
+        refs += [
+            cut(gz, p.uoffset - 700, 700),
+            cut(gz, p.uoffset, 700),
+            cut(gz, p.uoffset - 1, 2),
+            cut(gz, p.uoffset - 300_000, 600_000),
+        ]
     async with open_chunk_fetcher(Blobs(gz), store.chunks) as f:
         for ref in refs:  # one by one: each its own plan
             assert await f.get(gz.index, ref) == gz.truth(ref), (ref.offset, ref.length)
     with open_store(store.root / "fresh") as fresh:
-        async with open_chunk_fetcher(Blobs(gz), fresh.chunks,
-                                      limits=FetchLimits(max_gap=0)) as f:
+        async with open_chunk_fetcher(Blobs(gz), fresh.chunks, limits=FetchLimits(max_gap=0)) as f:
             got = await f.get_many(gz.index, refs)  # all at once: merged spans
     assert got == {r.digest: gz.truth(r) for r in refs}
 

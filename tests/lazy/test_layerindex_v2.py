@@ -155,9 +155,15 @@ def test_frame_index_of_many_files_is_small() -> None:
     off = 500
     for i in range(5000):
         data = f"file {i}".encode()
-        entries.append(Entry(f"usr/share/doc/pkg{i // 10}/f{i}", EntryType.FILE, size=len(data),
-                             mtime=1_700_000_000,
-                             chunks=(ChunkRef(0, len(data), digest(data), off + 60, 30),)))
+        entries.append(
+            Entry(
+                f"usr/share/doc/pkg{i // 10}/f{i}",
+                EntryType.FILE,
+                size=len(data),
+                mtime=1_700_000_000,
+                chunks=(ChunkRef(0, len(data), digest(data), off + 60, 30),),
+            )
+        )
         off += 90 + i % 7
     idx = frame_index(entries=tuple(entries), prefetch=(), compressed_size=off + 100)
     data = encode(idx)

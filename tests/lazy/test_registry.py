@@ -305,9 +305,7 @@ async def test_non_retryable_httpx_error_is_mapped(fake: FakeRegistry, connect: 
 
 
 async def test_too_many_redirects_is_mapped(fake: FakeRegistry, connect: Connect) -> None:
-    fake.hooks.append(
-        lambda request: httpx.Response(302, headers={"Location": str(request.url)})
-    )
+    fake.hooks.append(lambda request: httpx.Response(302, headers={"Location": str(request.url)}))
     async with connect() as client:
         with pytest.raises(RegistryError, match="TooManyRedirects"):
             await client.get_manifest(REF)

@@ -89,7 +89,8 @@ async def test_every_chunk_is_its_own_frame(busybox: Blob) -> None:
         assert not one.unused_data
         content += extract_chunk("zstd:chunked", frame, c)
     assert hashlib.sha256(content).hexdigest() == (
-        "3d9f2889d6782537624a4e1a10e68a2ddd53e0ee8bac02676f27308f42ec6bf6")  # the file digest
+        "3d9f2889d6782537624a4e1a10e68a2ddd53e0ee8bac02676f27308f42ec6bf6"
+    )  # the file digest
     # "zeros" chunks (runs of NUL bytes) are frames too, and the same objects as any zeros.
     zeros = [c for c in busybox_bin.chunks if c.digest == hashlib.sha256(bytes(c.length)).digest()]
     assert zeros
@@ -97,8 +98,14 @@ async def test_every_chunk_is_its_own_frame(busybox: Blob) -> None:
 
 async def test_newer_annotation_names_are_read(busybox: Blob) -> None:
     ann = busybox.layer.annotations
-    blob = busybox.with_(ann={OLD_POSITION: None, OLD_CHECKSUM: None,
-                            NEW_POSITION: ann[OLD_POSITION], NEW_CHECKSUM: ann[OLD_CHECKSUM]})
+    blob = busybox.with_(
+        ann={
+            OLD_POSITION: None,
+            OLD_CHECKSUM: None,
+            NEW_POSITION: ann[OLD_POSITION],
+            NEW_CHECKSUM: ann[OLD_CHECKSUM],
+        }
+    )
     assert (await blob.read()).entries == (await busybox.with_().read()).entries
 
 

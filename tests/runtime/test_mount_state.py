@@ -85,6 +85,7 @@ def test_a_failed_mount_is_reported_to_the_starter(monkeypatch, tmp_path: Path) 
     from contextlib import contextmanager
 
     from fusesnap.mountd import daemon
+
     @contextmanager
     def refuse(*args: object):
         raise RuntimeError("fuse_session_mount failed")
@@ -92,8 +93,14 @@ def test_a_failed_mount_is_reported_to_the_starter(monkeypatch, tmp_path: Path) 
 
     monkeypatch.setattr(daemon, "fuse_session", refuse)
     told: list[str] = []
-    with pytest.raises(MountError, match="mount failed"), daemon._mounted(
-        None, tmp_path, allow_other=False, on_ready=told.append  # type: ignore[arg-type]
+    with (
+        pytest.raises(MountError, match="mount failed"),
+        daemon._mounted(
+            None,  # type: ignore[arg-type]
+            tmp_path,
+            allow_other=False,
+            on_ready=told.append,
+        ),
     ):
         pass
     assert len(told) == 1

@@ -40,8 +40,9 @@ def test_request_kinds() -> None:
     assert request_kind("/v2/") == "other"
 
 
-def test_forwards_ranges_and_counts(faulty: FaultProxy, client: httpx.Client,
-                                    pushed: PushedImage) -> None:
+def test_forwards_ranges_and_counts(
+    faulty: FaultProxy, client: httpx.Client, pushed: PushedImage
+) -> None:
     whole = client.get(_blob_url(pushed))
     assert whole.status_code == 200
     assert f"sha256:{hashlib.sha256(whole.content).hexdigest()}" == pushed.layers[0].digest
@@ -49,8 +50,9 @@ def test_forwards_ranges_and_counts(faulty: FaultProxy, client: httpx.Client,
     assert part.status_code == 206
     assert part.headers["Content-Range"] == f"bytes 100-1123/{pushed.layers[0].size}"
     assert part.content == whole.content[100:1124]
-    head = client.head(f"/v2/{pushed.repo}/manifests/{pushed.tag}",
-                       headers={"Accept": pushed.media_type})
+    head = client.head(
+        f"/v2/{pushed.repo}/manifests/{pushed.tag}", headers={"Accept": pushed.media_type}
+    )
     assert head.headers["Docker-Content-Digest"] == pushed.manifest_digest
     assert faulty.count(kind="blob", method="GET") == 2
     assert faulty.count(kind="manifest") == 1
@@ -66,8 +68,9 @@ def test_push_through_the_proxy(faulty: FaultProxy) -> None:
     assert faulty.count(kind="manifest", method="PUT") == 1
 
 
-def test_fail_next_with_retry_after(faulty: FaultProxy, client: httpx.Client,
-                                    pushed: PushedImage) -> None:
+def test_fail_next_with_retry_after(
+    faulty: FaultProxy, client: httpx.Client, pushed: PushedImage
+) -> None:
     faulty.fail_next(2, status=503, retry_after=3, kind="blob")
     assert client.get("/v2/").status_code == 200  # another kind: untouched
     for _ in range(2):

@@ -46,21 +46,27 @@ def _inspect(ref: str) -> dict[str, object]:
 
 @pytest.mark.parametrize(("compression", "docker_v2"), list(LAYER_TYPES))
 def test_push_busybox(registry: Registry, compression: str, docker_v2: bool) -> None:
-    pushed = build_and_push("busybox", registry, compression=compression,  # type: ignore[arg-type]
-                            docker_v2=docker_v2)
+    pushed = build_and_push(
+        "busybox",
+        registry,
+        compression=compression,  # type: ignore[arg-type]
+        docker_v2=docker_v2,
+    )
     manifest = _inspect(pushed.ref)
     assert manifest["mediaType"] == (
-        "application/vnd.docker.distribution.manifest.v2+json" if docker_v2
-        else "application/vnd.oci.image.manifest.v1+json")
+        "application/vnd.docker.distribution.manifest.v2+json"
+        if docker_v2
+        else "application/vnd.oci.image.manifest.v1+json"
+    )
     layers = manifest["layers"]
     assert isinstance(layers, list)
     assert [entry["mediaType"] for entry in layers] == [LAYER_TYPES[(compression, docker_v2)]]
-    assert [layer.media_type for layer in pushed.layers] == [LAYER_TYPES[(compression,
-                                                                          docker_v2)]]
+    assert [layer.media_type for layer in pushed.layers] == [LAYER_TYPES[(compression, docker_v2)]]
     if compression == "zstd:chunked":
         assert any("zstd-chunked" in key for key in layers[0]["annotations"])
-    assert (pushed.unpack(Path(registry.data_dir) / f"unpack-{compression}-{docker_v2}")
-            / "bin/busybox").exists()
+    assert (
+        pushed.unpack(Path(registry.data_dir) / f"unpack-{compression}-{docker_v2}") / "bin/busybox"
+    ).exists()
 
 
 def test_docker_v2_refuses_zstd(registry: Registry) -> None:
@@ -87,8 +93,11 @@ def test_layouts_are_deterministic(tmp_path: Path) -> None:
     for name in ("a", "b"):
         written = write_layout(tmp_path / name, {"t": busybox_image().with_compression("zstd")})
         digests.append(written["t"][0].manifest.digest)
-        config = json.loads((tmp_path / name / "blobs" / written["t"][0].config.digest
-                             .replace(":", "/")).read_bytes())
+        config = json.loads(
+            (
+                tmp_path / name / "blobs" / written["t"][0].config.digest.replace(":", "/")
+            ).read_bytes()
+        )
         tar = busybox_image().layers[0].tar
         assert isinstance(tar, bytes)
         assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(tar).hexdigest()}"]
@@ -215,7 +224,7 @@ def test_big_file_source_is_deterministic_with_repeats() -> None:
     data = src.readall()
     assert len(data) == 5 * (1 << 20) + 123
     assert data == BigFileSource(5 * (1 << 20) + 123, seed=7).readall()
-    blocks = [data[i:i + (1 << 20)] for i in range(0, 4 << 20, 1 << 20)]
+    blocks = [data[i : i + (1 << 20)] for i in range(0, 4 << 20, 1 << 20)]
     assert blocks[3] == src.block(7)
     assert blocks[0] != blocks[1]
 
@@ -225,9 +234,11 @@ def test_big_image_small(registry: Registry, tmp_path: Path, image_cache: Path) 
     root = pushed.unpack(tmp_path / "bundle")
     assert (root / "big/random.bin").stat().st_size == 6 << 20
     assert (root / "big/head-copy.bin").read_bytes() == (root / "big/random.bin").read_bytes()[
-        : 4 << 20]
+        : 4 << 20
+    ]
     assert big_image(6 << 20, workdir=image_cache / "work").layers[0].tar == (
-        image_cache / "work" / f"big-{6 << 20}-0.tar")
+        image_cache / "work" / f"big-{6 << 20}-0.tar"
+    )
 
 
 @pytest.mark.slow
@@ -240,6 +251,10 @@ def test_debian(registry: Registry, tmp_path: Path) -> None:
     assert (root / "usr/bin/perl").stat().st_ino == (root / "usr/bin/perl5.36.0").stat().st_ino
     assert not list((root / "var/cache/apt/archives").glob("*.deb"))  # whited out
     assert os.listdir(root / "var/lib/apt/lists") == ["partial"]  # opaque
-    out = subprocess.run(["chroot", str(root), "/usr/bin/python3", "-c", "print(6 * 7)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["chroot", str(root), "/usr/bin/python3", "-c", "print(6 * 7)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == "42\n"

@@ -64,8 +64,14 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tools.registry", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.registry", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_start_is_idempotent_and_stop_stops(tmp_path: Path) -> None:
@@ -81,6 +87,7 @@ def test_cli_start_is_idempotent_and_stop_stops(tmp_path: Path) -> None:
         stopped = _cli("stop", "--dir", str(tmp_path))
     assert stopped.returncode == 0
     assert not Path(f"/proc/{pid}").exists() or "docker-registry" not in Path(
-        f"/proc/{pid}/cmdline").read_text(errors="replace")
+        f"/proc/{pid}/cmdline"
+    ).read_text(errors="replace")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{host}/v2/")

@@ -13,16 +13,16 @@ from tools.testenv import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CONFTEST = '''
+CONFTEST = """
 from tests import conftest
 from tests.conftest import pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401
 
 def pytest_configure(config):
     conftest.pytest_configure(config)
     config.addinivalue_line("markers", "e2e: as in pyproject.toml")
-'''
+"""
 
-SAMPLE = '''
+SAMPLE = """
 import pytest
 
 @pytest.mark.requires("fusesnap-no-such-tool")
@@ -35,28 +35,50 @@ def test_e2e_skipping():
 
 def test_plain_skip():
     pytest.skip("fine anywhere")
-'''
+"""
 
 
 def test_missing() -> None:
     assert missing("skopeo", sys.executable, "fusesnap-no-such-tool", "/no/such/path") == [
-        "fusesnap-no-such-tool", "/no/such/path"]
+        "fusesnap-no-such-tool",
+        "/no/such/path",
+    ]
 
 
-@pytest.mark.parametrize(("ci", "expected"), [
-    ("", ["3 skipped"]),
-    # A missing tool fails at setup (an error), a skipped e2e test fails at call.
-    ("true", ["1 failed", "1 skipped", "1 error"]),
-])
-def test_ci_turns_skips_into_failures(tmp_path: Path, ci: str, expected: list[str]
-                                      ) -> None:
+@pytest.mark.parametrize(
+    ("ci", "expected"),
+    [
+        ("", ["3 skipped"]),
+        # A missing tool fails at setup (an error), a skipped e2e test fails at call.
+        ("true", ["1 failed", "1 skipped", "1 error"]),
+    ],
+)
+def test_ci_turns_skips_into_failures(tmp_path: Path, ci: str, expected: list[str]) -> None:
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": ci}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:trio",
-         "-o", "addopts=--strict-markers", "--rootdir", str(tmp_path), str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:trio",
+            "-o",
+            "addopts=--strict-markers",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     summary = proc.stdout.splitlines()[-1]
     assert all(part in summary for part in expected), proc.stdout
     if ci:

@@ -28,8 +28,7 @@ def auth() -> Iterator[tuple[Registry, TokenServer]]:
 
 
 def _token(tokens: TokenServer, scope: str, creds: tuple[str, str] | None) -> httpx.Response:
-    return httpx.get(tokens.realm, params={"service": tokens.service, "scope": scope},
-                     auth=creds)
+    return httpx.get(tokens.realm, params={"service": tokens.service, "scope": scope}, auth=creds)
 
 
 def _claims(token: str) -> dict[str, object]:
@@ -49,11 +48,23 @@ def test_push_with_good_credentials_then_curl_with_token(
 
     token = _token(tokens, f"repository:{pushed.repo}:pull", ("alice", "alice-pw")).json()["token"]
     curl = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-         "-H", f"Authorization: Bearer {token}",
-         "-H", f"Accept: {pushed.media_type}",
-         f"{reg.url}/v2/{pushed.repo}/manifests/{pushed.tag}"],
-        capture_output=True, text=True, check=True)
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "-H",
+            f"Accept: {pushed.media_type}",
+            f"{reg.url}/v2/{pushed.repo}/manifests/{pushed.tag}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert curl.stdout == "200"
     without = httpx.get(f"{reg.url}/v2/{pushed.repo}/manifests/{pushed.tag}")
     assert without.status_code == 401
@@ -74,11 +85,13 @@ def test_only_allowed_actions_are_granted(auth: tuple[Registry, TokenServer]) ->
     resp = _token(tokens, "repository:some/repo:pull,push", ("reader", "reader-pw"))
     assert resp.status_code == 200
     assert _claims(resp.json()["token"])["access"] == [
-        {"type": "repository", "name": "some/repo", "actions": ["pull"]}]
+        {"type": "repository", "name": "some/repo", "actions": ["pull"]}
+    ]
     layout = build_layout("busybox")
     with pytest.raises(SkopeoError):
-        push_layout(layout, "latest", reg.host, "fusesnap-test/readonly",
-                    creds=("reader", "reader-pw"))
+        push_layout(
+            layout, "latest", reg.host, "fusesnap-test/readonly", creds=("reader", "reader-pw")
+        )
 
 
 def test_token_claims_and_expiry_setting(auth: tuple[Registry, TokenServer]) -> None:
@@ -104,14 +117,15 @@ def test_token_claims_and_expiry_setting(auth: tuple[Registry, TokenServer]) -> 
 
 
 def test_anonymous_pull(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with TokenServer(USERS, anonymous_pull=True) as tokens, \
-            Registry(auth=TokenAuth(tokens)) as reg:
+    with TokenServer(USERS, anonymous_pull=True) as tokens, Registry(auth=TokenAuth(tokens)) as reg:
         pushed = build_and_push("busybox", reg, creds=("alice", "alice-pw"))
         body = _token(tokens, f"repository:{pushed.repo}:pull,push", None).json()
         assert _claims(body["token"])["access"] == [
-            {"type": "repository", "name": pushed.repo, "actions": ["pull"]}]
-        resp = httpx.get(f"{reg.url}/v2/{pushed.repo}/manifests/{pushed.tag}",
-                         headers={"Authorization": f"Bearer {body['token']}",
-                                  "Accept": pushed.media_type})
+            {"type": "repository", "name": pushed.repo, "actions": ["pull"]}
+        ]
+        resp = httpx.get(
+            f"{reg.url}/v2/{pushed.repo}/manifests/{pushed.tag}",
+            headers={"Authorization": f"Bearer {body['token']}", "Accept": pushed.media_type},
+        )
         assert resp.status_code == 200
         assert tokens.refused == 0

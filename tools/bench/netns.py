@@ -134,7 +134,8 @@ class DelayForwarder:
         def serve() -> None:
             asyncio.set_event_loop(self._loop)
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._client, LOOPBACK, 0))
+                asyncio.start_server(self._client, LOOPBACK, 0)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             self._loop.run_forever()
@@ -177,8 +178,9 @@ class DelayForwarder:
             with contextlib.suppress(Exception):
                 w.close()
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *,
-                    count: bool) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, count: bool
+    ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def writer() -> None:

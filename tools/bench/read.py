@@ -116,8 +116,11 @@ def prepare(name: str, registry: Registry, work: Path, *, big_size: int) -> Subj
         shutil.rmtree(subject.work / "bundle", ignore_errors=True)
         pushed.unpack(subject.work / "bundle")
         (subject.work / "unpacked.done").touch()
-    files = [(p.stat().st_size, str(p.relative_to(subject.rootfs)))
-             for p in subject.rootfs.rglob("*") if p.is_file() and not p.is_symlink()]
+    files = [
+        (p.stat().st_size, str(p.relative_to(subject.rootfs)))
+        for p in subject.rootfs.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    ]
     subject.big_file = max(files)[1]
     return subject
 

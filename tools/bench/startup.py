@@ -69,8 +69,9 @@ def fusesnap(root: Path, *args: str, timeout: float = 900) -> subprocess.Complet
                           text=True, capture_output=True, check=False, timeout=timeout,
                           env=env)  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"fusesnap {' '.join(args)}: exit {proc.returncode}: "
-                           f"{proc.stderr.strip()}")
+        raise RuntimeError(
+            f"fusesnap {' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}"
+        )
     return proc
 
 
@@ -192,8 +193,11 @@ class Bench:
         if (root, mnt) in self.mounts:
             self.mounts.remove((root, mnt))
         if is_mounted(mnt):
-            proc = subprocess.run([sys.executable, "-m", "fusesnap", "--root", str(root),
-                                   "umount", str(mnt)], capture_output=True, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-m", "fusesnap", "--root", str(root), "umount", str(mnt)],
+                capture_output=True,
+                check=False,
+            )
             if proc.returncode != 0 or is_mounted(mnt):
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
@@ -215,10 +219,14 @@ def human(n: float) -> str:
 
 def report(results: list[Result], runs: int, rate: str, delay_ms: float) -> None:
     base = results[0]
-    print(f"\nDebian image, python3 -c 'print(1)': median of {runs} run(s), cold store, "
-          f"link {rate} (tbf) + {2 * delay_ms:g} ms RTT")
-    print(f"  {'mode':16s} {'seconds':>9s} {'speedup':>8s} {'transferred':>12s} "
-          f"{'vs full':>8s} {'read by python':>15s} {'sent/read':>9s}")
+    print(
+        f"\nDebian image, python3 -c 'print(1)': median of {runs} run(s), cold store, "
+        f"link {rate} (tbf) + {2 * delay_ms:g} ms RTT"
+    )
+    print(
+        f"  {'mode':16s} {'seconds':>9s} {'speedup':>8s} {'transferred':>12s} "
+        f"{'vs full':>8s} {'read by python':>15s} {'sent/read':>9s}"
+    )
     for r in results:
         if r.note is not None:
             print(f"  {r.name:16s} {r.note}")
@@ -266,13 +274,21 @@ def main(argv: list[str] | None = None) -> int:
                 preexec_fn=_set_parent_death_signal,
             )  # fmt: skip
         url = f"http://{link.ns_addr}:{REGISTRY_PORT}/v2/"
-        if not wait_until(lambda: http_status(url, timeout=1.0) == 200, timeout=20,
-                          abort=lambda: registry is None or registry.poll() is not None):
-            raise RuntimeError(f"registry in {link.name} did not come up: "
-                               f"{(work / 'registry.log').read_text()[-2000:]}")
+        if not wait_until(
+            lambda: http_status(url, timeout=1.0) == 200,
+            timeout=20,
+            abort=lambda: registry is None or registry.poll() is not None,
+        ):
+            raise RuntimeError(
+                f"registry in {link.name} did not come up: "
+                f"{(work / 'registry.log').read_text()[-2000:]}"
+            )
         fwd.start()
-        print(f"registry {link.ns_addr}:{REGISTRY_PORT} in netns {link.name}, "
-              f"reached via {fwd.host}; pushing the Debian image ...", file=sys.stderr)
+        print(
+            f"registry {link.ns_addr}:{REGISTRY_PORT} in netns {link.name}, "
+            f"reached via {fwd.host}; pushing the Debian image ...",
+            file=sys.stderr,
+        )
         img = build_and_push("debian", fwd.host)
         fusesnap(work / "builder", "index", "--push", img.ref)  # as if built elsewhere
         shutil.rmtree(work / "builder")
@@ -285,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             (Result("full pull"), bench.full_pull),
             (Result("fusesnap pull"), bench.fusesnap_pull),
             (Result("lazy"), bench.lazy),
-            (Result("lazy+profile"), bench.lazy_profile) if has_profile else
-            (Result("lazy+profile", note="n/a (no profile support yet)"), None),
+            (Result("lazy+profile"), bench.lazy_profile)
+            if has_profile
+            else (Result("lazy+profile", note="n/a (no profile support yet)"), None),
         ]
         for run in range(args.runs):
             for result, fn in modes:
@@ -294,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"run {run + 1}/{args.runs}: {result.name} ...", file=sys.stderr)
                 bench.measure(result, fn)
-                print(f"  {result.seconds[-1]:.2f} s (rootfs ready after {result.ready[-1]:.2f} s),"
-                      f" {human(result.sent[-1])}", file=sys.stderr)
+                print(
+                    f"  {result.seconds[-1]:.2f} s (rootfs ready after {result.ready[-1]:.2f} s),"
+                    f" {human(result.sent[-1])}",
+                    file=sys.stderr,
+                )
         report([r for r, _ in modes], args.runs, args.rate, args.delay_ms)
         return 0
     finally:

@@ -18,10 +18,51 @@ __all__ = ["APPLETS", "BUSYBOX_BINARY", "busybox_image", "busybox_layer", "busyb
 
 BUSYBOX_BINARY = Path("/bin/busybox")
 APPLETS = (
-    "sh", "ash", "ls", "cat", "echo", "true", "false", "env", "id", "pwd", "sleep", "mkdir",
-    "rm", "cp", "mv", "ln", "touch", "stat", "head", "tail", "wc", "grep", "sed", "find",
-    "sha256sum", "md5sum", "dd", "test", "[", "uname", "hostname", "ps", "mount", "df", "du",
-    "chmod", "chown", "readlink", "printf", "xargs", "sort", "tr", "cut", "date", "which",
+    "sh",
+    "ash",
+    "ls",
+    "cat",
+    "echo",
+    "true",
+    "false",
+    "env",
+    "id",
+    "pwd",
+    "sleep",
+    "mkdir",
+    "rm",
+    "cp",
+    "mv",
+    "ln",
+    "touch",
+    "stat",
+    "head",
+    "tail",
+    "wc",
+    "grep",
+    "sed",
+    "find",
+    "sha256sum",
+    "md5sum",
+    "dd",
+    "test",
+    "[",
+    "uname",
+    "hostname",
+    "ps",
+    "mount",
+    "df",
+    "du",
+    "chmod",
+    "chown",
+    "readlink",
+    "printf",
+    "xargs",
+    "sort",
+    "tr",
+    "cut",
+    "date",
+    "which",
 )
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
@@ -32,9 +73,19 @@ def busybox_layer(*, platform: Platform | None = None, binary: Path = BUSYBOX_BI
     if not binary.exists():
         raise FileNotFoundError(f"{binary}: install Debian's busybox-static")
     tar = TarBuilder()
-    for directory, mode in (("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("home", 0o755),
-                            ("proc", 0o555), ("root", 0o700), ("sys", 0o555), ("tmp", 0o1777),
-                            ("usr", 0o755), ("usr/bin", 0o755), ("var", 0o755)):
+    for directory, mode in (
+        ("bin", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("home", 0o755),
+        ("proc", 0o555),
+        ("root", 0o700),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+        ("usr", 0o755),
+        ("usr/bin", 0o755),
+        ("var", 0o755),
+    ):
         tar.dir(directory, mode=mode)
     tar.file("bin/busybox", binary.read_bytes(), mode=0o755)
     for applet in APPLETS:

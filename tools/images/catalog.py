@@ -158,12 +158,18 @@ def build_layout(
             return _memo[key]
     if name == "debian":
         entry = f"debian-s{SPLIT_VERSION}-{compression}"
-        return _cached_layout(entry, lambda tmp: write_layout(
-            tmp, {LAYOUT_TAG: _compress(debian_image(), compression)}))
+        return _cached_layout(
+            entry,
+            lambda tmp: write_layout(tmp, {LAYOUT_TAG: _compress(debian_image(), compression)}),
+        )
     if name == "crafted-big":
         work = cache_dir() / "work"
-        return _cached_layout(f"big-{big_size}-{compression}", lambda tmp: write_layout(
-            tmp, {LAYOUT_TAG: _compress(big_image(big_size, workdir=work), compression)}))
+        return _cached_layout(
+            f"big-{big_size}-{compression}",
+            lambda tmp: write_layout(
+                tmp, {LAYOUT_TAG: _compress(big_image(big_size, workdir=work), compression)}
+            ),
+        )
     raise KeyError(f"unknown test image {name!r}; known: {', '.join(NAMES)}")
 
 
@@ -171,8 +177,17 @@ def _chunked_layout(name: str, *, big_size: int) -> Path:
     source = build_layout(name, compression="gzip", big_size=big_size)
 
     def convert(tmp: Path) -> None:
-        skopeo(["copy", "--quiet", "--all", "--dest-compress", f"--dest-compress-format={CHUNKED}",
-                f"oci:{source}:{LAYOUT_TAG}", f"oci:{tmp}:{LAYOUT_TAG}"])
+        skopeo(
+            [
+                "copy",
+                "--quiet",
+                "--all",
+                "--dest-compress",
+                f"--dest-compress-format={CHUNKED}",
+                f"oci:{source}:{LAYOUT_TAG}",
+                f"oci:{tmp}:{LAYOUT_TAG}",
+            ]
+        )
 
     if name in _CHEAP:
         key = (name, CHUNKED)
@@ -185,8 +200,7 @@ def _chunked_layout(name: str, *, big_size: int) -> Path:
     return _cached_layout(f"{source.name}-to-zstd-chunked", convert)
 
 
-def _compress(spec: Image | Sequence[Image], compression: Compression
-              ) -> Image | list[Image]:
+def _compress(spec: Image | Sequence[Image], compression: Compression) -> Image | list[Image]:
     if isinstance(spec, Image):
         return spec.with_compression(compression)
     return [one.with_compression(compression) for one in spec]
@@ -234,24 +248,37 @@ def build_and_push(
     repo = repo or f"fusesnap-test/{name}"
     tag = tag or f"{compression.replace(':', '-')}-{'v2s2' if docker_v2 else 'oci'}"
     layout = build_layout(name, compression=compression, big_size=big_size)
-    digest = push_layout(layout, LAYOUT_TAG, host, repo, dest_tag=tag, docker_v2=docker_v2,
-                         all_platforms=name == "busybox-multi", creds=creds)
+    digest = push_layout(
+        layout,
+        LAYOUT_TAG,
+        host,
+        repo,
+        dest_tag=tag,
+        docker_v2=docker_v2,
+        all_platforms=name == "busybox-multi",
+        creds=creds,
+    )
     ref = f"{host}/{repo}:{tag}"
     raw = inspect_raw(f"{host}/{repo}@{digest}", creds=creds)
     if manifest_digest(raw) != digest:
         raise RuntimeError(f"{ref}: registry serves {manifest_digest(raw)}, skopeo pushed {digest}")
     doc = json.loads(raw)
     media_type = str(doc.get("mediaType", ""))
-    layers = [LayerInfo(str(d["digest"]), int(d["size"]), str(d["mediaType"]))
-              for d in doc.get("layers", [])]
+    layers = [
+        LayerInfo(str(d["digest"]), int(d["size"]), str(d["mediaType"]))
+        for d in doc.get("layers", [])
+    ]
     manifests = []
     if media_type == INDEX or "manifests" in doc:
         for d in doc["manifests"]:
             p = d.get("platform", {})
-            platform = "/".join(x for x in (p.get("os"), p.get("architecture"),
-                                            p.get("variant")) if x)
+            platform = "/".join(
+                x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x
+            )
             manifests.append((platform, str(d["digest"])))
-    truth = build_layout(name, compression="gzip", big_size=big_size) if (
-        compression == CHUNKED) else None
+    truth = (
+        build_layout(name, compression="gzip", big_size=big_size)
+        if (compression == CHUNKED)
+        else None
+    )
     return PushedImage(ref, digest, media_type, layers, layout, LAYOUT_TAG, manifests, truth)
-

@@ -45,8 +45,14 @@ from tools.images.tarutil import (
     walk_sorted,
 )
 
-__all__ = ["DEFAULT_MIRROR", "SUITE", "debian_image", "debian_layer_tars", "debian_mirror",
-           "debian_rootfs"]
+__all__ = [
+    "DEFAULT_MIRROR",
+    "SUITE",
+    "debian_image",
+    "debian_layer_tars",
+    "debian_mirror",
+    "debian_rootfs",
+]
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -55,8 +61,15 @@ DEBOOTSTRAP_TIMEOUT = 3600
 
 _PYTHON_PACKAGES = re.compile(r"^(lib)?python3[^/]*$")
 # Also what the packages' maintainer scripts create (byte code, config), not in .list files.
-_PYTHON_PREFIXES = ("usr/lib/python3/", "usr/lib/python3.", "usr/share/python3/",
-                    "usr/local/lib/python3.", "etc/python3/", "etc/python3.", "var/lib/python/")
+_PYTHON_PREFIXES = (
+    "usr/lib/python3/",
+    "usr/lib/python3.",
+    "usr/share/python3/",
+    "usr/local/lib/python3.",
+    "etc/python3/",
+    "etc/python3.",
+    "var/lib/python/",
+)
 APT_ARCHIVES = "var/cache/apt/archives"
 APT_LISTS = "var/lib/apt/lists"
 
@@ -66,8 +79,10 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
     texts = []
     for path in sorted((sources_dir / "sources.list.d").glob("*.sources")):
         texts += re.findall(r"^URIs:\s*(.+)$", path.read_text(errors="replace"), re.M)
-    for path in [sources_dir / "sources.list",
-                 *sorted((sources_dir / "sources.list.d").glob("*.list"))]:
+    for path in [
+        sources_dir / "sources.list",
+        *sorted((sources_dir / "sources.list.d").glob("*.list")),
+    ]:
         if path.exists():
             texts += re.findall(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)", path.read_text(), re.M)
     for uris in texts:
@@ -95,13 +110,15 @@ def debian_rootfs(*, cache: Path | None = None, mirror: str | None = None) -> Pa
         shutil.rmtree(rootfs, ignore_errors=True)
         mirror = mirror or debian_mirror()
         cmd = ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(tmp), mirror]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT,
-                              check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT, check=False
+        )
         if proc.returncode != 0:
             log = tmp / "debootstrap/debootstrap.log"
             detail = log.read_text(errors="replace")[-3000:] if log.exists() else proc.stdout
-            raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}\n{detail}\n"
-                               f"{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(cmd)}: exit {proc.returncode}\n{detail}\n{proc.stderr[-2000:]}"
+            )
         tmp.rename(rootfs)
         done.write_text(f"{mirror}\n")
     return rootfs
@@ -126,8 +143,13 @@ def _canonical(root: Path, listed: str) -> str | None:
 def _split(root: Path) -> tuple[list[str], list[str | tarfile.TarInfo]]:
     """Entries of layer 0 and of layer 1 (paths, and synthetic whiteout entries)."""
     info_dir = root / "var/lib/dpkg/info"
-    packages = sorted({_package_of(p.name) for p in info_dir.glob("*.list")
-                       if _PYTHON_PACKAGES.match(_package_of(p.name))})
+    packages = sorted(
+        {
+            _package_of(p.name)
+            for p in info_dir.glob("*.list")
+            if _PYTHON_PACKAGES.match(_package_of(p.name))
+        }
+    )
     python: set[str] = set()
     for path in info_dir.iterdir():
         if _package_of(path.name) in packages:
@@ -140,9 +162,13 @@ def _split(root: Path) -> tuple[list[str], list[str | tarfile.TarInfo]]:
                     python.add(rel)
 
     all_paths = walk_sorted(root)
-    python_debs = {p for p in all_paths if p.startswith(f"{APT_ARCHIVES}/")
-                   and p.endswith(".deb") and _PYTHON_PACKAGES.match(p.rsplit("/", 1)[1]
-                                                                     .split("_")[0])}
+    python_debs = {
+        p
+        for p in all_paths
+        if p.startswith(f"{APT_ARCHIVES}/")
+        and p.endswith(".deb")
+        and _PYTHON_PACKAGES.match(p.rsplit("/", 1)[1].split("_")[0])
+    }
 
     def excluded(p: str) -> bool:
         if p.startswith("dev/"):
@@ -151,6 +177,7 @@ def _split(root: Path) -> tuple[list[str], list[str | tarfile.TarInfo]]:
 
     kept = [p for p in all_paths if not excluded(p)]
     upper = {p for p in kept if p in python or p.startswith(_PYTHON_PREFIXES)}
+
     # A directory goes up too when everything under it does (it exists for python only).
     def ancestors(p: str) -> list[str]:
         parts = p.split("/")
@@ -158,8 +185,7 @@ def _split(root: Path) -> tuple[list[str], list[str | tarfile.TarInfo]]:
 
     lower_parents = {a for p in kept if p not in upper for a in ancestors(p)}
     upper_parents = {a for p in upper for a in ancestors(p)}
-    upper |= {p for p in upper_parents - lower_parents
-              if stat.S_ISDIR((root / p).lstat().st_mode)}
+    upper |= {p for p in upper_parents - lower_parents if stat.S_ISDIR((root / p).lstat().st_mode)}
     lower = [p for p in kept if p not in upper]
 
     # Layer 1 also carries the parents of its files (their metadata as in layer 0),
@@ -204,7 +230,9 @@ def debian_layer_tars(*, cache: Path | None = None) -> tuple[Path, Path]:
         split.mkdir(parents=True, exist_ok=True)
         lower, upper = _split(root)
         layers: list[tuple[Path, Iterable[str | tarfile.TarInfo]]] = [
-            (tars[0], lower), (tars[1], upper)]
+            (tars[0], lower),
+            (tars[1], upper),
+        ]
         for path, entries in layers:
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as out:
@@ -217,11 +245,15 @@ def debian_image(*, cache: Path | None = None) -> Image:
     """The two-layer Debian 12 image (uncompressed tarballs; pick a compression on write)."""
     base, python = debian_layer_tars(cache=cache)
     return Image(
-        [Layer(base, created_by=f"debootstrap --variant=minbase {SUITE} (without python3)"),
-         Layer(python, created_by="apt-get install python3 && apt-get clean"
-                                  " && rm -rf /var/lib/apt/lists/*")],
+        [
+            Layer(base, created_by=f"debootstrap --variant=minbase {SUITE} (without python3)"),
+            Layer(
+                python,
+                created_by="apt-get install python3 && apt-get clean"
+                " && rm -rf /var/lib/apt/lists/*",
+            ),
+        ],
         cmd=("/bin/bash",),
-        env=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "LANG=C.UTF-8"),
+        env=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"),
         labels={"org.fusesnap.test": "debian"},
     )

@@ -226,8 +226,16 @@ def build_and_push_estargz(
         doc = json.loads(inspect_raw(f"{host}/{src.repo}@{digest}"))
         layers = [LayerInfo(str(d["digest"]), int(d["size"]), str(d["mediaType"]))
                   for d in doc.get("layers", [])]  # fmt: skip
-        pushed = PushedImage(dst, digest, str(doc.get("mediaType", "")), layers, src.layout_dir,
-                             src.layout_tag, [], src.truth_layout_dir or src.layout_dir)
+        pushed = PushedImage(
+            dst,
+            digest,
+            str(doc.get("mediaType", "")),
+            layers,
+            src.layout_dir,
+            src.layout_tag,
+            [],
+            src.truth_layout_dir or src.layout_dir,
+        )
         _memo[key] = pushed
         return pushed
 

@@ -153,9 +153,11 @@ class Descriptor:
             digest=str(data["digest"]),
             size=size,
             platform=(
-                Platform(str(platform["os"]), str(platform["architecture"]),
-                         platform.get("variant"))
-                if isinstance(platform, dict) else None
+                Platform(
+                    str(platform["os"]), str(platform["architecture"]), platform.get("variant")
+                )
+                if isinstance(platform, dict)
+                else None
             ),
             annotations=dict(annotations) if isinstance(annotations, dict) else {},
         )
@@ -219,8 +221,14 @@ class _Blobs:
                 os.unlink(tmp)
             raise
 
-    def put(self, data: bytes, media_type: str, *, platform: Platform | None = None,
-            annotations: Mapping[str, str] | None = None) -> Descriptor:
+    def put(
+        self,
+        data: bytes,
+        media_type: str,
+        *,
+        platform: Platform | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> Descriptor:
         digest = hashlib.sha256(data).hexdigest()
         if not (self.dir / digest).exists():
             with self._new_blob() as w:
@@ -240,8 +248,9 @@ class _Blobs:
                 sink: _Sink
                 if layer.compression == "gzip":
                     # No file name and mtime 0 in the header: same input, same digest.
-                    sink = gzip.GzipFile(filename="", mode="wb", fileobj=out,
-                                         compresslevel=GZIP_LEVEL, mtime=0)
+                    sink = gzip.GzipFile(
+                        filename="", mode="wb", fileobj=out, compresslevel=GZIP_LEVEL, mtime=0
+                    )
                 elif layer.compression == "zstd":
                     cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
                     sink = cctx.stream_writer(cast(IO[bytes], out), closefd=False)
@@ -329,8 +338,9 @@ def write_layout(
         index = {
             "schemaVersion": 2,
             "mediaType": INDEX,
-            "manifests": [dataclasses.replace(i.manifest, annotations={}).to_json()
-                          for i in platform_images],
+            "manifests": [
+                dataclasses.replace(i.manifest, annotations={}).to_json() for i in platform_images
+            ],
         }
         entries.append(blobs.put(_dumps(index), INDEX, annotations={REF_NAME: tag}))
         for one in platform_images:

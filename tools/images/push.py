@@ -45,9 +45,11 @@ def _hermetic_command(args: Sequence[str], env: dict[str, str], tmp: str) -> lis
         return ["skopeo", *args]
     if _hermetic_ok is None:
         _SYSTEM_CACHE.mkdir(parents=True, exist_ok=True)
-        probe = subprocess.run(["unshare", "--mount", "--", "sh", "-c", _HERMETIC,
-                                str(_SYSTEM_CACHE), "--version"],
-                               capture_output=True, check=False)
+        probe = subprocess.run(
+            ["unshare", "--mount", "--", "sh", "-c", _HERMETIC, str(_SYSTEM_CACHE), "--version"],
+            capture_output=True,
+            check=False,
+        )
         _hermetic_ok = probe.returncode == 0
     if not _hermetic_ok:
         return ["skopeo", *args]
@@ -63,8 +65,9 @@ def skopeo(args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> str:
     with tempfile.TemporaryDirectory(prefix="fusesnap-skopeo-") as tmp:
         cmd = _hermetic_command(args, env, tmp)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  check=False, env=env)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
+            )
         except subprocess.TimeoutExpired as exc:
             raise SkopeoError(f"{_shown(args)}: timed out after {timeout}s") from exc
     if proc.returncode != 0:
@@ -77,6 +80,7 @@ def _shown(args: Sequence[str]) -> str:
     masked = [a.split("=", 1)[0] + "=***" if "creds=" in a else a for a in args]
     return " ".join(["skopeo", *masked])
 
+
 def _creds_args(flag: str, creds: str | tuple[str, str] | None) -> list[str]:
     if creds is None:
         return []
@@ -86,8 +90,9 @@ def _creds_args(flag: str, creds: str | tuple[str, str] | None) -> list[str]:
 
 def inspect_raw(ref: str, *, creds: str | tuple[str, str] | None = None) -> bytes:
     """The manifest (or index) bytes the registry serves for ``HOST/REPO:TAG|@DIGEST``."""
-    out = skopeo(["inspect", "--raw", "--tls-verify=false", *_creds_args("creds", creds),
-                  f"docker://{ref}"])
+    out = skopeo(
+        ["inspect", "--raw", "--tls-verify=false", *_creds_args("creds", creds), f"docker://{ref}"]
+    )
     return out.encode()
 
 

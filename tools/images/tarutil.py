@@ -44,12 +44,14 @@ class TarBuilder:
     ``raw_names`` is set (malicious-layer builders need names verbatim).
     """
 
-    def __init__(self, out: BinaryIO | None = None, *, mtime: int = FIXED_MTIME,
-                 raw_names: bool = False) -> None:
+    def __init__(
+        self, out: BinaryIO | None = None, *, mtime: int = FIXED_MTIME, raw_names: bool = False
+    ) -> None:
         self._buf = io.BytesIO() if out is None else None
         # Not a with-block: the builder owns the archive until close()/getvalue().
         self._tar = tarfile.open(  # noqa: SIM115
-            fileobj=out or self._buf, mode="w", format=tarfile.PAX_FORMAT)
+            fileobj=out or self._buf, mode="w", format=tarfile.PAX_FORMAT
+        )
         self._closed = False
         self._mtime = mtime
         self._raw = raw_names
@@ -75,24 +77,42 @@ class TarBuilder:
             info.pax_headers = xattr_pax_headers(xattrs)
         return info
 
-    def dir(self, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0,
-            xattrs: Mapping[str, bytes | str] | None = None) -> TarBuilder:
-        self._tar.addfile(self._info(path, tarfile.DIRTYPE, mode=mode, uid=uid, gid=gid,
-                                     xattrs=xattrs))
+    def dir(
+        self,
+        path: str,
+        *,
+        mode: int = 0o755,
+        uid: int = 0,
+        gid: int = 0,
+        xattrs: Mapping[str, bytes | str] | None = None,
+    ) -> TarBuilder:
+        self._tar.addfile(
+            self._info(path, tarfile.DIRTYPE, mode=mode, uid=uid, gid=gid, xattrs=xattrs)
+        )
         return self
 
-    def file(self, path: str, data: bytes | str = b"", *, mode: int = 0o644, uid: int = 0,
-             gid: int = 0, xattrs: Mapping[str, bytes | str] | None = None,
-             mtime: int | None = None) -> TarBuilder:
+    def file(
+        self,
+        path: str,
+        data: bytes | str = b"",
+        *,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        xattrs: Mapping[str, bytes | str] | None = None,
+        mtime: int | None = None,
+    ) -> TarBuilder:
         raw = data.encode() if isinstance(data, str) else data
-        info = self._info(path, tarfile.REGTYPE, mode=mode, uid=uid, gid=gid, xattrs=xattrs,
-                          mtime=mtime)
+        info = self._info(
+            path, tarfile.REGTYPE, mode=mode, uid=uid, gid=gid, xattrs=xattrs, mtime=mtime
+        )
         info.size = len(raw)
         self._tar.addfile(info, io.BytesIO(raw))
         return self
 
-    def stream_file(self, path: str, size: int, source: BinaryIO, *, mode: int = 0o644
-                    ) -> TarBuilder:
+    def stream_file(
+        self, path: str, size: int, source: BinaryIO, *, mode: int = 0o644
+    ) -> TarBuilder:
         """A regular file whose ``size`` bytes are read from ``source`` in pieces."""
         info = self._info(path, tarfile.REGTYPE, mode=mode)
         info.size = size
@@ -181,8 +201,7 @@ def tar_tree(root: Path, entries: Iterable[str | tarfile.TarInfo], out: BinaryIO
     entry. A `tarfile.TarInfo` is written as is, with an empty body
     (whiteouts).
     """
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                      bufsize=64 * 1024) as tar:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=64 * 1024) as tar:
         for entry in entries:
             if isinstance(entry, tarfile.TarInfo):
                 tar.addfile(entry, io.BytesIO(b"") if entry.isreg() else None)

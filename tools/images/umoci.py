@@ -31,8 +31,9 @@ def _has_zstd_layers(layout_dir: Path, manifest_digest: str) -> bool:
     return any("zstd" in str(layer.get("mediaType", "")) for layer in layers)
 
 
-def umoci_unpack(layout_dir: str | os.PathLike[str], tag: str,
-                 dest: str | os.PathLike[str]) -> Path:
+def umoci_unpack(
+    layout_dir: str | os.PathLike[str], tag: str, dest: str | os.PathLike[str]
+) -> Path:
     """Unpack ``oci:LAYOUT:TAG`` into ``dest`` (which must not exist); return ``dest/rootfs``.
 
     ``tag`` must name one manifest; for a multi-platform tag use its
@@ -49,8 +50,16 @@ def umoci_unpack(layout_dir: str | os.PathLike[str], tag: str,
     with tempfile.TemporaryDirectory(prefix="fusesnap-umoci-") as tmp:
         if _has_zstd_layers(layout, descriptor.digest):
             converted = Path(tmp) / "gzip-layout"
-            skopeo(["copy", "--quiet", "--dest-compress", "--dest-compress-format=gzip",
-                    f"oci:{layout}:{tag}", f"oci:{converted}:{tag}"])
+            skopeo(
+                [
+                    "copy",
+                    "--quiet",
+                    "--dest-compress",
+                    "--dest-compress-format=gzip",
+                    f"oci:{layout}:{tag}",
+                    f"oci:{converted}:{tag}",
+                ]
+            )
             layout = converted
         cmd = ["umoci", "unpack"]
         if os.geteuid() != 0:

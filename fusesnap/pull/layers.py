@@ -1,0 +1,255 @@
+"""The layer part of a pull (`fusesnap.pull.image`): each layer indexed, or made complete.
+
+A lazy pull (`LayerJob.index_all`) stores each layer's index from the best source
+(`fusesnap.pull.indexsource`); a full pull (`LayerJob.complete_all`) fetches what a
+layer's chunks lack by range, or streams the blob where the index has no random
+access. Layers run ``concurrency`` at a time; each distinct layer once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from fusesnap.blocking import run_blocking
+from fusesnap.digest import Digest
+from fusesnap.errors import FusesnapError, LayerError
+from fusesnap.index import LayerIndex, Limits, decode
+from fusesnap.lazy import AccessProfile, ChunkFetcher, FetchLimits, layout_of, open_chunk_fetcher
+from fusesnap.lazy import profile as profiles
+from fusesnap.oci import Descriptor
+from fusesnap.pull.artifact import ArtifactIndexes
+from fusesnap.pull.artifactfind import find_index_artifact
+from fusesnap.pull.indexsource import (
+    FetchCounter,
+    IndexSource,
+    PullProgress,
+    ResolvedIndex,
+    layer_complete,
+    resolve_layer_index,
+    stream_layer,
+    toc_source,
+)
+from fusesnap.reference import Reference
+from fusesnap.registry import RegistryClient
+from fusesnap.store import Store
+from fusesnap.termui import human_size
+
+__all__ = ["LayerJob", "LayerOutcome"]
+
+log = logging.getLogger(__name__)
+
+# Completing a lazily pulled layer fetches nearly all of it. Every gzip request starts at a
+# checkpoint before its first chunk, so neighbouring requests overlap by up to a checkpoint
+# span (4 MiB inflated): fewer, larger requests than a read's keep that small (Debian:
+# 1.07x the blob bytes, against 1.23x with the read defaults), at some 100 MiB of memory
+# per request in flight.
+_COMPLETE_LIMITS = FetchLimits(
+    max_parallel=4, prefetch_parallel=4, max_request=16 << 20, max_inflate=64 << 20
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerOutcome:
+    """What a pull did for one layer (in manifest order).
+
+    ``action``: for a lazy pull the index source (`IndexSource` values: ``store``,
+    ``artifact``, ``estargz``, ``zstd:chunked``, ``built``); for a full pull
+    ``complete`` (nothing to do), ``ranges`` (missing chunks fetched by range) or
+    ``download`` (the blob streamed and indexed). ``text`` says it for people.
+    """
+
+    layer: Descriptor
+    action: str
+    text: str
+    fetched_bytes: int = 0
+
+
+def _random_access_index(store: Store, digest: Digest) -> LayerIndex | None:
+    """(blocking) The stored index of a layer whose chunks can be fetched by range."""
+    if not store.layers.exists(digest):
+        return None
+    index = decode(store.layers.index(digest))
+    try:
+        layout_of(index)
+    except LayerError:
+        return None  # plain zstd, or gzip without checkpoints: only the whole blob will do
+    return index
+
+
+class LayerJob:
+    """The layer part of one pull: the layers (in manifest order), once each."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: RegistryClient,
+        ref: Reference,
+        layers: list[tuple[Descriptor, Digest]],
+        progress: PullProgress,
+        counter: FetchCounter,
+        limits: Limits | None,
+        concurrency: int,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.ref = ref
+        self.layers = layers
+        self.progress = progress
+        self.counter = counter
+        self.limits = limits
+        self.limiter = trio.CapacityLimiter(max(1, concurrency))
+        self.unique: dict[Digest, tuple[Descriptor, Digest]] = {}
+        for layer, diff_id in layers:
+            self.unique.setdefault(layer.digest, (layer, diff_id))
+        self.done: dict[Digest, LayerOutcome] = {}
+
+    def label(self, digest: Digest) -> str:
+        n = next(i for i, (layer, _) in enumerate(self.layers) if layer.digest == digest)
+        return f"layer {n + 1}/{len(self.layers)}"
+
+    def outcomes(self) -> tuple[LayerOutcome, ...]:
+        return tuple(self.done[layer.digest] for layer, _ in self.layers)
+
+    # -- lazy: indexes only -------------------------------------------------------------------
+
+    async def index_all(
+        self, manifest: Descriptor
+    ) -> tuple[tuple[LayerOutcome, ...], ArtifactIndexes | None]:
+        have = {d for d in self.unique if await run_blocking(self.store.layers.exists, d)}
+        wanted = [d for d in self.unique if d not in have]
+        artifact = await self._find_artifact(manifest, wanted) if wanted else None
+        found = artifact.indexes if artifact is not None else {}
+        # What will be streamed, as far as can be told before trying the sources.
+        streamed = sum(
+            layer.size
+            for d, (layer, _) in self.unique.items()
+            if d not in have and d not in found and toc_source(layer) is None
+        )
+        self.progress.start(total_bytes=streamed, items=len(self.unique))
+
+        async def one(layer: Descriptor, diff_id: Digest) -> None:
+            async with self.limiter:
+                label = self.label(layer.digest)
+                got = await resolve_layer_index(
+                    self.client,
+                    self.ref,
+                    layer,
+                    diff_id,
+                    self.store,
+                    artifact=artifact,
+                    progress=self.progress,
+                    counter=self.counter,
+                    limits=self.limits,
+                    announce=lambda text: self.progress.note(f"{label}: {text}"),
+                )
+                self.done[layer.digest] = _lazy_outcome(layer, got)
+                self.progress.item_done()
+
+        async with trio.open_nursery() as nursery:
+            for layer, diff_id in self.unique.values():
+                nursery.start_soon(one, layer, diff_id)
+        return self.outcomes(), artifact
+
+    async def _find_artifact(
+        self, manifest: Descriptor, layers: list[Digest]
+    ) -> ArtifactIndexes | None:
+        try:
+            artifact = await find_index_artifact(
+                self.client, self.ref, manifest.digest, layers=layers
+            )
+        except FusesnapError as exc:
+            # An optimization failing is no reason to fail the pull: the layers have other sources.
+            log.warning("%s: looking for an index artifact failed: %s", self.ref, exc)
+            return None
+        if artifact is not None:
+            self.counter.add(artifact.fetched_bytes)
+            how = "referrers API" if artifact.discovery == "referrers" else "fallback tag"
+            self.progress.note(
+                f"index artifact {artifact.digest.short} (found through the {how}): "
+                f"indexes for {len(artifact.indexes)} of {len(layers)} layers"
+                + (", and an access profile" if artifact.profile is not None else "")
+            )
+            if artifact.profile is not None:
+                await run_blocking(_keep_profile, self.store, artifact.profile)
+        return artifact
+
+    # -- full: every chunk --------------------------------------------------------------------
+
+    async def complete_all(self) -> tuple[LayerOutcome, ...]:
+        todo = []
+        for digest, (layer, diff_id) in self.unique.items():
+            if await run_blocking(layer_complete, self.store, digest):
+                self.done[digest] = LayerOutcome(layer, "complete", "already in the store")
+            else:
+                todo.append((layer, diff_id))
+        self.progress.start(total_bytes=sum(d.size for d, _ in todo), items=len(todo))
+        if todo:
+
+            async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:
+                data = await self.client.read_range(self.ref, digest, offset, length)
+                self.counter.add(len(data))
+                self.progress.advance(len(data))
+                return data
+
+            async with (
+                open_chunk_fetcher(
+                    fetch_range, self.store.chunks, limits=_COMPLETE_LIMITS
+                ) as fetcher,
+                trio.open_nursery() as nursery,
+            ):
+                for layer, diff_id in todo:
+                    nursery.start_soon(self._complete, fetcher, layer, diff_id)
+        return self.outcomes()
+
+    async def _complete(self, fetcher: ChunkFetcher, layer: Descriptor, diff_id: Digest) -> None:
+        async with self.limiter:
+            index = await run_blocking(_random_access_index, self.store, layer.digest)
+            before = self.counter.bytes
+            if index is not None:
+                await self._fetch_missing(fetcher, index, layer)
+                action, text = "ranges", "missing chunks fetched by range"
+            else:
+                await stream_layer(
+                    self.store,
+                    self.client,
+                    self.ref,
+                    layer,
+                    diff_id,
+                    progress=self.progress,
+                    counter=self.counter,
+                    limits=self.limits,
+                )
+                action, text = "download", "downloaded and indexed"
+            fetched = self.counter.bytes - before
+            self.done[layer.digest] = LayerOutcome(layer, action, text, fetched)
+            self.progress.item_done()
+
+    async def _fetch_missing(
+        self, fetcher: ChunkFetcher, index: LayerIndex, layer: Descriptor
+    ) -> None:
+        what = f"layer {layer.digest.short}"
+        self.progress.note(f"{self.label(layer.digest)}: fetching missing chunks by range")
+        result = await fetcher.prefetch(index, [e for e in index.entries if e.chunks])
+        if result.failed:
+            assert result.first_error is not None
+            raise result.first_error
+        if not await run_blocking(layer_complete, self.store, layer.digest):
+            raise LayerError(f"{what}: chunks still missing after fetching them all")
+
+
+def _keep_profile(store: Store, profile: AccessProfile) -> None:
+    """(blocking) An artifact's access profile, unless the store has one of its own."""
+    if profiles.load(store, profile.image) is None:
+        profiles.save(store, profile)
+
+
+def _lazy_outcome(layer: Descriptor, got: ResolvedIndex) -> LayerOutcome:
+    text = got.describe()
+    if got.source is IndexSource.BUILT:
+        text = f"{text} ({human_size(got.fetched_bytes)})"
+    if got.skipped:
+        text += f"; passed over: {'; '.join(got.skipped)}"
+    return LayerOutcome(layer, str(got.source), text, got.fetched_bytes)
