@@ -15,19 +15,17 @@ from collections.abc import Iterator
 from fusesnap.errors import NotFoundError
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
-from fusesnap.store.records import ImageRecord
+from fusesnap.store.records import ImageRecord, get_record, iter_records
 from fusesnap.store.schema import IMAGES, image_key, pack, unpack
 
 
 def get_image(txn: Txn, env: Env, name: str) -> ImageRecord | None:
-    raw = txn.get(image_key(name), db=env.db(IMAGES))
-    return None if raw is None else ImageRecord.from_record(unpack(bytes(raw)))
+    return get_record(txn, env.db(IMAGES), image_key(name), ImageRecord)
 
 
 def iter_images(txn: Txn, env: Env) -> Iterator[ImageRecord]:
     """Every image, within one transaction (for gc's mark phase)."""
-    for _key, raw in txn.cursor(db=env.db(IMAGES)):
-        yield ImageRecord.from_record(unpack(bytes(raw)))
+    return iter_records(txn, env.db(IMAGES), ImageRecord)
 
 
 def _not_found(name: str) -> NotFoundError:

@@ -39,7 +39,7 @@ from fusesnap.errors import NotFoundError, StoreError
 from fusesnap.store import chunks as chunk_values
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
-from fusesnap.store.records import LAYER_SOURCES, LayerInfo, LayerRecord
+from fusesnap.store.records import LAYER_SOURCES, LayerInfo, LayerRecord, get_record, iter_records
 from fusesnap.store.schema import (
     CHUNK_DIGEST_SIZE,
     CHUNKS,
@@ -111,8 +111,7 @@ def _check(record: LayerRecord) -> LayerRecord:
 
 
 def get_info(txn: Txn, env: Env, digest: Digest) -> LayerInfo | None:
-    raw = txn.get(layer_key(digest), db=env.db(LAYERS))
-    return None if raw is None else LayerInfo.from_record(unpack(bytes(raw)))
+    return get_record(txn, env.db(LAYERS), layer_key(digest), LayerInfo)
 
 
 def has_layer(txn: Txn, env: Env, digest: Digest) -> bool:
@@ -128,8 +127,7 @@ def require_info(txn: Txn, env: Env, digest: Digest) -> LayerInfo:
 
 
 def iter_infos(txn: Txn, env: Env) -> Iterator[LayerInfo]:
-    for _key, raw in txn.cursor(db=env.db(LAYERS)):
-        yield LayerInfo.from_record(unpack(bytes(raw)))
+    return iter_records(txn, env.db(LAYERS), LayerInfo)
 
 
 def read_part(txn: Txn, env: Env, info: LayerInfo, part: bytes) -> bytes:

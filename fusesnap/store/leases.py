@@ -36,7 +36,7 @@ from fusesnap.errors import AlreadyExistsError, NotFoundError
 from fusesnap.process import process_start_time
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
-from fusesnap.store.records import LeaseRecord, Resource
+from fusesnap.store.records import LeaseRecord, Resource, get_record, iter_records
 from fusesnap.store.schema import LEASES, lease_key, pack, unpack
 
 DEFAULT_EXPIRY = 24 * 3600.0
@@ -54,14 +54,12 @@ def is_live(lease: LeaseRecord, now: float | None = None) -> bool:
 
 
 def get_lease(txn: Txn, env: Env, lease_id: str) -> LeaseRecord | None:
-    raw = txn.get(lease_key(lease_id), db=env.db(LEASES))
-    return None if raw is None else LeaseRecord.from_record(unpack(bytes(raw)))
+    return get_record(txn, env.db(LEASES), lease_key(lease_id), LeaseRecord)
 
 
 def iter_leases(txn: Txn, env: Env) -> Iterator[LeaseRecord]:
     """Every lease, within one transaction (for gc)."""
-    for _key, raw in txn.cursor(db=env.db(LEASES)):
-        yield LeaseRecord.from_record(unpack(bytes(raw)))
+    return iter_records(txn, env.db(LEASES), LeaseRecord)
 
 
 def delete_lease(txn: Txn, env: Env, lease_id: str) -> bool:

@@ -10,14 +10,18 @@ they come back into the program, and turns a malformed record into a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
 from fusesnap.digest import Digest
 from fusesnap.errors import InvalidDigestError, StoreError
+from fusesnap.store.schema import unpack
+
+if TYPE_CHECKING:
+    import lmdb
 
 RECORD_VERSION = 1
 
@@ -50,9 +54,81 @@ def _labels(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (value or {}).items()}
 
 
+_PARSE: dict[str, Callable[[Any], Any]] = {
+    "Digest": lambda v: Digest(str(v)),
+    "str": str,
+    "int": int,
+    "float": float,
+    "bytes": bytes,
+    "dict[str, str]": _labels,
+}
+
+
+class FlatRecord:
+    """A record whose msgpack form is its fields, one key each (`Digest` as text).
+
+    `from_record` converts each field by its annotation (``X | None`` allows nil) and
+    fills in a missing field from its default; `what` names the record in errors.
+    """
+
+    __slots__ = ()
+    what: ClassVar[str] = "record"
+
+    def to_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": RECORD_VERSION}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, dict) else _plain(value)
+        return out
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> Self:
+        with _decoding(cls.what):
+            _check_version(d, cls.what)
+            kwargs = {}
+            for f in fields(cls):  # type: ignore[arg-type]
+                if f.name not in d:
+                    if f.default is MISSING and f.default_factory is MISSING:
+                        raise KeyError(f.name)
+                    continue
+                kind = str(f.type)
+                value = d[f.name]
+                if kind.endswith(" | None"):
+                    kwargs[f.name] = None if value is None else _PARSE[kind[:-7]](value)
+                else:
+                    kwargs[f.name] = _PARSE[kind](value)
+            return cls(**kwargs)
+
+
+class _Decodable(Protocol):
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> Self: ...
+
+
+R = TypeVar("R", bound=_Decodable)
+
+
+def get_record(txn: lmdb.Transaction[Any], db: Any, key: bytes, cls: type[R]) -> R | None:
+    """The record at ``key`` of LMDB database ``db`` in ``txn``, decoded; None if absent."""
+    raw = txn.get(key, db=db)
+    return None if raw is None else cls.from_record(unpack(bytes(raw)))
+
+
+def iter_records(txn: lmdb.Transaction[Any], db: Any, cls: type[R]) -> Iterator[R]:
+    """Every record of ``db``, decoded, in key order, within ``txn``."""
+    for _key, raw in txn.cursor(db=db):
+        yield cls.from_record(unpack(bytes(raw)))
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Digest) else value
+
+
 @dataclass(frozen=True, slots=True)
-class ContentInfo:
+class ContentInfo(FlatRecord):
     """A verified blob in the content store."""
+
+    what: ClassVar[str] = "content"
 
     digest: Digest
     size: int
@@ -60,30 +136,6 @@ class ContentInfo:
     created: float
     segments: int
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "v": RECORD_VERSION,
-            "digest": str(self.digest),
-            "size": self.size,
-            "media_type": self.media_type,
-            "created": self.created,
-            "segments": self.segments,
-            "labels": dict(self.labels),
-        }
-
-    @classmethod
-    def from_record(cls, d: Mapping[str, Any]) -> ContentInfo:
-        with _decoding("content"):
-            _check_version(d, "content")
-            return cls(
-                digest=Digest(d["digest"]),
-                size=int(d["size"]),
-                media_type=str(d["media_type"]),
-                created=float(d["created"]),
-                segments=int(d["segments"]),
-                labels=_labels(d.get("labels")),
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,12 +285,14 @@ LAYER_SOURCES = frozenset({"built", "estargz", "zstd:chunked", "artifact"})
 
 
 @dataclass(frozen=True, slots=True)
-class LayerInfo:
+class LayerInfo(FlatRecord):
     """A stored layer without its big parts: what `LayerStore.list` returns.
 
     `index_sha256` and `chunks_sha256` (raw sha256 of the two parts) let a
     read check that the parts are the ones written.
     """
+
+    what: ClassVar[str] = "layer"
 
     digest: Digest
     diff_id: Digest
@@ -254,46 +308,6 @@ class LayerInfo:
     chunks_sha256: bytes = field(repr=False)
     window_count: int = 0
     windows_sha256: bytes = field(default=b"", repr=False)
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "v": RECORD_VERSION,
-            "digest": str(self.digest),
-            "diff_id": str(self.diff_id),
-            "media_type": self.media_type,
-            "size": self.size,
-            "uncompressed_size": self.uncompressed_size,
-            "entry_count": self.entry_count,
-            "source": self.source,
-            "created": self.created,
-            "index_size": self.index_size,
-            "chunk_count": self.chunk_count,
-            "index_sha256": self.index_sha256,
-            "chunks_sha256": self.chunks_sha256,
-            "window_count": self.window_count,
-            "windows_sha256": self.windows_sha256,
-        }
-
-    @classmethod
-    def from_record(cls, d: Mapping[str, Any]) -> LayerInfo:
-        with _decoding("layer"):
-            _check_version(d, "layer")
-            return cls(
-                digest=Digest(d["digest"]),
-                diff_id=Digest(d["diff_id"]),
-                media_type=str(d["media_type"]),
-                size=int(d["size"]),
-                uncompressed_size=int(d["uncompressed_size"]),
-                entry_count=int(d["entry_count"]),
-                source=str(d["source"]),
-                created=float(d["created"]),
-                index_size=int(d["index_size"]),
-                chunk_count=int(d["chunk_count"]),
-                index_sha256=bytes(d["index_sha256"]),
-                chunks_sha256=bytes(d["chunks_sha256"]),
-                window_count=int(d.get("window_count", 0)),
-                windows_sha256=bytes(d.get("windows_sha256", b"")),
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,14 +342,7 @@ class LayerRecord:
     def info(self) -> LayerInfo:
         """The header to store (hashes both parts)."""
         return LayerInfo(
-            digest=self.digest,
-            diff_id=self.diff_id,
-            media_type=self.media_type,
-            size=self.size,
-            uncompressed_size=self.uncompressed_size,
-            entry_count=self.entry_count,
-            source=self.source,
-            created=self.created,
+            **{name: getattr(self, name) for name in _LAYER_SHARED},
             index_size=len(self.index),
             chunk_count=self.chunk_count,
             index_sha256=hashlib.sha256(self.index).digest(),
@@ -348,16 +355,18 @@ class LayerRecord:
     def from_parts(
         cls, info: LayerInfo, index: bytes, chunks: bytes, windows: bytes = b""
     ) -> LayerRecord:
-        return cls(
-            digest=info.digest,
-            diff_id=info.diff_id,
-            media_type=info.media_type,
-            size=info.size,
-            uncompressed_size=info.uncompressed_size,
-            entry_count=info.entry_count,
-            source=info.source,
-            index=index,
-            chunks=chunks,
-            created=info.created,
-            windows=windows,
-        )
+        shared = {name: getattr(info, name) for name in _LAYER_SHARED}
+        return cls(**shared, index=index, chunks=chunks, windows=windows)
+
+
+# What a layer's header and its full record both carry.
+_LAYER_SHARED = (
+    "digest",
+    "diff_id",
+    "media_type",
+    "size",
+    "uncompressed_size",
+    "entry_count",
+    "source",
+    "created",
+)

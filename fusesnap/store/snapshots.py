@@ -28,14 +28,14 @@ import dataclasses
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 from fusesnap.digest import Digest
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError, StoreError
 from fusesnap.oci import chain_ids
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
-from fusesnap.store.records import CONTENT, LAYER, RECORD_VERSION
+from fusesnap.store.records import CONTENT, LAYER, FlatRecord, get_record, iter_records
 from fusesnap.store.schema import CONTAINERS, SNAPSHOTS, container_key, pack, snapshot_key, unpack
 
 COMMITTED = "committed"
@@ -48,19 +48,12 @@ class SnapshotInUseError(FusesnapError):
     """A snapshot that other snapshots stand on cannot be removed."""
 
 
-def _optional_digest(value: Any) -> Digest | None:
-    return None if value is None else Digest(str(value))
-
-
-def _decode(what: str, d: Mapping[str, Any]) -> None:
-    if d.get("v") != RECORD_VERSION:
-        raise StoreError(f"{what} record has version {d.get('v')!r}; want {RECORD_VERSION}")
-
-
 @dataclass(frozen=True, slots=True)
-class SnapshotRecord:
+class SnapshotRecord(FlatRecord):
     """One snapshot. ``id`` names its directory under ``ROOT/snapshots`` ("" for a
     committed snapshot of an image layer: the layer store holds its contents)."""
+
+    what: ClassVar[str] = "snapshot"
 
     key: str
     kind: str
@@ -75,41 +68,12 @@ class SnapshotRecord:
         if self.kind not in KINDS:
             raise ValueError(f"snapshot {self.key}: unknown kind {self.kind!r}")
 
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "v": RECORD_VERSION,
-            "key": self.key,
-            "kind": self.kind,
-            "parent": self.parent,
-            "id": self.id,
-            "layer": None if self.layer is None else str(self.layer),
-            "diff_id": None if self.diff_id is None else str(self.diff_id),
-            "created": self.created,
-            "labels": dict(self.labels),
-        }
-
-    @classmethod
-    def from_record(cls, d: Mapping[str, Any]) -> SnapshotRecord:
-        _decode("snapshot", d)
-        try:
-            parent = d.get("parent")
-            return cls(
-                key=str(d["key"]),
-                kind=str(d["kind"]),
-                parent=None if parent is None else str(parent),
-                id=str(d.get("id") or ""),
-                layer=_optional_digest(d.get("layer")),
-                diff_id=_optional_digest(d.get("diff_id")),
-                created=float(d["created"]),
-                labels={str(k): str(v) for k, v in (d.get("labels") or {}).items()},
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"corrupt snapshot record in store: {exc!r}") from None
-
 
 @dataclass(frozen=True, slots=True)
-class ContainerRef:
+class ContainerRef(FlatRecord):
     """A container as gc sees it: the image it runs and its snapshot."""
+
+    what: ClassVar[str] = "container"
 
     name: str
     image: str
@@ -117,44 +81,17 @@ class ContainerRef:
     snapshot: str
     created: float = 0.0
 
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "v": RECORD_VERSION,
-            "name": self.name,
-            "image": self.image,
-            "manifest_digest": str(self.manifest_digest),
-            "snapshot": self.snapshot,
-            "created": self.created,
-        }
-
-    @classmethod
-    def from_record(cls, d: Mapping[str, Any]) -> ContainerRef:
-        _decode("container", d)
-        try:
-            return cls(
-                name=str(d["name"]),
-                image=str(d["image"]),
-                manifest_digest=Digest(str(d["manifest_digest"])),
-                snapshot=str(d["snapshot"]),
-                created=float(d["created"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"corrupt container record in store: {exc!r}") from None
-
 
 def get_snapshot(txn: Txn, env: Env, key: str) -> SnapshotRecord | None:
-    raw = txn.get(snapshot_key(key), db=env.db(SNAPSHOTS))
-    return None if raw is None else SnapshotRecord.from_record(unpack(bytes(raw)))
+    return get_record(txn, env.db(SNAPSHOTS), snapshot_key(key), SnapshotRecord)
 
 
 def iter_snapshots(txn: Txn, env: Env) -> Iterator[SnapshotRecord]:
-    for _key, raw in txn.cursor(db=env.db(SNAPSHOTS)):
-        yield SnapshotRecord.from_record(unpack(bytes(raw)))
+    return iter_records(txn, env.db(SNAPSHOTS), SnapshotRecord)
 
 
 def iter_containers(txn: Txn, env: Env) -> Iterator[ContainerRef]:
-    for _key, raw in txn.cursor(db=env.db(CONTAINERS)):
-        yield ContainerRef.from_record(unpack(bytes(raw)))
+    return iter_records(txn, env.db(CONTAINERS), ContainerRef)
 
 
 def gc_roots(txn: Txn, env: Env) -> list[tuple[str, str]]:
