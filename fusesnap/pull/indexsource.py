@@ -5,7 +5,7 @@
     found.source       which source gave it (`IndexSource`)
     found.describe()   "index from eStargz TOC" (for progress output)
 
-Sources, best first (DESIGN.md, "Layer index"; issue 5, "Index sources"):
+Sources, best first:
 
     store          the layer is indexed here already                    nothing fetched
     artifact       a fusesnap index artifact of the image               found once per image

@@ -37,7 +37,7 @@ from fusesnap.store.env import Env
 from fusesnap.store.schema import CHUNK_RAW, CHUNK_ZSTD, CHUNKS, chunk_key
 
 DEFAULT_LEVEL = 3
-# Chunks are 1 MiB by default (DESIGN.md); this only bounds what a corrupt
+# Chunks are 1 MiB by default; this only bounds what a corrupt
 # frame header can make a read allocate.
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 

@@ -280,19 +280,17 @@ class IngestInfo:
     locked: bool
 
 
-# Where a layer's index came from (see DESIGN.md, "Layer index").
+# Where a layer's index came from: built here, a TOC in the blob, or an index artifact.
 LAYER_SOURCES = frozenset({"built", "estargz", "zstd:chunked", "artifact"})
 
 
 @dataclass(frozen=True, slots=True)
-class LayerInfo(FlatRecord):
-    """A stored layer without its big parts: what `LayerStore.list` returns.
+class LayerHead:
+    """What a layer's stored header and its full record both say of it.
 
-    `index_sha256` and `chunks_sha256` (raw sha256 of the two parts) let a
-    read check that the parts are the ones written.
+    `digest` is the layer blob's (compressed) digest, `size` its size; `source`
+    one of `LAYER_SOURCES`.
     """
-
-    what: ClassVar[str] = "layer"
 
     digest: Digest
     diff_id: Digest
@@ -301,6 +299,18 @@ class LayerInfo(FlatRecord):
     uncompressed_size: int
     entry_count: int
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo(LayerHead, FlatRecord):
+    """A stored layer without its big parts: what `LayerStore.list` returns.
+
+    `index_sha256` and `chunks_sha256` (raw sha256 of the two parts) let a
+    read check that the parts are the ones written.
+    """
+
+    what: ClassVar[str] = "layer"
+
     created: float
     index_size: int
     chunk_count: int
@@ -311,7 +321,7 @@ class LayerInfo(FlatRecord):
 
 
 @dataclass(frozen=True, slots=True)
-class LayerRecord:
+class LayerRecord(LayerHead):
     """A layer as the store keeps it: its index and the chunks it needs.
 
     `digest` is the layer blob's (compressed) digest, `size` its size;
@@ -323,13 +333,6 @@ class LayerRecord:
     `created` is filled in by `LayerStore.put` when 0.
     """
 
-    digest: Digest
-    diff_id: Digest
-    media_type: str
-    size: int
-    uncompressed_size: int
-    entry_count: int
-    source: str
     index: bytes = field(repr=False)
     chunks: bytes = field(repr=False)
     created: float = 0.0
@@ -359,14 +362,4 @@ class LayerRecord:
         return cls(**shared, index=index, chunks=chunks, windows=windows)
 
 
-# What a layer's header and its full record both carry.
-_LAYER_SHARED = (
-    "digest",
-    "diff_id",
-    "media_type",
-    "size",
-    "uncompressed_size",
-    "entry_count",
-    "source",
-    "created",
-)
+_LAYER_SHARED = (*(f.name for f in fields(LayerHead)), "created")
