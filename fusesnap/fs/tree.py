@@ -72,32 +72,20 @@ class TreeStats:
     file_bytes: int
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class MergedTree:
     """An immutable merged view of an image's layers; build one with `build`.
 
     Thread safety: read-only after `build`, so any number of threads may use it.
     """
 
-    __slots__ = ("_dirs", "_entries", "_layers", "_names", "_nlinks", "_parents", "_stats")
-
-    def __init__(
-        self,
-        *,
-        entries: list[Entry],
-        layers: array[int],
-        nlinks: array[int],
-        parents: array[int],
-        names: list[str],
-        dirs: dict[int, dict[str, int]],
-        stats: TreeStats,
-    ) -> None:
-        self._entries = entries
-        self._layers = layers
-        self._nlinks = nlinks
-        self._parents = parents
-        self._names = names
-        self._dirs = dirs
-        self._stats = stats
+    _entries: list[Entry]
+    _layers: array[int]
+    _nlinks: array[int]
+    _parents: array[int]
+    _names: list[str]
+    _dirs: dict[int, dict[str, int]]
+    _stats: TreeStats
 
     @classmethod
     def build(cls, layers: Sequence[LayerIndex]) -> MergedTree:
@@ -264,12 +252,4 @@ def _freeze(root: Dir) -> MergedTree:
         other=counts[EntryType.CHAR] + counts[EntryType.BLOCK] + counts[EntryType.FIFO],
         file_bytes=file_bytes,
     )
-    return MergedTree(
-        entries=entries,
-        layers=layers,
-        nlinks=nlinks,
-        parents=parents,
-        names=names,
-        dirs=dirs,
-        stats=stats,
-    )
+    return MergedTree(entries, layers, nlinks, parents, names, dirs, stats)

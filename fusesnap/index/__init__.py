@@ -30,7 +30,8 @@ from fusesnap.index.model import (
     decode,
     encode,
 )
-from fusesnap.index.tar import Limits, build_index
+from fusesnap.index.stream import Limits
+from fusesnap.index.tar import build_index
 from fusesnap.index.toc import MAX_TOC_SIZE
 from fusesnap.index.zstdchunked import is_zstdchunked
 

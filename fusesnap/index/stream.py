@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
@@ -29,6 +30,23 @@ _IN_BLOCK = 256 << 10
 _OUT_BLOCK = 1 << 20
 _ZSTD_PIECE = 1 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one layer may cost to index (decompression bombs, huge headers).
+
+    ``max_ratio`` applies once ``ratio_grace`` bytes have come out: beyond
+    that, uncompressed bytes may not exceed ``max_ratio`` times the compressed
+    bytes read so far. (A layer that is mostly one big file of zeros can hit
+    this; raise it for such images.)
+    """
+
+    max_uncompressed: int = 64 << 30
+    max_entries: int = 10_000_000
+    max_ratio: int = 1000
+    ratio_grace: int = 64 << 20
+    max_header: int = 16 << 20
 
 
 class StreamCorrupt(Exception):
@@ -42,15 +60,11 @@ class LayerStream:
         compression: str,
         verifier: Verifier,
         *,
-        max_uncompressed: int,
-        max_ratio: int,
-        ratio_grace: int,
+        limits: Limits,
         max_read: int,
     ) -> None:
         self._verifier = verifier
-        self._max_uncompressed = max_uncompressed
-        self._max_ratio = max_ratio
-        self._ratio_grace = ratio_grace
+        self._limits = limits
         self._max_read = max_read
         self._diff = hashlib.sha256()
         self._buf = bytearray()
@@ -156,14 +170,17 @@ class LayerStream:
     def _account(self, block: bytes) -> None:
         self._diff.update(block)
         self.uncompressed += len(block)
-        if self.uncompressed > self._max_uncompressed:
-            raise StreamCorrupt(f"uncompressed size exceeds limit ({self._max_uncompressed} bytes)")
-        if self.uncompressed > self._ratio_grace and self.uncompressed > self._max_ratio * max(
-            1, self._verifier.count
+        if self.uncompressed > self._limits.max_uncompressed:
+            raise StreamCorrupt(
+                f"uncompressed size exceeds limit ({self._limits.max_uncompressed} bytes)"
+            )
+        if (
+            self.uncompressed > self._limits.ratio_grace
+            and self.uncompressed > self._limits.max_ratio * max(1, self._verifier.count)
         ):
             raise StreamCorrupt(
-                f"compression ratio exceeds limit ({self._max_ratio}:1 after "
-                f"{self._ratio_grace} bytes); a decompression bomb?"
+                f"compression ratio exceeds limit ({self._limits.max_ratio}:1 after "
+                f"{self._limits.ratio_grace} bytes); a decompression bomb?"
             )
 
 

@@ -29,7 +29,7 @@ import tarfile
 import urllib.parse
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import IO, BinaryIO, cast
 
@@ -47,7 +47,7 @@ from fusesnap.index.model import (
     LayerIndex,
     normalize_path,
 )
-from fusesnap.index.stream import LayerStream, StreamCorrupt
+from fusesnap.index.stream import LayerStream, Limits, StreamCorrupt
 from fusesnap.oci import layer_compression
 
 OnChunk = Callable[[bytes, bytes], None]
@@ -76,21 +76,7 @@ _TYPES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on what one layer may cost to index (decompression bombs, huge headers).
-
-    ``max_ratio`` applies once ``ratio_grace`` bytes have come out: beyond
-    that, uncompressed bytes may not exceed ``max_ratio`` times the compressed
-    bytes read so far. (A layer that is mostly one big file of zeros can hit
-    this; raise it for such images.)
-    """
-
-    max_uncompressed: int = 64 << 30
-    max_entries: int = 10_000_000
-    max_ratio: int = 1000
-    ratio_grace: int = 64 << 20
-    max_header: int = 16 << 20
+_DEFAULT_LIMITS = Limits()  # frozen, so one shared default is safe
 
 
 def build_index(
@@ -100,7 +86,7 @@ def build_index(
     media_type: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_chunk: OnChunk | None = None,
-    limits: Limits = Limits(),  # frozen, so one shared default is safe
+    limits: Limits = _DEFAULT_LIMITS,
     checkpoint_spacing: int = gzipindex.DEFAULT_SPACING,
 ) -> LayerIndex:
     """Index the layer blob read from ``fileobj`` (from its current position to EOF).
@@ -130,9 +116,7 @@ def build_index(
         fileobj,
         compression,
         verifier,
-        max_uncompressed=limits.max_uncompressed,
-        max_ratio=limits.max_ratio,
-        ratio_grace=limits.ratio_grace,
+        limits=limits,
         max_read=max(limits.max_header, chunk_size),
     )
     scanner = _Scanner(digest, stream, chunk_size, on_chunk, limits)
@@ -190,24 +174,17 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(slots=True)
 class _Scanner:
     """Walks the tar headers of one layer and turns them into entries."""
 
-    def __init__(
-        self,
-        digest: Digest,
-        stream: LayerStream,
-        chunk_size: int,
-        on_chunk: OnChunk | None,
-        limits: Limits,
-    ) -> None:
-        self._digest = digest
-        self._stream = stream
-        self._chunk_size = chunk_size
-        self._on_chunk = on_chunk
-        self._limits = limits
-        self._types: dict[str, EntryType] = {}
-        self.root: Entry | None = None
+    _digest: Digest
+    _stream: LayerStream
+    _chunk_size: int
+    _on_chunk: OnChunk | None
+    _limits: Limits
+    _types: dict[str, EntryType] = field(default_factory=dict)
+    root: Entry | None = None
 
     def scan(self) -> list[Entry]:
         entries: list[Entry] = []

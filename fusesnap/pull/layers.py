@@ -9,7 +9,7 @@ access. Layers run ``concurrency`` at a time; each distinct layer once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -79,32 +79,27 @@ def _random_access_index(store: Store, digest: Digest) -> LayerIndex | None:
     return index
 
 
+@dataclass(eq=False)
 class LayerJob:
     """The layer part of one pull: the layers (in manifest order), once each."""
 
-    def __init__(
-        self,
-        store: Store,
-        client: RegistryClient,
-        ref: Reference,
-        layers: list[tuple[Descriptor, Digest]],
-        progress: PullProgress,
-        counter: FetchCounter,
-        limits: Limits | None,
-        concurrency: int,
-    ) -> None:
-        self.store = store
-        self.client = client
-        self.ref = ref
-        self.layers = layers
-        self.progress = progress
-        self.counter = counter
-        self.limits = limits
-        self.limiter = trio.CapacityLimiter(max(1, concurrency))
-        self.unique: dict[Digest, tuple[Descriptor, Digest]] = {}
-        for layer, diff_id in layers:
+    store: Store
+    client: RegistryClient
+    ref: Reference
+    layers: list[tuple[Descriptor, Digest]]
+    progress: PullProgress
+    counter: FetchCounter
+    limits: Limits | None
+    concurrency: int
+    limiter: trio.CapacityLimiter = field(init=False)
+    unique: dict[Digest, tuple[Descriptor, Digest]] = field(init=False)
+    done: dict[Digest, LayerOutcome] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = trio.CapacityLimiter(max(1, self.concurrency))
+        self.unique = {}
+        for layer, diff_id in self.layers:
             self.unique.setdefault(layer.digest, (layer, diff_id))
-        self.done: dict[Digest, LayerOutcome] = {}
 
     def label(self, digest: Digest) -> str:
         n = next(i for i, (layer, _) in enumerate(self.layers) if layer.digest == digest)
