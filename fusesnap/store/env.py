@@ -35,7 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import lmdb
 
@@ -51,6 +52,26 @@ MAX_DBS = 16
 MAX_READERS = 512
 LMDB_DIR = "store.lmdb"
 INGEST_DIR = "ingest"
+
+
+class Closing:
+    """``with x:`` closes ``x`` on the way out; subclasses define `close`."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 @dataclass(eq=False, slots=True)

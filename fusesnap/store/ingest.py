@@ -39,12 +39,11 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 from fusesnap.digest import Digest, Verifier
 from fusesnap.errors import AlreadyExistsError, DigestMismatchError, NotFoundError, StoreError
 from fusesnap.store import blobs
-from fusesnap.store.env import Env
+from fusesnap.store.env import Closing, Env
 from fusesnap.store.records import ContentInfo, IngestInfo
 from fusesnap.store.schema import SEGMENT_SIZE, decode_ingest_name, ingest_name
 
@@ -100,7 +99,7 @@ def _lock(path: Path, digest: Digest, *, create: bool, wait: float) -> int | Non
             return None
 
 
-class ContentWriter:
+class ContentWriter(Closing):
     """Writes one blob to a partial file; `commit` verifies and stores it,
     `verified_path` verifies it and leaves it to be read (layers).
 
@@ -231,26 +230,19 @@ class ContentWriter:
         except DigestMismatchError:
             self.abort()
             raise
-        try:
-            with self._env.txn(write=True) as txn:
-                info = blobs.get_info(txn, self._env, self.digest)
-                if info is None:
-                    # Hashed again while copying: what is stored is what was
-                    # read, even if something rewrote the file meanwhile.
-                    info = blobs.put_blob(
-                        txn,
-                        self._env,
-                        self.digest,
-                        self._segments(fd, self.offset),
-                        media_type=self.media_type,
-                        labels=labels,
-                    )
-        except DigestMismatchError:
-            self.abort()
-            raise
-        except BaseException:
-            self.close()
-            raise
+        with self._closed_on_failure(), self._env.txn(write=True) as txn:
+            info = blobs.get_info(txn, self._env, self.digest)
+            if info is None:
+                # Hashed again while copying: what is stored is what was
+                # read, even if something rewrote the file meanwhile.
+                info = blobs.put_blob(
+                    txn,
+                    self._env,
+                    self.digest,
+                    self._segments(fd, self.offset),
+                    media_type=self.media_type,
+                    labels=labels,
+                )
         self.abort()  # the partial file is stored now
         return info
 
@@ -268,7 +260,7 @@ class ContentWriter:
         writer is closed and `DigestMismatchError` is raised.
         """
         fd = self._open_fd()
-        try:
+        with self._closed_on_failure():
             self._verifier.check(what="content")
             on_disk = Verifier(self.digest, self.size)
             for piece in self._segments(fd, self.offset):
@@ -276,12 +268,6 @@ class ContentWriter:
             if os.fstat(fd).st_size != self.offset:
                 raise DigestMismatchError(f"content {self.digest.short}: partial file changed")
             on_disk.check(what="content")
-        except DigestMismatchError:
-            self.abort()
-            raise
-        except BaseException:
-            self.close()
-            raise
         self._sealed = True
         return self.path
 
@@ -310,16 +296,18 @@ class ContentWriter:
         if fd is not None:
             os.close(fd)
 
-    def __enter__(self) -> ContentWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """A digest mismatch deletes the partial file; any other failure keeps it for a
+        resume. Either way the writer is closed."""
+        try:
+            yield
+        except DigestMismatchError:
+            self.abort()
+            raise
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         state = "closed" if self._fd is None else f"offset={self.offset}"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import TracebackType
 
 from fusesnap.store.chunks import ChunkStore
 from fusesnap.store.content import ContentStore
-from fusesnap.store.env import DEFAULT_MAP_SIZE, Env, open_env
+from fusesnap.store.env import DEFAULT_MAP_SIZE, Closing, Env, open_env
 from fusesnap.store.images import ImageStore
 from fusesnap.store.layers import LayerStore
 from fusesnap.store.leases import LeaseManager
@@ -27,7 +26,7 @@ def default_root() -> Path:
     return Path(data_home) / "fusesnap"
 
 
-class Store:
+class Store(Closing):
     """The store under one root: `content`, `images`, `leases`, `layers`,
     `chunks`, `snapshots` and `containers`.
 
@@ -56,17 +55,6 @@ class Store:
     def close(self) -> None:
         """Idempotent; the environment closes with the last open `Store`."""
         self.env.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Store {self.root}{' closed' if self.closed else ''}>"
