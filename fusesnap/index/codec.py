@@ -256,9 +256,9 @@ class _State:
 
 def _decode_body(body: Any, version: int) -> LayerIndex:
     f = Fields(body, 10 if version == 1 else 12, "index")
-    layer_digest, diff_id = f.digest(), f.digest()
-    media_type, compression = f.text(), f.text()
-    compressed_size, uncompressed_size, chunk_size = f.uint(), f.uint(), f.uint()
+    # The body's first seven fields are `LayerIndex`'s first seven, in order.
+    head = (f.digest(), f.digest(), f.text(), f.text(), f.uint(), f.uint(), f.uint())
+    compressed_size, uncompressed_size, chunk_size = head[4:]
     if chunk_size == 0:
         raise Corrupt("chunk size is 0")
     rows, gz, raw_root = f.array(), f.any(), f.any()
@@ -274,18 +274,7 @@ def _decode_body(body: Any, version: int) -> LayerIndex:
     root = None if raw_root is None else _decode_row(raw_root, _State(chunk_size, 0, 0, 1), -1)
     entries = [_decode_row(row, state, i) for i, row in enumerate(rows)]
     return LayerIndex(
-        layer_digest=layer_digest,
-        diff_id=diff_id,
-        media_type=media_type,
-        compression=compression,
-        compressed_size=compressed_size,
-        uncompressed_size=uncompressed_size,
-        chunk_size=chunk_size,
-        entries=tuple(entries),
-        checkpoints=checkpoints,
-        root=root,
-        source=source,
-        prefetch=prefetch,
+        *head, tuple(entries), checkpoints, root=root, source=source, prefetch=prefetch
     )
 
 
