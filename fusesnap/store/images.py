@@ -7,7 +7,6 @@ Removing an image therefore frees nothing by itself: gc does.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ from fusesnap.errors import NotFoundError
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
 from fusesnap.store.records import ImageRecord, get_record, iter_records
-from fusesnap.store.schema import IMAGES, image_key, pack, unpack
+from fusesnap.store.schema import IMAGES, image_key, pack
+from fusesnap.store.table import RecordTable
 
 
 def get_image(txn: Txn, env: Env, name: str) -> ImageRecord | None:
@@ -32,11 +32,11 @@ def _not_found(name: str) -> NotFoundError:
     return NotFoundError(f"image {name}: not found")
 
 
-class ImageStore:
+class ImageStore(RecordTable[ImageRecord]):
     """Create, read, update and delete image records."""
 
     def __init__(self, env: Env) -> None:
-        self._env = env
+        super().__init__(env, IMAGES, ImageRecord, image_key, "image")
 
     def put(self, record: ImageRecord) -> ImageRecord:
         """Create or update ``record.name``; return what was stored.
@@ -53,21 +53,6 @@ class ImageStore:
             stored = dataclasses.replace(record, created=created, updated=now)
             txn.put(key, pack(stored.to_record()), db=self._env.db(IMAGES))
         return stored
-
-    def get(self, name: str) -> ImageRecord:
-        with self._env.txn() as txn:
-            record = get_image(txn, self._env, name)
-        if record is None:
-            raise _not_found(name)
-        return record
-
-    def exists(self, name: str) -> bool:
-        with self._env.txn() as txn:
-            return get_image(txn, self._env, name) is not None
-
-    def list(self) -> builtins.list[ImageRecord]:
-        """Every image, by name."""
-        return [ImageRecord.from_record(unpack(raw)) for _k, raw in self._env.iter_items(IMAGES)]
 
     def delete(self, name: str) -> ImageRecord:
         """Remove the record (not its content); return it."""

@@ -25,7 +25,6 @@ on its expiry, not an owner.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import secrets
 import time
@@ -37,7 +36,8 @@ from fusesnap.process import process_start_time
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
 from fusesnap.store.records import LeaseRecord, Resource, get_record, iter_records
-from fusesnap.store.schema import LEASES, lease_key, pack, unpack
+from fusesnap.store.schema import LEASES, lease_key, pack
+from fusesnap.store.table import RecordTable
 
 DEFAULT_EXPIRY = 24 * 3600.0
 
@@ -70,11 +70,11 @@ def _not_found(lease_id: str) -> NotFoundError:
     return NotFoundError(f"lease {lease_id}: not found")
 
 
-class LeaseManager:
+class LeaseManager(RecordTable[LeaseRecord]):
     """Create, inspect, change and delete leases."""
 
     def __init__(self, env: Env) -> None:
-        self._env = env
+        super().__init__(env, LEASES, LeaseRecord, lease_key, "lease")
 
     is_live = staticmethod(is_live)
 
@@ -110,17 +110,6 @@ class LeaseManager:
                 raise AlreadyExistsError(f"lease {record.id}: already exists")
             txn.put(key, pack(record.to_record()), db=self._env.db(LEASES))
         return record
-
-    def get(self, id: str) -> LeaseRecord:
-        with self._env.txn() as txn:
-            record = get_lease(txn, self._env, id)
-        if record is None:
-            raise _not_found(id)
-        return record
-
-    def list(self) -> builtins.list[LeaseRecord]:
-        """Every lease, live or not, by id."""
-        return [LeaseRecord.from_record(unpack(raw)) for _k, raw in self._env.iter_items(LEASES)]
 
     def _update(self, id: str, resources: Iterable[Resource], *, add: bool) -> LeaseRecord:
         with self._env.txn(write=True) as txn:

@@ -23,7 +23,6 @@ container its image. A pull commits its image's chain (`commit_chain`);
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -36,7 +35,8 @@ from fusesnap.oci import chain_ids
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
 from fusesnap.store.records import CONTENT, LAYER, FlatRecord, get_record, iter_records
-from fusesnap.store.schema import CONTAINERS, SNAPSHOTS, container_key, pack, snapshot_key, unpack
+from fusesnap.store.schema import CONTAINERS, SNAPSHOTS, container_key, pack, snapshot_key
+from fusesnap.store.table import RecordTable
 
 COMMITTED = "committed"
 ACTIVE = "active"
@@ -107,11 +107,11 @@ def _not_found(key: str) -> NotFoundError:
     return NotFoundError(f"snapshot {key}: not found")
 
 
-class SnapshotStore:
+class SnapshotStore(RecordTable[SnapshotRecord]):
     """Snapshot records: create, read, commit, delete (each one transaction)."""
 
     def __init__(self, env: Env) -> None:
-        self._env = env
+        super().__init__(env, SNAPSHOTS, SnapshotRecord, snapshot_key, "snapshot")
 
     def _put(self, txn: Txn, record: SnapshotRecord) -> None:
         txn.put(snapshot_key(record.key), pack(record.to_record()), db=self._env.db(SNAPSHOTS))
@@ -196,22 +196,6 @@ class SnapshotStore:
                 parents = {s.parent for s in iter_snapshots(txn, self._env)}
         return deleted
 
-    def get(self, key: str) -> SnapshotRecord:
-        with self._env.txn() as txn:
-            record = get_snapshot(txn, self._env, key)
-        if record is None:
-            raise _not_found(key)
-        return record
-
-    def exists(self, key: str) -> bool:
-        with self._env.txn() as txn:
-            return get_snapshot(txn, self._env, key) is not None
-
-    def list(self) -> builtins.list[SnapshotRecord]:
-        """Every snapshot, by key."""
-        items = self._env.iter_items(SNAPSHOTS)
-        return [SnapshotRecord.from_record(unpack(raw)) for _k, raw in items]
-
     def delete(self, key: str) -> SnapshotRecord:
         """Remove snapshot ``key``; `SnapshotInUseError` if another stands on it."""
         with self._env.txn(write=True) as txn:
@@ -232,27 +216,16 @@ def _with_created(record: SnapshotRecord) -> SnapshotRecord:
     return dataclasses.replace(record, created=record.created or time.time())
 
 
-class ContainerStore:
+class ContainerStore(RecordTable[ContainerRef]):
     """Container records (for gc): put, get, delete, list."""
 
     def __init__(self, env: Env) -> None:
-        self._env = env
+        super().__init__(env, CONTAINERS, ContainerRef, container_key, "container")
 
     def put(self, ref: ContainerRef) -> None:
         with self._env.txn(write=True) as txn:
             txn.put(container_key(ref.name), pack(ref.to_record()), db=self._env.db(CONTAINERS))
 
-    def get(self, name: str) -> ContainerRef:
-        with self._env.txn() as txn:
-            raw = txn.get(container_key(name), db=self._env.db(CONTAINERS))
-        if raw is None:
-            raise NotFoundError(f"container {name}: not found")
-        return ContainerRef.from_record(unpack(bytes(raw)))
-
     def delete(self, name: str) -> bool:
         with self._env.txn(write=True) as txn:
             return bool(txn.delete(container_key(name), db=self._env.db(CONTAINERS)))
-
-    def list(self) -> builtins.list[ContainerRef]:
-        items = self._env.iter_items(CONTAINERS)
-        return [ContainerRef.from_record(unpack(raw)) for _k, raw in items]
