@@ -34,12 +34,7 @@ from fusesnap.digest import Digest
 from fusesnap.errors import ManifestError, NotFoundError
 from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.oci import Descriptor, ImageConfig, Platform, chain_ids, layer_compression
-from fusesnap.pull.indexsource import (
-    FetchCounter,
-    NoProgress,
-    PullProgress,
-    layer_complete,
-)
+from fusesnap.pull.indexsource import FetchCounter, NoProgress, PullProgress, layer_complete
 from fusesnap.pull.layers import LayerJob, LayerOutcome
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient, Resolved

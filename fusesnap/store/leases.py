@@ -30,6 +30,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TypedDict, Unpack
 
 from fusesnap.errors import AlreadyExistsError, NotFoundError
 from fusesnap.process import process_start_time
@@ -40,6 +41,15 @@ from fusesnap.store.schema import LEASES, lease_key, pack
 from fusesnap.store.table import RecordTable
 
 DEFAULT_EXPIRY = 24 * 3600.0
+
+
+class LeaseOptions(TypedDict, total=False):
+    """What `LeaseManager.create` takes (and `LeaseManager.lease` passes on)."""
+
+    id: str | None
+    expires_in: float | None
+    labels: dict[str, str] | None
+    owner_pid: int | None
 
 
 def is_live(lease: LeaseRecord, now: float | None = None) -> bool:
@@ -144,17 +154,10 @@ class LeaseManager(RecordTable[LeaseRecord]):
             raise _not_found(id)
 
     @contextmanager
-    def lease(
-        self,
-        *,
-        id: str | None = None,
-        expires_in: float | None = DEFAULT_EXPIRY,
-        labels: dict[str, str] | None = None,
-        owner_pid: int | None = None,
-    ) -> Iterator[LeaseRecord]:
-        """A lease for the duration of a block, deleted on exit (even on
-        error). Write the image record inside the block, not after it."""
-        record = self.create(id=id, expires_in=expires_in, labels=labels, owner_pid=owner_pid)
+    def lease(self, **options: Unpack[LeaseOptions]) -> Iterator[LeaseRecord]:
+        """A lease made by `create` with ``options``, for the duration of a block, deleted
+        on exit (even on error). Write the image record inside the block, not after it."""
+        record = self.create(**options)
         try:
             yield record
         finally:
