@@ -26,6 +26,7 @@ from fusesnap.store.schema import (
     blob_key,
     blob_prefix,
     content_key,
+    delete_prefix,
     pack,
     unpack,
 )
@@ -132,12 +133,7 @@ def delete_blob(txn: Txn, env: Env, digest: Digest) -> ContentInfo | None:
     txn.delete(content_key(digest), db=env.db(CONTENT))
     # By prefix rather than range(info.segments): also removes segments a
     # corrupt info would not account for.
-    prefix = blob_prefix(digest)
-    cursor = txn.cursor(db=env.db(BLOBS))
-    if cursor.set_range(prefix):
-        while bytes(cursor.key()).startswith(prefix):
-            if not cursor.delete():
-                break
+    delete_prefix(txn, env.db(BLOBS), blob_prefix(digest))
     return info
 
 

@@ -50,6 +50,7 @@ from fusesnap.store.schema import (
     LAYERS,
     SEGMENT_SIZE,
     chunk_key,
+    delete_prefix,
     layer_data_key,
     layer_data_prefix,
     layer_key,
@@ -179,12 +180,7 @@ def delete_layer(txn: Txn, env: Env, digest: Digest) -> LayerInfo | None:
     info = get_info(txn, env, digest)
     if info is not None:
         txn.delete(layer_key(digest), db=env.db(LAYERS))
-    prefix = layer_data_prefix(digest)
-    cursor = txn.cursor(db=env.db(LAYER_DATA))
-    if cursor.set_range(prefix):
-        while bytes(cursor.key()).startswith(prefix):
-            if not cursor.delete():
-                break
+    delete_prefix(txn, env.db(LAYER_DATA), layer_data_prefix(digest))
     return info
 
 

@@ -174,6 +174,16 @@ def unpack(data: bytes) -> Any:
         raise StoreError(f"corrupt record in store: {exc}") from None
 
 
+def delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> None:
+    """Delete every key of ``db`` that starts with ``prefix`` (a blob's segments, a
+    layer's parts), whatever a record says there should be."""
+    cursor = txn.cursor(db=db)
+    if cursor.set_range(prefix):
+        while bytes(cursor.key()).startswith(prefix):
+            if not cursor.delete():
+                break
+
+
 # -- keys ----------------------------------------------------------------------
 
 
