@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import click
 
@@ -36,11 +37,8 @@ def content_ls(c: Context, quiet: bool) -> None:
 @pass_ctx
 def content_rm(c: Context, digests: tuple[str, ...]) -> None:
     """Delete blobs by digest (images that need them become unusable until pulled again)."""
-
     store = c.store()
-    for d in digests:
-        store.content.delete(Digest(d))
-        click.echo(f"removed {d}")
+    _remove_each(digests, lambda d: store.content.delete(Digest(d)), "")
 
 
 @cli.group()
@@ -70,9 +68,15 @@ def lease_ls(c: Context) -> None:
 def lease_rm(c: Context, ids: tuple[str, ...]) -> None:
     """Delete leases."""
     store = c.store()
-    for lid in ids:
-        store.leases.delete(lid)
-        click.echo(f"removed lease {lid}")
+    _remove_each(ids, store.leases.delete, "lease ")
+
+
+def _remove_each(keys: tuple[str, ...], delete: Callable[[str], object], what: str) -> None:
+    """Delete each of ``keys`` in turn, saying so as it goes (an unknown key stops it with
+    its one-line error)."""
+    for key in keys:
+        delete(key)
+        click.echo(f"removed {what}{key}")
 
 
 @cli.command()

@@ -11,7 +11,13 @@ import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx
 from fusesnap.cli.images import layer_table, pull_with_progress
-from fusesnap.containers import SpecError, container, parse_env_option, start_detached
+from fusesnap.containers import (
+    ProcessOptions,
+    SpecError,
+    container,
+    parse_env_option,
+    start_detached,
+)
 from fusesnap.errors import AlreadyExistsError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.mountd import check_image
@@ -96,10 +102,7 @@ def run(
     for reaped in container.reap(c.root):
         click.echo(f"fusesnap: cleaned up dead container {reaped}", err=True)
     view = _ensure_image(c, ref)
-    container.create(
-        c.root,
-        name,
-        ref,
+    process = ProcessOptions(
         command=command,
         env=env,
         workdir=workdir,
@@ -107,6 +110,12 @@ def run(
         terminal=terminal,
         net_host=net == "host",
         readonly=readonly,
+    )
+    container.create(
+        c.root,
+        name,
+        ref,
+        process,
         detached=detach,
         auto_remove=remove,
         registry=RegistryOptions(c.insecure_registries, c.ca_file),

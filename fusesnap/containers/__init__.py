@@ -9,9 +9,10 @@ drives the runtime; `runner` starts a detached container and supervises it;
 from fusesnap.containers import container
 from fusesnap.containers.commit import commit_container
 from fusesnap.containers.runner import start_detached
-from fusesnap.containers.spec import SpecError, parse_env_option
+from fusesnap.containers.spec import ProcessOptions, SpecError, parse_env_option
 
 __all__ = [
+    "ProcessOptions",
     "SpecError",
     "commit_container",
     "container",

@@ -32,7 +32,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from fusesnap.containers.record import (
     snapshot_key,
 )
 from fusesnap.containers.runc import RunResult, runc_status
-from fusesnap.containers.spec import build_spec, resolve_user
+from fusesnap.containers.spec import ProcessOptions, build_spec, resolve_user
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.lazy import profile as profiles
@@ -113,14 +113,8 @@ def create(
     root: Path,
     name: str,
     ref: str,
+    options: ProcessOptions,
     *,
-    command: Sequence[str] = (),
-    env: Sequence[str] = (),
-    workdir: str | None = None,
-    user: str | None = None,
-    terminal: bool = False,
-    net_host: bool = False,
-    readonly: bool = False,
     detached: bool = False,
     auto_remove: bool = False,
     registry: RegistryOptions | None = None,
@@ -145,7 +139,7 @@ def create(
         created=time.time(),
         detached=detached,
         auto_remove=auto_remove,
-        readonly=readonly,
+        readonly=options.readonly,
         snapshot=snapshot_key(name),
     )
     record.claim()
@@ -160,7 +154,7 @@ def create(
             image_config = dict(view.config.config)
             snapshots = Snapshotter(store, root)
             top = snapshots.ensure_image(view)
-            make = snapshots.view if readonly else snapshots.prepare
+            make = snapshots.view if options.readonly else snapshots.prepare
             make(record.snapshot, top, labels={"fusesnap.container": name})
             store.containers.put(
                 ContainerRef(
@@ -171,7 +165,7 @@ def create(
                     created=record.created,
                 )
             )
-            options = snapshots.overlay_options(record.snapshot, lower)
+            overlay = snapshots.overlay_options(record.snapshot, lower)
             record_profile = _wants_profile(store, view)
         daemon = DaemonOptions(
             root,
@@ -186,24 +180,13 @@ def create(
         # FUSE's root inode has mode 0 until its first getattr, and an overlay without
         # an upper dir (a view) takes its root's mode from the lower at mount time.
         lower.stat()
-        _mount_overlay(options, rootfs)
+        _mount_overlay(overlay, rootfs)
         who = resolve_user(
-            user if user is not None else str(image_config.get("User") or ""),
+            options.user if options.user is not None else str(image_config.get("User") or ""),
             _read_image_file(lower, "etc/passwd"),
             _read_image_file(lower, "etc/group"),
         )
-        spec = build_spec(
-            image_config,
-            rootfs=str(rootfs),
-            user=who,
-            command=command,
-            env=env,
-            workdir=workdir,
-            terminal=terminal,
-            hostname=name,
-            net_host=net_host,
-            readonly=readonly,
-        )
+        spec = build_spec(image_config, options, rootfs=str(rootfs), user=who, hostname=name)
         (directory / SPEC).write_text(json.dumps(spec, indent=1))
         record.status = "created"
         record.save(directory)

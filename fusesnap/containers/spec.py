@@ -19,6 +19,7 @@ from fusesnap.errors import FusesnapError
 
 __all__ = [
     "DEFAULT_PATH",
+    "ProcessOptions",
     "SpecError",
     "User",
     "build_spec",
@@ -49,6 +50,22 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 
 class SpecError(FusesnapError):
     """The image config and the options given do not make a runnable container."""
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """What is asked of a container beyond its image's config (``fusesnap run``'s flags):
+    ``command`` replaces ``Cmd``, ``env`` overrides ``Env``, ``workdir`` and ``user``
+    (a name, uid or ``user:group``) replace the image's, ``net_host`` shares the host's
+    network, ``readonly`` makes the root read-only."""
+
+    command: Sequence[str] = ()
+    env: Sequence[str] = ()
+    workdir: str | None = None
+    user: str | None = None
+    terminal: bool = False
+    net_host: bool = False
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,37 +197,34 @@ def resolve_user(spec: str, passwd: str = "", group: str = "") -> User:
 
 def build_spec(
     image_config: Mapping[str, Any],
+    options: ProcessOptions,
     *,
     rootfs: str,
     user: User,
-    command: Sequence[str] = (),
-    env: Sequence[str] = (),
-    workdir: str | None = None,
-    terminal: bool = False,
     hostname: str = "fusesnap",
-    net_host: bool = False,
-    readonly: bool = False,
 ) -> dict[str, Any]:
-    """The runtime config: the image's process settings (module docstring) and runc's
-    defaults, the root filesystem at ``rootfs``."""
-    cwd = workdir or str(image_config.get("WorkingDir") or "") or "/"
+    """The runtime config: the image's process settings (module docstring) with
+    ``options`` applied, runc's defaults, the root filesystem at ``rootfs``; ``user`` is
+    ``options.user`` (or the image's) resolved."""
+    terminal = options.terminal
+    cwd = options.workdir or str(image_config.get("WorkingDir") or "") or "/"
     if not cwd.startswith("/"):
         raise SpecError(f"working directory {cwd!r}: must be an absolute path")
     user_doc: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
     if user.additional_gids:
         user_doc["additionalGids"] = list(user.additional_gids)
-    process_env = merge_env(image_config.get("Env"), env, home=user.home)
+    process_env = merge_env(image_config.get("Env"), options.env, home=user.home)
     if terminal and not any(e.startswith("TERM=") for e in process_env):
         process_env.append("TERM=xterm")
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if not net_host:
+    if not options.net_host:
         namespaces.insert(1, {"type": "network"})
     return {
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": terminal,
             "user": user_doc,
-            "args": process_args(image_config, command),
+            "args": process_args(image_config, options.command),
             "env": process_env,
             "cwd": cwd,
             "capabilities": {
@@ -220,7 +234,7 @@ def build_spec(
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
         },
-        "root": {"path": rootfs, "readonly": readonly},
+        "root": {"path": rootfs, "readonly": options.readonly},
         "hostname": hostname,
         "mounts": _default_mounts(),
         "linux": {

@@ -6,6 +6,7 @@ import pytest
 
 from fusesnap.containers.spec import (
     DEFAULT_PATH,
+    ProcessOptions,
     SpecError,
     User,
     build_spec,
@@ -81,7 +82,8 @@ def test_unknown_user_or_group_names_are_errors() -> None:
 def test_spec_has_runc_defaults_and_image_settings() -> None:
     cfg = {"Cmd": ["bash"], "Env": ["PATH=/usr/bin"], "WorkingDir": "/srv", "User": "app"}
     user = resolve_user(cfg["User"], PASSWD, GROUP)  # type: ignore[arg-type]
-    spec = build_spec(cfg, rootfs="/r", user=user, command=["id"], env=["X=1"], hostname="c1")
+    options = ProcessOptions(command=["id"], env=["X=1"])
+    spec = build_spec(cfg, options, rootfs="/r", user=user, hostname="c1")
     proc = spec["process"]
     assert proc["args"] == ["id"]
     assert proc["env"] == ["PATH=/usr/bin", "X=1", "HOME=/home/app"]
@@ -104,12 +106,14 @@ def test_spec_has_runc_defaults_and_image_settings() -> None:
 
 def test_spec_options() -> None:
     user = User(0, 0)
-    spec = build_spec({"Cmd": ["sh"]}, rootfs="/r", user=user, terminal=True, net_host=True,
-                      workdir="/tmp")  # fmt: skip
+    options = ProcessOptions(terminal=True, net_host=True, workdir="/tmp", readonly=True)
+    spec = build_spec({"Cmd": ["sh"]}, options, rootfs="/r", user=user)
     assert "network" not in [n["type"] for n in spec["linux"]["namespaces"]]
     assert spec["process"]["terminal"] is True
     assert "TERM=xterm" in spec["process"]["env"]
     assert spec["process"]["cwd"] == "/tmp"
-    assert build_spec({"Cmd": ["sh"]}, rootfs="/r", user=user)["process"]["cwd"] == "/"
+    assert spec["root"] == {"path": "/r", "readonly": True}
+    default = build_spec({"Cmd": ["sh"]}, ProcessOptions(), rootfs="/r", user=user)
+    assert default["process"]["cwd"] == "/"
     with pytest.raises(SpecError, match="absolute"):
-        build_spec({"Cmd": ["sh"]}, rootfs="/r", user=user, workdir="rel")
+        build_spec({"Cmd": ["sh"]}, ProcessOptions(workdir="rel"), rootfs="/r", user=user)
