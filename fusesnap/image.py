@@ -12,11 +12,13 @@ network::
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
+from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import MergedTree, Node, iter_file
 from fusesnap.index import EntryType, LayerIndex, decode
@@ -73,6 +75,24 @@ class ImageView:
         if "config" in self.__dict__:
             other.__dict__["config"] = self.__dict__["config"]
         return other
+
+    @classmethod
+    def of_manifest(
+        cls, store: Store, name: str, manifest_digest: Digest, *, depth: int = 0
+    ) -> ImageView:
+        """Manifest ``manifest_digest`` in the store seen as image ``name`` (the reference
+        its blobs are fetched from), with no image record: what a snapshot chain of the
+        containerd snapshotter is. ``depth``: only its bottom ``depth`` layers (0: all)."""
+        record = ImageRecord(name, manifest_digest, "", 0, manifest_digest, "")
+        view = cls(store, record)
+        if depth:
+            if depth > len(view.manifest.layers):
+                raise NotFoundError(
+                    f"image {name}: {manifest_digest.short} has "
+                    f"{len(view.manifest.layers)} layers, not {depth}"
+                )
+            view.manifest = dataclasses.replace(view.manifest, layers=view.layers[:depth])
+        return view
 
     @classmethod
     def open(cls, store: Store, ref: str) -> ImageView:

@@ -53,9 +53,10 @@ ALLOWED: dict[str, set[str]] = {
     "snapshots": CORE | {"index", "image", "pull", "store"},
     "mountd": CORE | {"index", "fs", "fuse", "image", "lazy", "pull", "registry", "store"},
     "containers": CORE | {"image", "lazy", "mountd", "pull", "registry", "snapshots", "store"},
+    "containerd": CORE | {"mountd", "pull", "registry", "store"},
     "cli": CORE
-    | {"__init__", "containers", "fs", "fuse", "image", "index", "lazy", "mountd", "pull"}
-    | {"registry", "snapshots", "store"},
+    | {"__init__", "containerd", "containers", "fs", "fuse", "image", "index", "lazy"}
+    | {"mountd", "pull", "registry", "snapshots", "store"},
 }
 
 THIRD_PARTY = {
@@ -63,7 +64,9 @@ THIRD_PARTY = {
     "pyfuse3": {"fuse"},
     "click": {"cli"},
     "lmdb": {"store"},
-    "grpc": set(),
+    "grpc": {"containerd"},
+    "google": {"containerd"},  # protobuf
+    "prometheus_client": {"containerd"},
 }
 # Pure units: no event loop in them (callers run them through fusesnap.blocking).
 NO_TRIO = {"index", "store", "fs", "image", "oci", "digest", "reference", "errors"}
@@ -167,11 +170,16 @@ def test_no_private_modules_cross_packages() -> None:
     assert not bad, bad
 
 
+def _generated(path: Path) -> bool:
+    """Code a generator wrote (the gRPC stubs, `tools/gen-proto`), which says so on top."""
+    return "DO NOT EDIT" in "".join(path.read_text().splitlines()[:3])
+
+
 def test_modules_stay_small() -> None:
     big = [
         f"{f.relative_to(PKG)}: {n} lines"
         for f in FILES
-        if (n := len(f.read_text().splitlines())) > MAX_LINES
+        if (n := len(f.read_text().splitlines())) > MAX_LINES and not _generated(f)
     ]
     assert not big, big
 

@@ -113,6 +113,7 @@ COMMAND_MODULES = {
     "containers": "run",
     "snapshot": "snapshots",
     "commit": "snapshots",
+    "snapshotter": "snapshotter",
 }
 
 

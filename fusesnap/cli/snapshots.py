@@ -22,6 +22,8 @@ def _short(key: str | None) -> str:
 
 def _doc(snapshots: Snapshotter, record: SnapshotRecord) -> dict[str, object]:
     path = snapshots.path(record)
+    if record.namespace and record.id:  # the containerd snapshotter's directory
+        path = snapshots.base.parent / "containerd" / "snapshots" / record.id
     return {
         "key": record.key,
         "kind": record.kind,
@@ -30,7 +32,10 @@ def _doc(snapshots: Snapshotter, record: SnapshotRecord) -> dict[str, object]:
         "diff_id": None if record.diff_id is None else str(record.diff_id),
         "path": None if path is None else str(path),
         "created": record.created,
+        "updated": record.updated or record.created,
         "labels": record.labels,
+        **({"namespace": record.namespace} if record.namespace else {}),
+        **({"source": record.source, "manifest": str(record.manifest)} if record.source else {}),
     }
 
 
@@ -40,30 +45,61 @@ def snapshot() -> None:
     (a container's writable upper dir) and views (read-only)."""
 
 
+_NAMESPACE = click.option(
+    "-n",
+    "--namespace",
+    metavar="NS",
+    help="containerd namespace NS (snapshots of fusesnap's containerd snapshotter); "
+    "without it, fusesnap's own.",
+)
+
+
 @snapshot.command("ls")
+@click.option(
+    "-n",
+    "--namespace",
+    metavar="NS",
+    help="Only containerd namespace NS (default: every snapshot, fusesnap's own as '-').",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Keys only.")
 @pass_ctx
-def snapshot_ls(c: Context) -> None:
-    """List snapshots: key, kind, parent, layer, creation time."""
+def snapshot_ls(c: Context, namespace: str | None, quiet: bool) -> None:
+    """List snapshots: namespace, key, kind, parent, layer, creation time."""
+    store = c.store()
+    if namespace is None:
+        records = store.snapshots.list_all()
+    else:
+        records = store.snapshots.in_namespace(namespace).list()
+    if quiet:
+        for s in records:
+            click.echo(s.key)
+        return
     rows = [
         [
+            s.namespace or "-",
             s.key,
-            s.kind,
+            f"{s.kind} (remote)" if s.source else s.kind,
             _short(s.parent),
             _short(None if s.layer is None else str(s.layer)),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created)),
         ]
-        for s in Snapshotter(c.store(), c.root).list()
+        for s in records
     ]
-    click.echo(table(rows, ["KEY", "KIND", "PARENT", "LAYER", "CREATED"]))
+    click.echo(table(rows, ["NAMESPACE", "KEY", "KIND", "PARENT", "LAYER", "CREATED"]))
 
 
 @snapshot.command("info")
 @click.argument("key")
+@_NAMESPACE
 @pass_ctx
-def snapshot_info(c: Context, key: str) -> None:
+def snapshot_info(c: Context, key: str, namespace: str | None) -> None:
     """Print snapshot KEY as JSON."""
     snapshots = Snapshotter(c.store(), c.root)
-    click.echo(json.dumps(_doc(snapshots, snapshots.stat(key)), indent=2))
+    if namespace:
+        record = c.store().snapshots.in_namespace(namespace).get(key)
+    else:
+        record = snapshots.stat(key)
+    click.echo(json.dumps(_doc(snapshots, record), indent=2))
 
 
 @snapshot.command("rm")

@@ -39,6 +39,7 @@ from typing import Any
 
 import trio
 
+from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import Node
 from fusesnap.fuse import (
@@ -68,7 +69,7 @@ from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
 from fusesnap.store import Resource, Store, open_store
 
-__all__ = ["check_image", "prepare_mountpoint", "serve_image"]
+__all__ = ["check_image", "open_view", "prepare_mountpoint", "serve_image"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,20 @@ def check_image(store: Store, ref: str) -> ImageView:
     `NotFoundError` (one line, saying to pull) if it is not in the store or a
     layer has no index. Chunks need not be local: a lazy mount fetches them.
     """
-    view = ImageView.open(store, ref)
+    return _check_layers(store, ImageView.open(store, ref), ref)
+
+
+def open_view(store: Store, options: DaemonOptions) -> ImageView:
+    """What ``options`` serve: the image record named ``options.ref`` (`check_image`),
+    or, with ``options.manifest``, that manifest's layers, every one indexed."""
+    if not options.manifest:
+        return check_image(store, options.ref)
+    digest = Digest(options.manifest)
+    view = ImageView.of_manifest(store, options.ref, digest, depth=options.depth)
+    return _check_layers(store, view, options.ref)
+
+
+def _check_layers(store: Store, view: ImageView, ref: str) -> ImageView:
     for n, layer in enumerate(view.layers):
         if not store.layers.exists(layer.digest):
             raise NotFoundError(
@@ -186,7 +200,7 @@ def serve_image(
         labels = {"fusesnap.mount": str(target), "fusesnap.image": options.ref}
         with store.leases.lease(owner_pid=os.getpid(), expires_in=None, labels=labels) as lease:
             with _reported(on_ready):
-                view = check_image(store, options.ref) if view is None else view.using(store)
+                view = open_view(store, options) if view is None else view.using(store)
                 store.leases.add_resources(lease.id, _resources(view))
                 lazy = _lazy_chunks(store, view)
                 cache = ChunkCache(

@@ -24,6 +24,9 @@ class DaemonOptions:
     landmark files and the recorded profile, if any; ``profile`` the same, warning
     if there is no profile; ``all`` those, then every chunk. ``record``: store the
     access profile of this mount at unmount. ``verbose``: debug logging.
+    ``manifest``: serve this manifest's layers (its bottom ``depth`` of them, 0: all),
+    fetched from ``ref``, instead of the image record named ``ref`` (a snapshot chain of
+    the containerd snapshotter, which records no image).
     """
 
     root: Path
@@ -35,6 +38,8 @@ class DaemonOptions:
     record: bool = False
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     verbose: bool = False
+    manifest: str = ""
+    depth: int = 0
 
     def __post_init__(self) -> None:
         if self.prefetch not in PREFETCH_MODES:

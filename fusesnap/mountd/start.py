@@ -42,7 +42,7 @@ from typing import Any, NoReturn, Protocol
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.mountd.control import query
-from fusesnap.mountd.daemon import check_image, prepare_mountpoint, serve_image
+from fusesnap.mountd.daemon import open_view, prepare_mountpoint, serve_image
 from fusesnap.mountd.mountpoint import (
     FSTYPE,
     MountError,
@@ -85,7 +85,7 @@ def start_mount(
     target = prepare_mountpoint(options.mountpoint)
     if view is None:
         with open_store(options.root) as store:
-            view = check_image(store, options.ref)
+            view = open_view(store, options)
             view.tree()  # built here, once: the forked daemon serves it
     directory = make_state_dir(options.root, target)
     log_path = directory / DAEMON_LOG

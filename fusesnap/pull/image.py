@@ -57,6 +57,7 @@ class PullResult:
     outcomes: tuple[LayerOutcome, ...] = ()
     artifact: Digest | None = None  # the index artifact a lazy pull used
     cached: str | None = None  # the top chain ID, when its committed snapshots sufficed
+    diff_ids: tuple[Digest, ...] = ()
 
 
 def image_name(ref: Reference) -> str:
@@ -75,6 +76,9 @@ async def pull(
     limits: Limits | None = None,
     check: Callable[[Sequence[LayerIndex]], object] | None = None,
     lazy: bool = False,
+    build: bool = True,
+    record: bool = True,
+    lease_id: str | None = None,
 ) -> PullResult:
     """Pull ``ref`` into ``store`` and record it as an image; return what was done.
 
@@ -93,18 +97,25 @@ async def pull(
 
     Concurrency: layers are handled ``concurrency`` at a time. Cancellation
     leaves partial ingests for the next pull to resume and no image record.
+
+    For the containerd snapshotter: ``build=False`` (with ``lazy``) builds no index by
+    streaming a layer (its outcome is ``none``); ``record=False`` records neither the
+    image nor its chain; ``lease_id``: protect what is pulled by that lease, which the
+    caller keeps, instead of one of the pull's own.
     """
     progress = progress or NoProgress()
-    lease = await run_blocking(
-        lambda: store.leases.create(
-            expires_in=24 * 3600, labels={"fusesnap/pull": str(ref)}, owner_pid=os.getpid()
+    if lease_id is None:
+        own = await run_blocking(
+            lambda: store.leases.create(
+                expires_in=24 * 3600, labels={"fusesnap/pull": str(ref)}, owner_pid=os.getpid()
+            )
         )
-    )
+    lease = lease_id or own.id
     counter = FetchCounter()
     try:
 
         async def protect(digest: Digest) -> None:
-            await run_blocking(store.leases.add_resource, lease.id, Resource("content", digest))
+            await run_blocking(store.leases.add_resource, lease, Resource("content", digest))
 
         resolved = await client.resolve(ref, platform=platform)
         manifest = resolved.parsed
@@ -137,7 +148,7 @@ async def pull(
         layers = list(zip(manifest.layers, config_doc.diff_ids, strict=True))
         for layer, _ in layers:
             await protect(layer.digest)
-            await run_blocking(store.leases.add_resource, lease.id, Resource("layer", layer.digest))
+            await run_blocking(store.leases.add_resource, lease, Resource("layer", layer.digest))
 
         job = LayerJob(store, client, ref, layers, progress, counter, limits, concurrency)
         cached = await run_blocking(_cached_chain, store, layers, not lazy)
@@ -152,7 +163,7 @@ async def pull(
                 for i, (layer, _) in enumerate(layers)
             )
         elif lazy:
-            outcomes, artifact = await job.index_all(resolved.manifest)
+            outcomes, artifact = await job.index_all(resolved.manifest, build=build)
         else:
             outcomes, artifact = await job.complete_all(), None
 
@@ -161,23 +172,25 @@ async def pull(
 
         plat = resolved.manifest.platform or config_doc.platform
         name = image_name(ref)
-        now = time.time()
-        record = ImageRecord(
-            name=name,
-            target_digest=resolved.target.digest,
-            target_media_type=resolved.target.media_type,
-            target_size=resolved.target.size,
-            manifest_digest=resolved.manifest.digest,
-            platform=str(plat),
-            created=now,
-            updated=now,
-        )
-        await run_blocking(store.images.put, record)
-        chain = [(layer.digest, diff_id) for layer, diff_id in layers]
-        await run_blocking(store.snapshots.commit_chain, chain, {"fusesnap.image": name})
+        if record:
+            now = time.time()
+            image = ImageRecord(
+                name=name,
+                target_digest=resolved.target.digest,
+                target_media_type=resolved.target.media_type,
+                target_size=resolved.target.size,
+                manifest_digest=resolved.manifest.digest,
+                platform=str(plat),
+                created=now,
+                updated=now,
+            )
+            await run_blocking(store.images.put, image)
+            chain = [(layer.digest, diff_id) for layer, diff_id in layers]
+            await run_blocking(store.snapshots.commit_chain, chain, {"fusesnap.image": name})
     finally:
-        with trio.CancelScope(shield=True):
-            await run_blocking(store.leases.delete, lease.id)
+        if lease_id is None:
+            with trio.CancelScope(shield=True):
+                await run_blocking(store.leases.delete, own.id)
     return PullResult(
         name=name,
         target=resolved.target,
@@ -189,6 +202,7 @@ async def pull(
         outcomes=outcomes,
         artifact=artifact.digest if artifact is not None else None,
         cached=cached[-1] if cached else None,
+        diff_ids=tuple(config_doc.diff_ids),
     )
 
 

@@ -45,7 +45,13 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import AlreadyExistsError, DigestMismatchError, LayerError, ManifestError
+from fusesnap.errors import (
+    AlreadyExistsError,
+    DigestMismatchError,
+    LayerError,
+    ManifestError,
+    NotFoundError,
+)
 from fusesnap.index import (
     TOC_DIGEST_ANNOTATION,
     LayerIndex,
@@ -171,8 +177,10 @@ async def resolve_layer_index(
     counter: FetchCounter | None = None,
     limits: Limits | None = None,
     announce: Announce | None = None,
+    build: bool = True,
 ) -> ResolvedIndex:
-    """The index of ``layer`` from the best source (see the module docstring), stored.
+    """The index of ``layer`` from the best source (see the module docstring), stored;
+    with ``build=False``, `NoIndexError` where the only source left is streaming it.
 
     ``artifact``: the indexes of an index artifact found for the image, if any.
     ``progress``, ``counter`` and ``limits`` are for the streaming build (bytes
@@ -225,12 +233,18 @@ async def resolve_layer_index(
         found = ResolvedIndex(index, source, fetch.nbytes, tuple(skipped))
         say(found.describe())
         return found
+    if not build:
+        raise NoIndexError(f"{what}: no index in the store, an index artifact or a TOC")
     say(f"building index: streaming {human_size(layer.size)}")
     before = counter.bytes
     index = await stream_layer(
         store, client, ref, layer, diff_id, progress=progress, counter=counter, limits=limits
     )
     return ResolvedIndex(index, IndexSource.BUILT, counter.bytes - before, tuple(skipped))
+
+
+class NoIndexError(NotFoundError):
+    """A layer has no index but the one a streaming build would make."""
 
 
 def toc_source(layer: Descriptor) -> IndexSource | None:

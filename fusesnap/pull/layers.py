@@ -25,6 +25,7 @@ from fusesnap.pull.artifactfind import find_index_artifact
 from fusesnap.pull.indexsource import (
     FetchCounter,
     IndexSource,
+    NoIndexError,
     PullProgress,
     ResolvedIndex,
     layer_complete,
@@ -111,14 +112,16 @@ class LayerJob:
     # -- lazy: indexes only -------------------------------------------------------------------
 
     async def index_all(
-        self, manifest: Descriptor
+        self, manifest: Descriptor, *, build: bool = True
     ) -> tuple[tuple[LayerOutcome, ...], ArtifactIndexes | None]:
+        """Each layer's index from its best source; ``build=False``: none is built by
+        streaming a layer (its outcome is ``none``)."""
         have = {d for d in self.unique if await run_blocking(self.store.layers.exists, d)}
         wanted = [d for d in self.unique if d not in have]
         artifact = await self._find_artifact(manifest, wanted) if wanted else None
         found = artifact.indexes if artifact is not None else {}
         # What will be streamed, as far as can be told before trying the sources.
-        streamed = sum(
+        streamed = build * sum(
             layer.size
             for d, (layer, _) in self.unique.items()
             if d not in have and d not in found and toc_source(layer) is None
@@ -128,19 +131,23 @@ class LayerJob:
         async def one(layer: Descriptor, diff_id: Digest) -> None:
             async with self.limiter:
                 label = self.label(layer.digest)
-                got = await resolve_layer_index(
-                    self.client,
-                    self.ref,
-                    layer,
-                    diff_id,
-                    self.store,
-                    artifact=artifact,
-                    progress=self.progress,
-                    counter=self.counter,
-                    limits=self.limits,
-                    announce=lambda text: self.progress.note(f"{label}: {text}"),
-                )
-                self.done[layer.digest] = _lazy_outcome(layer, got)
+                try:
+                    got = await resolve_layer_index(
+                        self.client,
+                        self.ref,
+                        layer,
+                        diff_id,
+                        self.store,
+                        artifact=artifact,
+                        progress=self.progress,
+                        counter=self.counter,
+                        limits=self.limits,
+                        announce=lambda text: self.progress.note(f"{label}: {text}"),
+                        build=build,
+                    )
+                    self.done[layer.digest] = _lazy_outcome(layer, got)
+                except NoIndexError as exc:
+                    self.done[layer.digest] = LayerOutcome(layer, "none", str(exc))
                 self.progress.item_done()
 
         async with trio.open_nursery() as nursery:

@@ -32,6 +32,7 @@ from fusesnap.store.snapshots import (
     ContainerStore,
     SnapshotInUseError,
     SnapshotRecord,
+    SnapshotStateError,
     SnapshotStore,
 )
 from fusesnap.store.store import Store, default_root, open_store
@@ -62,6 +63,7 @@ __all__ = [
     "Resource",
     "SnapshotInUseError",
     "SnapshotRecord",
+    "SnapshotStateError",
     "SnapshotStore",
     "Store",
     "any_open",

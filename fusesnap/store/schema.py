@@ -259,8 +259,17 @@ def decode_lease_key(key: bytes) -> str:
     return key.decode("utf-8")
 
 
-def snapshot_key(key: str) -> bytes:
-    return _checked(key.encode("utf-8"), f"snapshot {key!r}")
+# A namespaced snapshot's key: SEP_NS + namespace + SEP_KEY + key. fusesnap's own
+# snapshots (namespace "") are keyed by their name alone, which never starts with SEP_NS.
+SEP_NS, SEP_KEY = "\x1e", "\x1f"
+
+
+def snapshot_key(key: str, namespace: str = "") -> bytes:
+    """The LMDB key of snapshot ``key`` in ``namespace`` ("": fusesnap's own)."""
+    if key.startswith(SEP_NS) or (namespace and SEP_KEY in namespace):
+        raise StoreError(f"snapshot {key!r} of namespace {namespace!r}: not a usable name")
+    name = f"{SEP_NS}{namespace}{SEP_KEY}{key}" if namespace else key
+    return _checked(name.encode("utf-8"), f"snapshot {key!r}")
 
 
 def container_key(name: str) -> bytes:

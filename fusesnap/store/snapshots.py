@@ -19,14 +19,24 @@ GC: `gc_roots` makes each committed snapshot's layer and each container's
 manifest a root, so a snapshot keeps its layer (and so its chunks) and a
 container its image. A pull commits its image's chain (`commit_chain`);
 ``rmi`` releases the part of it that nothing else uses (`release_chain`).
+
+Namespaces: fusesnap's own snapshots have namespace "". The containerd
+snapshotter (`fusesnap.containerd`) keeps each containerd namespace's snapshots
+apart (`SnapshotStore.in_namespace`): a key, a parent and a child are looked up
+in one namespace only; gc sees them all. A *remote* committed snapshot (its
+``source`` set: the image reference its layers are read from, and ``manifest``
+its manifest) is served by a lazy mount of its chain; gc keeps its manifest, and
+so its config and layers.
 """
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar
 
 from fusesnap.digest import Digest
@@ -48,6 +58,10 @@ class SnapshotInUseError(FusesnapError):
     """A snapshot that other snapshots stand on cannot be removed."""
 
 
+class SnapshotStateError(StoreError):
+    """A snapshot is not of the kind the operation needs (commit of a committed one)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotRecord(FlatRecord):
     """One snapshot. ``id`` names its directory under ``ROOT/snapshots`` ("" for a
@@ -63,6 +77,10 @@ class SnapshotRecord(FlatRecord):
     diff_id: Digest | None = None
     created: float = 0.0
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    namespace: str = ""
+    updated: float = 0.0
+    source: str = ""
+    manifest: Digest | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,12 +100,15 @@ class ContainerRef(FlatRecord):
     created: float = 0.0
 
 
-def get_snapshot(txn: Txn, env: Env, key: str) -> SnapshotRecord | None:
-    return get_record(txn, env.db(SNAPSHOTS), snapshot_key(key), SnapshotRecord)
+def get_snapshot(txn: Txn, env: Env, key: str, namespace: str = "") -> SnapshotRecord | None:
+    return get_record(txn, env.db(SNAPSHOTS), snapshot_key(key, namespace), SnapshotRecord)
 
 
-def iter_snapshots(txn: Txn, env: Env) -> Iterator[SnapshotRecord]:
-    return iter_records(txn, env.db(SNAPSHOTS), SnapshotRecord)
+def iter_snapshots(txn: Txn, env: Env, namespace: str | None = None) -> Iterator[SnapshotRecord]:
+    """The snapshots of ``namespace`` (None: of every namespace)."""
+    for record in iter_records(txn, env.db(SNAPSHOTS), SnapshotRecord):
+        if namespace is None or record.namespace == namespace:
+            yield record
 
 
 def iter_containers(txn: Txn, env: Env) -> Iterator[ContainerRef]:
@@ -96,9 +117,12 @@ def iter_containers(txn: Txn, env: Env) -> Iterator[ContainerRef]:
 
 def gc_roots(txn: Txn, env: Env) -> list[tuple[str, str]]:
     """The gc roots of snapshots and containers (module docstring)."""
-    roots: list[tuple[str, str]] = [
-        (LAYER, str(s.layer)) for s in iter_snapshots(txn, env) if s.layer is not None
-    ]
+    roots: list[tuple[str, str]] = []
+    for s in iter_snapshots(txn, env):
+        if s.layer is not None:
+            roots.append((LAYER, str(s.layer)))
+        if s.manifest is not None:
+            roots.append((CONTENT, str(s.manifest)))
     roots.extend((CONTENT, str(c.manifest_digest)) for c in iter_containers(txn, env))
     return roots
 
@@ -108,18 +132,48 @@ def _not_found(key: str) -> NotFoundError:
 
 
 class SnapshotStore(RecordTable[SnapshotRecord]):
-    """Snapshot records: create, read, commit, delete (each one transaction)."""
+    """The snapshot records of one namespace: create, read, commit, update, delete (each
+    one transaction)."""
 
-    def __init__(self, env: Env) -> None:
-        super().__init__(env, SNAPSHOTS, SnapshotRecord, snapshot_key, "snapshot")
+    def __init__(self, env: Env, namespace: str = "") -> None:
+        super().__init__(
+            env, SNAPSHOTS, SnapshotRecord, partial(snapshot_key, namespace=namespace), "snapshot"
+        )
+        self.namespace = namespace
+
+    def in_namespace(self, namespace: str) -> SnapshotStore:
+        """The records of ``namespace`` ("": fusesnap's own)."""
+        return SnapshotStore(self._env, namespace)
+
+    def list(self) -> builtins.list[SnapshotRecord]:
+        """This namespace's snapshots, in key order."""
+        with self._env.txn() as txn:
+            return builtins.list(iter_snapshots(txn, self._env, self.namespace))
+
+    def list_all(self) -> builtins.list[SnapshotRecord]:
+        """The snapshots of every namespace."""
+        with self._env.txn() as txn:
+            return builtins.list(iter_snapshots(txn, self._env))
+
+    def _get_in(self, txn: Txn, key: str) -> SnapshotRecord | None:
+        return get_snapshot(txn, self._env, key, self.namespace)
 
     def _put(self, txn: Txn, record: SnapshotRecord) -> None:
-        txn.put(snapshot_key(record.key), pack(record.to_record()), db=self._env.db(SNAPSHOTS))
+        key = snapshot_key(record.key, record.namespace)
+        txn.put(key, pack(record.to_record()), db=self._env.db(SNAPSHOTS))
+
+    def _delete(self, txn: Txn, key: str) -> None:
+        txn.delete(snapshot_key(key, self.namespace), db=self._env.db(SNAPSHOTS))
+
+    def _children(self, txn: Txn, key: str) -> builtins.list[str]:
+        return sorted(
+            s.key for s in iter_snapshots(txn, self._env, self.namespace) if s.parent == key
+        )
 
     def _check_parent(self, txn: Txn, record: SnapshotRecord) -> None:
         if record.parent is None:
             return
-        parent = get_snapshot(txn, self._env, record.parent)
+        parent = self._get_in(txn, record.parent)
         if parent is None:
             raise NotFoundError(f"snapshot {record.key}: parent {record.parent}: not found")
         if parent.kind != COMMITTED:
@@ -128,10 +182,9 @@ class SnapshotStore(RecordTable[SnapshotRecord]):
     def create(self, record: SnapshotRecord, *, exist_ok: bool = False) -> SnapshotRecord:
         """Store a new snapshot (``created`` now if 0). `AlreadyExistsError` if the key is
         taken, unless ``exist_ok`` (then the stored one is returned unchanged)."""
-        if not record.created:
-            record = _with_created(record)
+        record = _with_created(dataclasses.replace(record, namespace=self.namespace))
         with self._env.txn(write=True) as txn:
-            old = get_snapshot(txn, self._env, record.key)
+            old = self._get_in(txn, record.key)
             if old is not None:
                 if exist_ok:
                     return old
@@ -142,17 +195,17 @@ class SnapshotStore(RecordTable[SnapshotRecord]):
 
     def commit(self, committed: SnapshotRecord, active_key: str) -> SnapshotRecord:
         """Replace active snapshot ``active_key`` by ``committed`` in one transaction."""
-        committed = _with_created(committed)
+        committed = _with_created(dataclasses.replace(committed, namespace=self.namespace))
         with self._env.txn(write=True) as txn:
-            active = get_snapshot(txn, self._env, active_key)
+            active = self._get_in(txn, active_key)
             if active is None:
                 raise _not_found(active_key)
             if active.kind != ACTIVE:
-                raise StoreError(f"snapshot {active_key}: is {active.kind}, not active")
-            if get_snapshot(txn, self._env, committed.key) is not None:
+                raise SnapshotStateError(f"snapshot {active_key}: is {active.kind}, not active")
+            if self._get_in(txn, committed.key) is not None:
                 raise AlreadyExistsError(f"snapshot {committed.key}: already exists")
             self._check_parent(txn, committed)
-            txn.delete(snapshot_key(active_key), db=self._env.db(SNAPSHOTS))
+            self._delete(txn, active_key)
             self._put(txn, committed)
         return committed
 
@@ -165,55 +218,77 @@ class SnapshotStore(RecordTable[SnapshotRecord]):
         parent: str | None = None
         with self._env.txn(write=True) as txn:
             for chain, (layer, diff_id) in zip(chains, layers, strict=True):
-                if get_snapshot(txn, self._env, chain) is None:
+                if self._get_in(txn, chain) is None:
                     record = SnapshotRecord(
-                        key=chain,
-                        kind=COMMITTED,
-                        parent=parent,
+                        chain,
+                        COMMITTED,
+                        parent,
                         layer=layer,
                         diff_id=diff_id,
                         labels=dict(labels),
+                        namespace=self.namespace,
                     )
                     self._put(txn, _with_created(record))
                 parent = chain
         return parent
 
-    def release_chain(self, chain: Sequence[str], keep: Collection[str]) -> list[str]:
+    def release_chain(self, chain: Sequence[str], keep: Collection[str]) -> builtins.list[str]:
         """Delete the committed snapshots of ``chain`` (bottom first) from the top down,
         while one is neither in ``keep`` (other images' chains) nor a parent; the keys
         deleted, in one transaction."""
-        deleted: list[str] = []
+        deleted: builtins.list[str] = []
         with self._env.txn(write=True) as txn:
-            parents = {s.parent for s in iter_snapshots(txn, self._env)}
             for key in reversed(chain):
-                record = get_snapshot(txn, self._env, key)
+                record = self._get_in(txn, key)
                 if record is None:
                     continue  # released before
-                if record.kind != COMMITTED or key in keep or key in parents:
+                if record.kind != COMMITTED or key in keep or self._children(txn, key):
                     break
-                txn.delete(snapshot_key(key), db=self._env.db(SNAPSHOTS))
+                self._delete(txn, key)
                 deleted.append(key)
-                parents = {s.parent for s in iter_snapshots(txn, self._env)}
         return deleted
 
     def delete(self, key: str) -> SnapshotRecord:
         """Remove snapshot ``key``; `SnapshotInUseError` if another stands on it."""
         with self._env.txn(write=True) as txn:
-            record = get_snapshot(txn, self._env, key)
+            record = self._get_in(txn, key)
             if record is None:
                 raise _not_found(key)
-            children = sorted(s.key for s in iter_snapshots(txn, self._env) if s.parent == key)
+            children = self._children(txn, key)
             if children:
                 more = f" and {len(children) - 1} more" if len(children) > 1 else ""
                 raise SnapshotInUseError(
                     f"snapshot {key}: in use as the parent of {children[0]}{more}"
                 )
-            txn.delete(snapshot_key(key), db=self._env.db(SNAPSHOTS))
+            self._delete(txn, key)
+        return record
+
+    def update_labels(
+        self, key: str, labels: Mapping[str, str], fields: Collection[str] | None = None
+    ) -> SnapshotRecord:
+        """Set snapshot ``key``'s labels to ``labels`` (``fields``: only these label names,
+        each set to its value in ``labels`` or removed if absent there), ``updated`` now."""
+        with self._env.txn(write=True) as txn:
+            record = self._get_in(txn, key)
+            if record is None:
+                raise _not_found(key)
+            if fields is None:
+                new = dict(labels)
+            else:
+                new = dict(record.labels)
+                for name in fields:
+                    if name in labels:
+                        new[name] = labels[name]
+                    else:
+                        new.pop(name, None)
+            record = dataclasses.replace(record, labels=new, updated=time.time())
+            self._put(txn, record)
         return record
 
 
 def _with_created(record: SnapshotRecord) -> SnapshotRecord:
-    return dataclasses.replace(record, created=record.created or time.time())
+    created = record.created or time.time()
+    return dataclasses.replace(record, created=created, updated=record.updated or created)
 
 
 class ContainerStore(RecordTable[ContainerRef]):

@@ -32,7 +32,7 @@ def _mounts_of(root: Path) -> list[str]:
 
 def _snapshots(root: Path) -> dict[str, list[str]]:
     rows = run(root, "snapshot", "ls").stdout.splitlines()[1:]
-    return {row.split()[0]: row.split()[1:] for row in rows}
+    return {row.split()[1]: row.split()[2:] for row in rows}
 
 
 def test_commit_gives_an_image_that_a_second_run_sees(busybox, tmp_path) -> None:

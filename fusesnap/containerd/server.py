@@ -1,0 +1,110 @@
+"""The snapshotter daemon: the gRPC server on a unix socket, until SIGTERM or SIGINT.
+
+`serve` opens the store, adopts the lower mounts that running containers use
+(they outlive a restart of this daemon: each has its own mount daemon), and
+serves `SnapshotsService` from a pool of threads. Stopping lets calls in
+flight finish (a few seconds) and leaves every mount up: containers keep
+their root filesystems while the snapshotter restarts (a systemd unit for it
+says ``KillMode=process`` so that the mount daemons are not killed with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from fusesnap.containerd.api import snapshots_pb2_grpc
+from fusesnap.containerd.lowers import LowerMounts
+from fusesnap.containerd.metrics import Metrics
+from fusesnap.containerd.remote import RemoteImages
+from fusesnap.containerd.service import SnapshotsService
+from fusesnap.containerd.snapshots import Snapshots
+from fusesnap.errors import FusesnapError
+from fusesnap.registry import RegistryOptions
+from fusesnap.store import open_store
+
+__all__ = ["DEFAULT_ADDRESS", "SnapshotterOptions", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = Path("/run/fusesnap/snapshotter.sock")
+WORKERS = 16
+STOP_GRACE = 5.0
+
+
+class AddressInUseError(FusesnapError):
+    """Another process serves on the socket already."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotterOptions:
+    root: Path
+    address: Path = DEFAULT_ADDRESS
+    metrics_address: str | None = None
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    verbose: bool = False
+
+
+def _claim_socket(path: Path) -> None:
+    """Make way for a new socket at ``path``: a stale one (nobody listens) is removed;
+    `AddressInUseError` if something answers there."""
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise AddressInUseError(f"{path}: another snapshotter is serving there")
+
+
+def serve(options: SnapshotterOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (module docstring). Blocks."""
+    address = Path(os.path.abspath(options.address))
+    _claim_socket(address)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with open_store(options.root) as store:
+        metrics = Metrics()
+        lowers = LowerMounts(options.root, options.registry, verbose=options.verbose)
+        snapshots = Snapshots(
+            store, options.root, lowers, RemoteImages(options.registry), on_layer=metrics.layer
+        )
+        metrics.watch_mounts(lowers.stats)
+        released = snapshots.release_unused()
+        if released:
+            log.info("released %d lower mounts no snapshot uses", len(released))
+        server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS))
+        snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
+            SnapshotsService(snapshots, metrics), server
+        )
+        server.add_insecure_port(f"unix://{address}")
+        server.start()
+        try:
+            os.chmod(address, 0o660)
+            if options.metrics_address:
+                metrics.serve(options.metrics_address)
+            log.info("serving containerd's snapshots API on %s", address)
+            if on_ready is not None:
+                on_ready(str(address))
+            stop.wait()
+            log.info("stopping (mounts stay up)")
+        finally:
+            server.stop(STOP_GRACE).wait()
+            with suppress(FileNotFoundError):
+                address.unlink()

@@ -1,0 +1,237 @@
+"""What the containerd conformance tests drive: ``fusesnap snapshotter`` in a
+subprocess (`serving`), a client that calls it as containerd does (`Snapshotter`), and
+the mounts its answers describe, performed for real (`mounted`, `tree`)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from fusesnap.containerd.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+from fusesnap.containerd.service import NAMESPACE_KEY
+from fusesnap.containerd.snapshots import SNAPSHOTS
+
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+CALL_TIMEOUT = 30.0
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class Snapshotter:
+    """containerd's view of the service: each call carries ``namespace`` ("" sends no
+    namespace metadata at all, as containerd's garbage collector does)."""
+
+    def __init__(self, stub: Any, namespace: str) -> None:
+        self.stub = stub
+        self.namespace = namespace
+
+    def in_namespace(self, namespace: str) -> Snapshotter:
+        return Snapshotter(self.stub, namespace)
+
+    def _call(self, method: str, request: Any) -> Any:
+        metadata = ((NAMESPACE_KEY, self.namespace),) if self.namespace else ()
+        return getattr(self.stub, method)(request, metadata=metadata, timeout=CALL_TIMEOUT)
+
+    def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[mount_pb2.Mount]:
+        request = snapshots_pb2.PrepareSnapshotRequest(key=key, parent=parent, labels=labels)
+        return list(self._call("Prepare", request).mounts)
+
+    def view(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[mount_pb2.Mount]:
+        request = snapshots_pb2.ViewSnapshotRequest(key=key, parent=parent, labels=labels)
+        return list(self._call("View", request).mounts)
+
+    def mounts(self, key: str) -> list[mount_pb2.Mount]:
+        return list(self._call("Mounts", snapshots_pb2.MountsRequest(key=key)).mounts)
+
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        self._call("Commit", snapshots_pb2.CommitSnapshotRequest(name=name, key=key, labels=labels))
+
+    def remove(self, key: str) -> None:
+        self._call("Remove", snapshots_pb2.RemoveSnapshotRequest(key=key))
+
+    def stat(self, key: str) -> snapshots_pb2.Info:
+        return self._call("Stat", snapshots_pb2.StatSnapshotRequest(key=key)).info
+
+    def update(self, info: snapshots_pb2.Info, *paths: str) -> snapshots_pb2.Info:
+        request = snapshots_pb2.UpdateSnapshotRequest(info=info)
+        if paths:
+            request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=paths))
+        return self._call("Update", request).info
+
+    def walk(self, *filters: str) -> list[snapshots_pb2.Info]:
+        """List: every snapshot (of the namespace) that passes any of ``filters``."""
+        request = snapshots_pb2.ListSnapshotsRequest(filters=filters)
+        return [info for reply in self._call("List", request) for info in reply.info]
+
+    def names(self, *filters: str) -> list[str]:
+        return sorted(info.name for info in self.walk(*filters))
+
+    def usage(self, key: str) -> tuple[int, int]:
+        reply = self._call("Usage", snapshots_pb2.UsageRequest(key=key))
+        return reply.size, reply.inodes
+
+    def cleanup(self) -> None:
+        self._call("Cleanup", snapshots_pb2.CleanupRequest())
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status code ``call`` fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    code: grpc.StatusCode = caught.value.code()
+    return code
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Daemon:
+    root: Path  # the store directory
+    stub: Any
+
+
+def _answers(stub: Any) -> bool:
+    try:
+        replies = stub.List(
+            snapshots_pb2.ListSnapshotsRequest(), metadata=((NAMESPACE_KEY, "probe"),), timeout=1
+        )
+        list(replies)
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def serving(base: Path) -> Iterator[Daemon]:
+    """``fusesnap snapshotter`` on a fresh store under ``base``, once a List answers;
+    stopped with SIGTERM after the block, when it must exit 0 and take its socket away."""
+    root = base / "store"
+    # A unix socket path must fit in sun_path (108 bytes); tmp_path may not.
+    sock_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    sock = sock_dir / "snap.sock"
+    env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"}
+    log_path = base / "snapshotter.log"
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
+        log = stack.enter_context(log_path.open("w"))
+        cmd = [sys.executable, "-m", "fusesnap", "--root", str(root), "snapshotter"]
+        proc = subprocess.Popen(
+            [*cmd, "--address", str(sock)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        channel = grpc.insecure_channel(f"unix://{sock}")
+        stack.callback(channel.close)
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not (sock.exists() and _answers(stub)):
+                if proc.poll() is not None:
+                    pytest.fail(f"snapshotter exited {proc.returncode}:\n{log_path.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"snapshotter did not answer:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            yield Daemon(root, stub)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise AssertionError(f"snapshotter exited {proc.returncode}:\n{log_path.read_text()}")
+        if sock.exists():
+            raise AssertionError(f"{sock}: the socket outlived the daemon")
+
+
+def snapshot_dirs(daemon: Daemon) -> set[str]:
+    """The snapshot directories in the daemon's store (every namespace's)."""
+    base = daemon.root / SNAPSHOTS
+    return {p.name for p in base.iterdir()} if base.is_dir() else set()
+
+
+# -- mounts and trees ----------------------------------------------------------------------
+
+
+def mount_points_under(top: Path) -> list[str]:
+    prefix = str(top.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(prefix)]
+
+
+@contextmanager
+def mounted(mounts: Sequence[mount_pb2.Mount], target: Path) -> Iterator[Path]:
+    """Perform ``mounts`` on ``target`` (as containerd's ``mount.All``); unmount after."""
+    if not mounts:
+        raise AssertionError("a snapshot with no mounts")
+    target.mkdir(parents=True, exist_ok=True)
+    done = 0
+    try:
+        for m in mounts:
+            cmd = ["mount", "-t", m.type, "-o", ",".join(m.options), m.source, str(target)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise AssertionError(f"{' '.join(cmd)}: {proc.stderr}")
+            done += 1
+        yield target
+    finally:
+        for _ in range(done):
+            subprocess.run(["umount", str(target)], check=True)
+
+
+Tree = dict[str, tuple[int, int, int, int, bytes | str | None]]
+
+
+def tree(top: Path) -> Tree:
+    """Everything under ``top`` (not ``top`` itself): type, mode, owner, contents."""
+    out: Tree = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath, name)
+            st = path.lstat()
+            data: bytes | str | None = None
+            if stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                data = path.read_bytes()
+            kind, mode = stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)
+            out[str(path.relative_to(top))] = (kind, mode, st.st_uid, st.st_gid, data)
+    return out
+
+
+def write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+def assert_read_only(mnt: Path) -> None:
+    with pytest.raises(OSError, match="Read-only file system") as caught:
+        (mnt / "testfile").write_bytes(b"testcontent")
+    if caught.value.errno != errno.EROFS or (mnt / "testfile").exists():
+        raise AssertionError(f"{mnt}: a write was not refused with EROFS: {caught.value}")
