@@ -111,6 +111,8 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
 class Daemon:
     root: Path  # the store directory
     stub: Any
+    address: Path  # its socket
+    process: SnapshotterProcess
 
 
 def _answers(stub: Any) -> bool:
@@ -126,46 +128,75 @@ def _answers(stub: Any) -> bool:
     return True
 
 
+class SnapshotterProcess:
+    """``fusesnap snapshotter`` on store ``root`` and socket ``sock``: `start` returns once
+    a List answers; `stop` sends SIGTERM, after which it must exit 0 and take its socket
+    away. It can be started again (a restart)."""
+
+    def __init__(self, root: Path, sock: Path, log_path: Path) -> None:
+        self.root, self.sock, self.log_path = root, sock, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"}
+        cmd = [sys.executable, "-m", "fusesnap", "--root", str(self.root), "snapshotter"]
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--address", str(self.sock)], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        proc = self.proc
+        with grpc.insecure_channel(f"unix://{self.sock}") as channel:
+            stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not (self.sock.exists() and _answers(stub)):
+                if proc.poll() is not None:
+                    pytest.fail(f"snapshotter exited {proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    self.stop(check=False)
+                    pytest.fail(f"snapshotter did not answer:\n{self.log()}")
+                time.sleep(0.1)
+
+    def stop(self, *, check: bool = True) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if check and proc.returncode != 0:
+            raise AssertionError(f"snapshotter exited {proc.returncode}:\n{self.log()}")
+        if check and self.sock.exists():
+            raise AssertionError(f"{self.sock}: the socket outlived the daemon")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
 @contextmanager
 def serving(base: Path) -> Iterator[Daemon]:
-    """``fusesnap snapshotter`` on a fresh store under ``base``, once a List answers;
-    stopped with SIGTERM after the block, when it must exit 0 and take its socket away."""
+    """``fusesnap snapshotter`` on a fresh store under ``base`` (`SnapshotterProcess`),
+    stopped after the block; then no lower mount of its may be left, and none is."""
     root = base / "store"
     # A unix socket path must fit in sun_path (108 bytes); tmp_path may not.
     sock_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     sock = sock_dir / "snap.sock"
-    env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"}
-    log_path = base / "snapshotter.log"
+    process = SnapshotterProcess(root, sock, base / "snapshotter.log")
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
-        log = stack.enter_context(log_path.open("w"))
-        cmd = [sys.executable, "-m", "fusesnap", "--root", str(root), "snapshotter"]
-        proc = subprocess.Popen(
-            [*cmd, "--address", str(sock)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        channel = grpc.insecure_channel(f"unix://{sock}")
-        stack.callback(channel.close)
-        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while not (sock.exists() and _answers(stub)):
-                if proc.poll() is not None:
-                    pytest.fail(f"snapshotter exited {proc.returncode}:\n{log_path.read_text()}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"snapshotter did not answer:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield Daemon(root, stub)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.returncode != 0:
-            raise AssertionError(f"snapshotter exited {proc.returncode}:\n{log_path.read_text()}")
-        if sock.exists():
-            raise AssertionError(f"{sock}: the socket outlived the daemon")
+        stack.callback(_take_down_lowers, root)
+        process.start()
+        stack.callback(process.stop)
+        channel = stack.enter_context(grpc.insecure_channel(f"unix://{sock}"))
+        yield Daemon(root, snapshots_pb2_grpc.SnapshotsStub(channel), sock, process)
+
+
+def _take_down_lowers(root: Path) -> None:
+    """Unmount lower mounts the snapshotter leaves up on purpose (they outlive it)."""
+    for mountpoint in reversed(mount_points_under(root)):
+        subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
 
 
 def snapshot_dirs(daemon: Daemon) -> set[str]:

@@ -1,10 +1,10 @@
 """eStargz test images, written by the real producer: ``ctr-remote image convert --estargz``.
 
 Debian's ``stargz-snapshotter`` package ships ``ctr-remote``; it converts
-images held by a containerd. `PrivateContainerd` runs one for the duration of
-a conversion, as root, on a socket, root and state directory of its own
-(nothing of a system containerd is touched, no CRI, the ``native``
-snapshotter: no mounts are left behind)::
+images held by a containerd. `tools.containerd.PrivateContainerd` runs one
+for the duration of a conversion, as root, on a socket, root and state
+directory of its own (nothing of a system containerd is touched, no CRI, the
+``native`` snapshotter: no mounts are left behind)::
 
     gzip = build_and_push("busybox", registry)                 # tools.images.catalog
     esgz = build_and_push_estargz("busybox", registry, chunk_size=64 << 10,
@@ -29,135 +29,28 @@ registry, image and options); containerd is stopped, by its pid, before
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools._net import wait_until
+from tools.containerd import ContainerdError, PrivateContainerd
 from tools.images.catalog import HasHost, LayerInfo, PushedImage, build_and_push
 from tools.images.push import inspect_raw, manifest_digest
 
 __all__ = [
     "ConvertError",
-    "PrivateContainerd",
     "build_and_push_estargz",
     "convert_to_estargz",
 ]
 
-CONTAINERD = "containerd"
-CTR_REMOTE = "ctr-remote"
 _TIMEOUT = 300.0
-_PR_SET_PDEATHSIG = 1
-_CONFIG = """\
-version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-"""
 
 
 class ConvertError(RuntimeError):
     """containerd or ctr-remote failed; the message carries the command and its output."""
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the thread that started it dies, so nothing leaks."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class PrivateContainerd:
-    """A containerd of our own under a fresh temporary directory; a context manager.
-
-    The directory is short (unix socket paths are limited to 108 bytes) and
-    removed on exit, after containerd has been stopped.
-    """
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="fusesnap-ctr-"))
-        self.sock = self.dir / "sock"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PrivateContainerd:
-        if os.geteuid() != 0:
-            raise ConvertError("a private containerd needs root")
-        config = self.dir / "config.toml"
-        config.write_text(_CONFIG.format(root=self.dir / "root", state=self.dir / "state",
-                                         sock=self.sock))  # fmt: skip
-        with open(self.dir / "containerd.log", "wb") as log:
-            self._proc = subprocess.Popen(
-                [CONTAINERD, "--config", str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-        proc = self._proc
-        if not wait_until(self._answers, timeout=30, abort=lambda: proc.poll() is not None):
-            self.__exit__()
-            raise ConvertError(f"containerd did not start:\n{self.log_tail()}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _answers(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(str(self.sock))
-            except OSError:
-                return False
-        return True
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join((self.dir / "containerd.log").read_text().splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def ctr(self, *args: str, timeout: float = _TIMEOUT) -> str:
-        """``ctr-remote --address SOCK ARGS``; stdout, or `ConvertError` with the output."""
-        cmd = [CTR_REMOTE, "--address", str(self.sock), *args]
-        try:
-            done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise ConvertError(f"{' '.join(cmd)}: timed out after {timeout}s") from None
-        if done.returncode != 0:
-            raise ConvertError(f"{' '.join(cmd)} failed ({done.returncode}):\n"
-                               f"{done.stderr.decode(errors='replace')[-2000:]}")  # fmt: skip
-        return done.stdout.decode(errors="replace")
 
 
 def convert_to_estargz(
@@ -176,17 +69,23 @@ def convert_to_estargz(
     ``zstdchunked`` writes ctr-remote's zstd:chunked instead (``--zstdchunked``:
     eStargz's TOC and layout in zstd frames, with containers/storage's annotations).
     """
-    with PrivateContainerd() as ctrd:
-        ctrd.ctr("image", "pull", "--plain-http", "--snapshotter", "native", src_ref)
-        args = ["image", "convert", "--oci", "--zstdchunked" if zstdchunked else "--estargz"]
-        if chunk_size:
-            args += ["--estargz-chunk-size", str(chunk_size)]
-        if prioritized:
-            record = ctrd.dir / "record.json"
-            record.write_text("".join(json.dumps({"path": p}) + "\n" for p in prioritized))
-            args += ["--estargz-record-in", str(record)]
-        ctrd.ctr(*args, src_ref, dst_ref)
-        ctrd.ctr("image", "push", "--plain-http", dst_ref)
+    with (
+        tempfile.TemporaryDirectory(prefix="fusesnap-ctr-") as tmp,
+        PrivateContainerd(tmp, log_level="info") as ctrd,
+    ):
+        try:
+            ctrd.ctr_remote("image", "pull", "--plain-http", "--snapshotter", "native", src_ref)
+            args = ["image", "convert", "--oci", "--zstdchunked" if zstdchunked else "--estargz"]
+            if chunk_size:
+                args += ["--estargz-chunk-size", str(chunk_size)]
+            if prioritized:
+                record = Path(tmp) / "record.json"
+                record.write_text("".join(json.dumps({"path": p}) + "\n" for p in prioritized))
+                args += ["--estargz-record-in", str(record)]
+            ctrd.ctr_remote(*args, src_ref, dst_ref, timeout=_TIMEOUT)
+            ctrd.ctr_remote("image", "push", "--plain-http", dst_ref, timeout=_TIMEOUT)
+        except ContainerdError as exc:
+            raise ConvertError(str(exc)) from exc
     return manifest_digest(inspect_raw(dst_ref))
 
 

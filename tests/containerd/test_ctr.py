@@ -1,0 +1,248 @@
+"""fusesnap as containerd's snapshotter, end to end: a private containerd (its own root,
+state and socket; `tools.containerd`) with ``[proxy_plugins.fusesnap]`` pointing at a
+``fusesnap snapshotter`` the test starts, the real registry behind a counting proxy,
+``ctr-remote image rpull`` and ``ctr run``."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.containerd.harness import Daemon, mount_points_under, serving
+from tests.e2e.cli import run
+from tools.containerd import CtrError, PrivateContainerd, pull_args, unique_id
+from tools.faultproxy import FaultProxy
+from tools.images.catalog import PushedImage, build_and_push
+from tools.images.estargz import build_and_push_estargz
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.requires("containerd", "ctr", "ctr-remote", "containerd-shim-runc-v2"),
+]
+
+SNAPSHOTTER = "fusesnap"
+
+
+@dataclass
+class Node:
+    """One machine: containerd and fusesnap's snapshotter on a store of their own."""
+
+    daemon: Daemon
+    ctrd: PrivateContainerd
+
+    @property
+    def root(self) -> Path:
+        return self.daemon.root
+
+    def rpull(self, ref: str) -> None:
+        self.ctrd.ctr_remote("image", "rpull", *pull_args(ref, snapshotter=SNAPSHOTTER))
+
+    def pull(self, ref: str) -> None:
+        self.ctrd.ctr("images", "pull", *pull_args(ref, snapshotter=SNAPSHOTTER))
+
+    def run(self, ref: str, *cmd: str) -> str:
+        done = self.ctrd.ctr(
+            "run", "--rm", "--snapshotter", SNAPSHOTTER, ref, unique_id(), *cmd, timeout=300
+        )
+        return done.stdout
+
+    def fusesnap_snapshots(self) -> dict[str, str]:
+        """Namespace default's snapshots as ``fusesnap snapshot ls`` lists them: key -> kind."""
+        out = run(self.root, "snapshot", "ls", "-n", "default").stdout.splitlines()[1:]
+        return {row.split()[1]: " ".join(row.split()[2:-4]) for row in out}
+
+    def lower_mounts(self) -> list[str]:
+        return [p for p in mount_points_under(self.root) if "/containerd/lowers/" in p]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    with (
+        serving(tmp_path) as daemon,
+        PrivateContainerd(
+            tmp_path / "ctrd", proxy_snapshotters={SNAPSHOTTER: daemon.address}, log_level="info"
+        ) as ctrd,
+    ):
+        yield Node(daemon, ctrd)
+
+
+def _via(img: PushedImage, proxy: FaultProxy) -> tuple[str, int]:
+    return img.ref.replace(img.host, proxy.host), sum(layer.size for layer in img.layers)
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def check_lazy_start(node: Node, img: PushedImage, proxy: FaultProxy) -> None:
+    """rpull moves under 5% of the image, a python3 start under 50%, and every layer is a
+    remote snapshot served by one lower mount of the whole chain."""
+    ref, total = _via(img, proxy)
+    proxy.reset()
+    node.rpull(ref)
+    pulled = proxy.bytes_sent()
+    assert pulled < 0.05 * total, (pulled, total)
+    kinds = node.fusesnap_snapshots()
+    assert list(kinds.values()).count("committed (remote)") == len(img.layers), kinds
+    assert node.run(ref, "python3", "-c", "print(6*7)") == "42\n"
+    assert proxy.bytes_sent() < 0.5 * total, (proxy.bytes_sent(), total)
+
+
+@pytest.mark.slow
+def test_debian_with_an_index_artifact(node, registry, faulty, tmp_path) -> None:
+    img = build_and_push("debian", registry)
+    run(tmp_path / "builder", "index", "--push", img.ref, timeout=600)  # another machine
+    check_lazy_start(node, img, faulty)
+
+
+@pytest.mark.slow
+def test_debian_as_estargz(node, registry, faulty) -> None:
+    check_lazy_start(node, build_and_push_estargz("debian", registry), faulty)
+
+
+@pytest.mark.slow
+def test_debian_as_zstd_chunked(node, registry, faulty) -> None:
+    check_lazy_start(node, build_and_push("debian", registry, compression="zstd:chunked"), faulty)
+
+
+def test_an_image_without_any_index_falls_back_and_runs(node, registry, faulty) -> None:
+    img = build_and_push("busybox", registry, tag="no-index-ctr")
+    ref, total = _via(img, faulty)
+    node.rpull(ref)  # labels name the image, but no layer has an index anywhere
+    assert faulty.bytes_sent("blob") >= total  # containerd downloaded the layer itself
+    assert node.run(ref, "echo", "unpacked") == "unpacked\n"
+    kinds = node.fusesnap_snapshots()
+    assert "committed (remote)" not in kinds.values(), kinds
+    assert node.lower_mounts() == []
+
+
+def test_a_plain_pull_is_unpacked_and_runs(node, registry) -> None:
+    img = build_and_push("busybox", registry)
+    node.pull(img.ref)  # no remote labels at all
+    assert node.run(img.ref, "sh", "-c", "echo $((6*7))") == "42\n"
+    assert "committed (remote)" not in node.fusesnap_snapshots().values()
+
+
+def test_ctr_and_fusesnap_agree_then_gc_frees_the_chunks(node, registry, faulty) -> None:
+    img = build_and_push_estargz("busybox", registry)
+    ref, _ = _via(img, faulty)
+    node.rpull(ref)
+    assert node.run(ref, "cat", "/etc/passwd").startswith("root:")
+    ctr_names = node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
+    names = [line.split()[0] for line in ctr_names.splitlines()[1:]]
+    ours = node.fusesnap_snapshots()
+    assert names, ctr_names
+    for name in names:  # containerd's name, fusesnap's backend key (NS/ID/NAME or NAME)
+        assert any(k == name or k.endswith("/" + name) for k in ours), (name, ours)
+    top = names[-1]
+    info = node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "info", top).stdout
+    assert '"Kind": "Committed"' in info
+    assert "containerd.io/snapshot/remote" in info
+    usage = node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "usage", top).stdout
+    assert re.search(r"\d", usage.splitlines()[-1]), usage
+
+    # A snapshot of our own on top, removed with ctr: fusesnap forgets it too.
+    node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "prepare", "scratch", top)
+    _eventually(lambda: any(k.endswith("/scratch") for k in node.fusesnap_snapshots()), "prepare")
+    node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "rm", "scratch")
+    _eventually(
+        lambda: not any(k.endswith("/scratch") for k in node.fusesnap_snapshots()), "ctr rm"
+    )
+
+    # The image goes; containerd's gc removes its snapshots; fusesnap's gc frees chunks.
+    node.ctrd.ctr("images", "rm", "--sync", ref)
+    _eventually(lambda: node.fusesnap_snapshots() == {}, "containerd's gc")
+    _eventually(lambda: node.lower_mounts() == [], "the lower mount to go")
+    out = run(node.root, "gc").stdout
+    freed = re.search(r"removed \d+ blobs, (\d+) layers, (\d+) chunks", out)
+    assert freed is not None, out
+    assert int(freed.group(1)) == len(img.layers), out
+    assert int(freed.group(2)) > 0, out
+
+
+def _runs(node: Node, ref: str) -> bool:
+    try:
+        return node.run(ref, "echo", "after") == "after\n"
+    except CtrError as exc:
+        if "unavailable" not in str(exc):
+            raise
+        return False
+
+
+def _kill(node: Node, cid: str) -> None:
+    """Stop container ``cid`` and delete it (its snapshot goes with containerd's gc)."""
+
+    def deleted() -> bool:
+        node.ctrd.ctr("tasks", "delete", "--force", cid, check=False)
+        node.ctrd.ctr("containers", "delete", cid, check=False)
+        return cid not in node.ctrd.ctr("containers", "ls", "-q").stdout.split()
+
+    _eventually(deleted, f"container {cid} to be deleted")
+
+
+def _fuse_lowers() -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line.split()[1] for line in f if "fuse.fusesnap" in line]
+
+
+def test_two_containers_share_one_lower_mount(node, registry, faulty) -> None:
+    img = build_and_push_estargz("busybox", registry)
+    ref, _ = _via(img, faulty)
+    pulls = [threading.Thread(target=node.rpull, args=(ref,)) for _ in range(2)]
+    for t in pulls:
+        t.start()
+    for t in pulls:
+        t.join()
+    # Concurrent pulls of one image: one resolution (manifest, config, TOCs) for both.
+    resolutions = node.daemon.process.log().count(f"{ref}: resolved in")
+    assert resolutions == 1, node.daemon.process.log()
+    ids = [unique_id(), unique_id()]
+    for cid in ids:
+        node.ctrd.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid, "sleep", "60")
+    try:
+        lowers = node.lower_mounts()
+        assert len(lowers) == 1, lowers
+        assert [p for p in _fuse_lowers() if p.startswith(str(node.root))] == lowers
+        with open("/proc/mounts") as f:
+            overlays = [line for line in f if line.startswith("overlay ") and lowers[0] in line]
+        assert len(overlays) == 2, overlays  # each container's rootfs stands on it
+    finally:
+        for cid in ids:
+            _kill(node, cid)
+    _eventually(lambda: node.lower_mounts() == [], "the last container to release the mount")
+
+
+def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) -> None:
+    img = build_and_push_estargz("busybox", registry)
+    ref, _ = _via(img, faulty)
+    node.rpull(ref)
+    cid = unique_id()
+    node.ctrd.ctr(
+        "run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid,
+        "sh", "-c", "while cat /etc/passwd >/dev/null; do sleep 0.1; done; echo broken",
+    )  # fmt: skip
+    try:
+        lowers = node.lower_mounts()
+        assert len(lowers) == 1
+        node.daemon.process.stop()
+        time.sleep(1)
+        assert node.lower_mounts() == lowers  # the mount daemon serves on
+        node.daemon.process.start()  # state is reloaded from the store; the mount adopted
+        # containerd redials a proxy plugin with a backoff of up to 3 s: until then, new
+        # calls fail as "unavailable" (running containers are not affected).
+        _eventually(lambda: _runs(node, ref), "containerd to reach the snapshotter again")
+        assert node.lower_mounts() == lowers
+        tasks = node.ctrd.ctr("tasks", "ls").stdout
+        assert re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M), tasks
+    finally:
+        _kill(node, cid)
