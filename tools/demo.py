@@ -6,7 +6,9 @@
 4. show that a second pull fetches nothing and that gc frees what rmi released;
 5. push the layer indexes, then mount the image lazily from a cold store, read a
    file, run python3 in it with chroot, and show how little was fetched;
-6. run a container from it with runc on a cold store and show what was fetched.
+6. run a container from it with runc on a cold store and show what was fetched;
+7. start fusesnap's containerd snapshotter and a private containerd, pull the
+   image lazily with ``ctr-remote image rpull`` and run it with ``ctr run``.
 
 Each step prints the command it runs, so it doubles as a tutorial.
 """
@@ -20,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools._net import wait_until
+from tools.containerd import PrivateContainerd, pull_args, unique_id
 from tools.faultproxy import FaultProxy
 from tools.images.catalog import build_and_push
 from tools.registry import start_detached
@@ -102,7 +106,59 @@ def main() -> None:
     print(f"(the container's start fetched {fetched / 1e6:.1f} MB of layer data and indexes, "
           f"out of the image's {total / 1e6:.1f} MB)")  # fmt: skip
 
+    containerd_step(host, image.ref, total)
+
     print(f"\nThe store is in {DEMO_DIR / 'store'}; the registry keeps running at {host}.")
+
+
+def containerd_step(host: str, image_ref: str, total: int) -> None:
+    step("Run it through containerd, with fusesnap as containerd's remote snapshotter")
+    root = DEMO_DIR / "containerd-store"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(DEMO_DIR / "containerd", ignore_errors=True)
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    sock = DEMO_DIR / "snapshotter.sock"
+    log = DEMO_DIR / "snapshotter.log"
+    args = ["snapshotter", "--address", str(sock)]
+    print(f"$ fusesnap --root {root} {shlex.join(args)} &   (log: {log})", flush=True)
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "fusesnap", "--root", str(root), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        if not wait_until(sock.exists, timeout=30, abort=lambda: daemon.poll() is not None):
+            raise SystemExit(f"the snapshotter did not start:\n{log.read_text()}")
+        print("containerd: a private one, with [proxy_plugins.fusesnap] at that socket")
+        with (
+            FaultProxy(host) as proxy,
+            PrivateContainerd(
+                DEMO_DIR / "containerd", proxy_snapshotters={"fusesnap": sock}, log_level="info"
+            ) as ctrd,
+        ):
+            ref = image_ref.replace(host, proxy.host)
+            pull = ["image", "rpull", *pull_args(ref, snapshotter="fusesnap")]
+            print(f"$ ctr-remote {shlex.join(pull)}", flush=True)
+            ctrd.ctr_remote(*pull)
+            pulled = proxy.bytes_sent()
+            print(f"(the pull fetched {pulled / 1e6:.1f} MB: manifest, config, indexes)")
+            cmd = ["run", "--rm", "--snapshotter", "fusesnap", ref, unique_id("demo")]
+            cmd += ["python3", "-c", "print(6*7)"]
+            print(f"$ ctr {shlex.join(cmd)}", flush=True)
+            print(ctrd.ctr(*cmd, timeout=300).stdout, end="")
+            fetched = proxy.bytes_sent()
+            print(
+                f"(pull and start fetched {fetched / 1e6:.1f} MB of the image's "
+                f"{total / 1e6:.1f} MB)"
+            )
+            fusesnap("snapshot", "ls", "-n", "default", root=root)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        lowers = root / "containerd" / "lowers"  # the lazy mounts outlive the snapshotter
+        for mountpoint in sorted(lowers.glob("*")) if lowers.is_dir() else []:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from tests.containerd.harness import Daemon, mount_points_under, serving
 from tests.e2e.cli import run
+from tools._net import free_port
 from tools.containerd import CtrError, PrivateContainerd, pull_args, unique_id
 from tools.faultproxy import FaultProxy
 from tools.images.catalog import PushedImage, build_and_push
@@ -35,6 +37,7 @@ class Node:
 
     daemon: Daemon
     ctrd: PrivateContainerd
+    metrics: str  # HOST:PORT of the snapshotter's Prometheus endpoint
 
     @property
     def root(self) -> Path:
@@ -63,13 +66,14 @@ class Node:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
+    metrics = f"127.0.0.1:{free_port()}"
     with (
-        serving(tmp_path) as daemon,
+        serving(tmp_path, metrics=metrics) as daemon,
         PrivateContainerd(
             tmp_path / "ctrd", proxy_snapshotters={SNAPSHOTTER: daemon.address}, log_level="info"
         ) as ctrd,
     ):
-        yield Node(daemon, ctrd)
+        yield Node(daemon, ctrd, metrics)
 
 
 def _via(img: PushedImage, proxy: FaultProxy) -> tuple[str, int]:
@@ -244,5 +248,35 @@ def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) 
         assert node.lower_mounts() == lowers
         tasks = node.ctrd.ctr("tasks", "ls").stdout
         assert re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M), tasks
+    finally:
+        _kill(node, cid)
+
+
+def _metrics(node: Node) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://{node.metrics}/metrics", timeout=10).read()
+    values: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_metrics(node, registry, faulty) -> None:
+    img = build_and_push_estargz("busybox", registry)
+    ref, _ = _via(img, faulty)
+    node.rpull(ref)
+    cid = unique_id()
+    node.ctrd.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid, "sleep", "60")
+    try:
+        m = _metrics(node)
+        prefix = "fusesnap_snapshotter"
+        assert m[f'{prefix}_requests_total{{code="OK",method="Prepare"}}'] >= 1
+        assert m[f'{prefix}_requests_total{{code="ALREADY_EXISTS",method="Prepare"}}'] == 1
+        assert m[f'{prefix}_layers_total{{how="remote"}}'] == len(img.layers)
+        assert m[f"{prefix}_mounts"] == 1
+        assert m[f"{prefix}_fetched_bytes_total"] > 0  # busybox's binary, read by sleep
+        assert m[f"{prefix}_fetch_errors_total"] == 0
+        assert f"{prefix}_chunk_cache_hits_total" in m
     finally:
         _kill(node, cid)
