@@ -78,17 +78,17 @@ class ImageView:
 
     @classmethod
     def of_manifest(
-        cls, store: Store, name: str, manifest_digest: Digest, *, depth: int = 0
+        cls, store: Store, name: str, manifest_digest: str, *, depth: int = 0
     ) -> ImageView:
         """Manifest ``manifest_digest`` in the store seen as image ``name`` (the reference
         its blobs are fetched from), with no image record: what a snapshot chain of the
         containerd snapshotter is. ``depth``: only its bottom ``depth`` layers (0: all)."""
-        record = ImageRecord(name, manifest_digest, "", 0, manifest_digest, "")
-        view = cls(store, record)
+        digest = Digest(manifest_digest)
+        view = cls(store, ImageRecord(name, digest, "", 0, digest, ""))
         if depth:
             if depth > len(view.manifest.layers):
                 raise NotFoundError(
-                    f"image {name}: {manifest_digest.short} has "
+                    f"image {name}: {digest.short} has "
                     f"{len(view.manifest.layers)} layers, not {depth}"
                 )
             view.manifest = dataclasses.replace(view.manifest, layers=view.layers[:depth])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from fusesnap.containerd.api import snapshots_pb2_grpc
+from fusesnap.containerd import api
 from fusesnap.containerd.lowers import LowerMounts
 from fusesnap.containerd.metrics import Metrics
 from fusesnap.containerd.remote import RemoteImages
@@ -90,9 +90,7 @@ def serve(options: SnapshotterOptions, *, on_ready: Callable[[str], None] | None
         if released:
             log.info("released %d lower mounts no snapshot uses", len(released))
         server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS))
-        snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
-            SnapshotsService(snapshots, metrics), server
-        )
+        api.add_to_server(SnapshotsService(snapshots, metrics), server)
         server.add_insecure_port(f"unix://{address}")
         server.start()
         try:

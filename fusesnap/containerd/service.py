@@ -15,16 +15,16 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2
 
-from fusesnap.containerd.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+from fusesnap.containerd import api
 from fusesnap.containerd.filters import FilterError, matches, parse_filters
 from fusesnap.containerd.labels import InvalidLabelError
 from fusesnap.containerd.metrics import Metrics
-from fusesnap.containerd.snapshots import InvalidRequestError, Mount, Snapshots
+from fusesnap.containerd.snapshots import InvalidRequestError, Snapshots
+from fusesnap.containerd.snapshots import Mount as SnapshotMount
 from fusesnap.errors import (
     AlreadyExistsError,
     FusesnapError,
@@ -50,11 +50,18 @@ NAMESPACE_KEY = "containerd-namespace"
 # The keys containerd's metadata layer gives a backend: NAMESPACE/ID/KEY.
 _CONTAINERD_KEY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)/[0-9]+/")
 
-_KINDS = {
-    VIEW: snapshots_pb2.VIEW,
-    ACTIVE: snapshots_pb2.ACTIVE,
-    COMMITTED: snapshots_pb2.COMMITTED,
-}
+_KINDS = {VIEW: api.KIND_VIEW, ACTIVE: api.KIND_ACTIVE, COMMITTED: api.KIND_COMMITTED}
+
+Info = api.message("Info")
+Mount = api.message("containerd.types.Mount")
+Empty = api.message("google.protobuf.Empty")
+PrepareResponse = api.message("PrepareSnapshotResponse")
+ViewResponse = api.message("ViewSnapshotResponse")
+MountsResponse = api.message("MountsResponse")
+StatResponse = api.message("StatSnapshotResponse")
+UpdateResponse = api.message("UpdateSnapshotResponse")
+ListResponse = api.message("ListSnapshotsResponse")
+UsageResponse = api.message("UsageResponse")
 
 # Checked in order: the first class an error is an instance of gives its code.
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -71,11 +78,9 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (FusesnapError, grpc.StatusCode.UNKNOWN),
 )
 
-T = TypeVar("T")
 
-
-def _info(record: SnapshotRecord) -> snapshots_pb2.Info:
-    info = snapshots_pb2.Info(
+def _info(record: SnapshotRecord) -> Any:
+    info = Info(
         name=record.key,
         parent=record.parent or "",
         kind=_KINDS[record.kind],
@@ -86,24 +91,27 @@ def _info(record: SnapshotRecord) -> snapshots_pb2.Info:
     return info
 
 
-def _mounts(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:
-    return [mount_pb2.Mount(type=m.type, source=m.source, options=m.options) for m in mounts]
+def _mounts(mounts: Sequence[SnapshotMount]) -> list[Any]:
+    return [Mount(type=m.type, source=m.source, options=m.options) for m in mounts]
 
 
-class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
-    """The gRPC face of ``snapshots`` (module docstring)."""
+class SnapshotsService:
+    """The gRPC face of ``snapshots`` (module docstring), an `api.Servicer`."""
 
     def __init__(self, snapshots: Snapshots, metrics: Metrics) -> None:
         self.snapshots = snapshots
         self.metrics = metrics
 
     def _call(
-        self, method: str, context: grpc.ServicerContext, key: str, body: Callable[[str], T]
-    ) -> T:
+        self, method: str, context: grpc.ServicerContext, key: str, body: Callable[[str], Any]
+    ) -> Any:
+        """``body(namespace)``'s answer (None: ``Empty``), or the call aborted with the
+        code of the error it raised (module docstring)."""
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
-            return body(self._namespace(context, key))
+            answer = body(self._namespace(context, key))
+            return Empty() if answer is None else answer
         except grpc.RpcError:
             raise
         except Exception as exc:
@@ -131,79 +139,71 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         match = _CONTAINERD_KEY.match(key)
         return match.group(1) if match else ""
 
-    def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
+    # One method per RPC (`api.Servicer`): the namespace's key, the call, the answer.
+
+    def Prepare(self, req: Any, ctx: grpc.ServicerContext) -> Any:
         def body(ns: str) -> Any:
-            mounts = self.snapshots.prepare(ns, request.key, request.parent, request.labels)
-            return snapshots_pb2.PrepareSnapshotResponse(mounts=_mounts(mounts))
+            return PrepareResponse(
+                mounts=_mounts(self.snapshots.prepare(ns, req.key, req.parent, req.labels))
+            )
 
-        return self._call("Prepare", context, request.key, body)
+        return self._call("Prepare", ctx, req.key, body)
 
-    def View(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def View(self, req: Any, ctx: grpc.ServicerContext) -> Any:
         def body(ns: str) -> Any:
-            mounts = self.snapshots.view(ns, request.key, request.parent, request.labels)
-            return snapshots_pb2.ViewSnapshotResponse(mounts=_mounts(mounts))
+            return ViewResponse(
+                mounts=_mounts(self.snapshots.view(ns, req.key, req.parent, req.labels))
+            )
 
-        return self._call("View", context, request.key, body)
+        return self._call("View", ctx, req.key, body)
 
-    def Mounts(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Mounts(self, req: Any, ctx: grpc.ServicerContext) -> Any:
         def body(ns: str) -> Any:
-            mounts = self.snapshots.mounts(ns, request.key)
-            return snapshots_pb2.MountsResponse(mounts=_mounts(mounts))
+            return MountsResponse(mounts=_mounts(self.snapshots.mounts(ns, req.key)))
 
-        return self._call("Mounts", context, request.key, body)
+        return self._call("Mounts", ctx, req.key, body)
 
-    def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Commit(self, req: Any, ctx: grpc.ServicerContext) -> Any:
+        commit = self.snapshots.commit
+        return self._call(
+            "Commit", ctx, req.key, lambda ns: commit(ns, req.name, req.key, req.labels)
+        )
+
+    def Remove(self, req: Any, ctx: grpc.ServicerContext) -> Any:
+        return self._call("Remove", ctx, req.key, lambda ns: self.snapshots.remove(ns, req.key))
+
+    def Stat(self, req: Any, ctx: grpc.ServicerContext) -> Any:
         def body(ns: str) -> Any:
-            self.snapshots.commit(ns, request.name, request.key, request.labels)
-            return empty_pb2.Empty()
+            return StatResponse(info=_info(self.snapshots.stat(ns, req.key)))
 
-        return self._call("Commit", context, request.key, body)
+        return self._call("Stat", ctx, req.key, body)
 
-    def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Update(self, req: Any, ctx: grpc.ServicerContext) -> Any:
         def body(ns: str) -> Any:
-            self.snapshots.remove(ns, request.key)
-            return empty_pb2.Empty()
+            paths = list(req.update_mask.paths) if req.HasField("update_mask") else []
+            record = self.snapshots.update(ns, req.info.name, dict(req.info.labels), paths)
+            return UpdateResponse(info=_info(record))
 
-        return self._call("Remove", context, request.key, body)
+        return self._call("Update", ctx, req.info.name, body)
 
-    def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def body(ns: str) -> Any:
-            record = self.snapshots.stat(ns, request.key)
-            return snapshots_pb2.StatSnapshotResponse(info=_info(record))
-
-        return self._call("Stat", context, request.key, body)
-
-    def Update(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def body(ns: str) -> Any:
-            paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
-            labels = dict(request.info.labels)
-            record = self.snapshots.update(ns, request.info.name, labels, paths)
-            return snapshots_pb2.UpdateSnapshotResponse(info=_info(record))
-
-        return self._call("Update", context, request.info.name, body)
-
-    def List(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def List(self, req: Any, ctx: grpc.ServicerContext) -> Iterator[Any]:
         def body(ns: str) -> list[Any]:
-            wanted = parse_filters(request.filters)
+            wanted = parse_filters(req.filters)
             infos = [_info(r) for r in self.snapshots.list(ns) if matches(wanted, r)]
             # containerd sends at most 100 infos a message; so do we.
-            return [
-                snapshots_pb2.ListSnapshotsResponse(info=infos[i : i + 100])
-                for i in range(0, len(infos), 100)
-            ]
+            return [ListResponse(info=infos[i : i + 100]) for i in range(0, len(infos), 100)]
 
-        yield from self._call("List", context, "", body)
+        yield from self._call("List", ctx, "", body)
 
-    def Usage(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Usage(self, req: Any, ctx: grpc.ServicerContext) -> Any:
         def body(ns: str) -> Any:
-            usage = self.snapshots.usage(ns, request.key)
-            return snapshots_pb2.UsageResponse(size=usage.size, inodes=usage.inodes)
+            usage = self.snapshots.usage(ns, req.key)
+            return UsageResponse(size=usage.size, inodes=usage.inodes)
 
-        return self._call("Usage", context, request.key, body)
+        return self._call("Usage", ctx, req.key, body)
 
-    def Cleanup(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def body(ns: str) -> Any:
+    def Cleanup(self, req: Any, ctx: grpc.ServicerContext) -> Any:
+        def body(ns: str) -> None:
             self.snapshots.cleanup()
-            return empty_pb2.Empty()
 
-        return self._call("Cleanup", context, "", body)
+        return self._call("Cleanup", ctx, "", body)

@@ -17,15 +17,10 @@ Two kinds of committed snapshot:
   directory of an active snapshot that is then committed; and whatever else a
   client commits. ``ROOT/containerd/snapshots/<id>/fs`` holds its files.
 
-Mounts, like containerd's overlay snapshotter: an active snapshot's upper dir
-``<id>/fs`` and work dir ``<id>/work`` over its parents' dirs, top first, where
-a remote parent contributes its chain's one lower mount and ends the list (it
-holds every layer under it). Without parents an active snapshot is a bind
-mount of its dir; a view with one lower dir is a read-only bind mount of it,
-with several a read-only overlay.
-
-A lower mount is shared by every active snapshot and view on its chain, and
-released once none is left (after `remove`, `commit` and `cleanup`).
+Mounts are containerd's overlay snapshotter's (`fusesnap.containerd.mounts`):
+an active snapshot's upper and work dirs over its parents' dirs, where a remote
+parent contributes its chain's one lower mount, shared by every snapshot on the
+chain and released once none is left (after `remove`, `commit` and `cleanup`).
 
 A call without a namespace ("") is containerd's garbage collector, which walks
 and removes the snapshots of every namespace at once: `list`, `stat`,
@@ -41,7 +36,6 @@ import os
 import re
 import secrets
 import shutil
-import threading
 from collections.abc import Callable, Collection, Mapping
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
@@ -49,17 +43,10 @@ from pathlib import Path
 
 from fusesnap.containerd.labels import REMOTE_LABEL, TARGET_REF, check_labels, remote_source
 from fusesnap.containerd.lowers import LowerMounts
+from fusesnap.containerd.mounts import Mount, MountPlanner
 from fusesnap.containerd.remote import RemoteImages
 from fusesnap.errors import AlreadyExistsError, FusesnapError, NotFoundError
-from fusesnap.store import (
-    ACTIVE,
-    COMMITTED,
-    VIEW,
-    SnapshotRecord,
-    SnapshotStateError,
-    SnapshotStore,
-    Store,
-)
+from fusesnap.store import ACTIVE, COMMITTED, VIEW, SnapshotRecord, SnapshotStore, Store
 
 __all__ = ["InvalidRequestError", "Mount", "Snapshots", "Usage"]
 
@@ -71,15 +58,6 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,75})$")
 
 class InvalidRequestError(FusesnapError):
     """A request containerd's own snapshotters would refuse as an invalid argument."""
-
-
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One mount containerd performs (``mount -t TYPE -o OPTIONS SOURCE TARGET``)."""
-
-    type: str
-    source: str
-    options: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +86,9 @@ class Snapshots:
     ) -> None:
         self.store = store
         self.base = Path(root).absolute() / SNAPSHOTS
-        self.lowers = lowers
+        self.planner = MountPlanner(self.base, lowers, store.snapshots)
         self.remote = remote
         self.on_layer = on_layer  # "remote" or "local", for each layer prepared
-        self._mounts_lock = threading.Lock()
 
     def table(self, namespace: str) -> SnapshotStore:
         if not namespace:
@@ -230,68 +207,10 @@ class Snapshots:
         return self._mounts(*self._find(namespace, key))
 
     def _mounts(self, table: SnapshotStore, record: SnapshotRecord) -> list[Mount]:
-        if record.kind == COMMITTED:
-            raise SnapshotStateError(f"snapshot {record.key}: committed, not active or a view")
-        own = self.base / record.id
-        lowers = self._lower_dirs(table, record.parent)
-        if record.kind == ACTIVE:
-            if not lowers:
-                return [Mount("bind", str(own / "fs"), ("rw", "rbind"))]
-            return [
-                Mount(
-                    "overlay",
-                    "overlay",
-                    (
-                        f"workdir={own / 'work'}",
-                        f"upperdir={own / 'fs'}",
-                        f"lowerdir={':'.join(lowers)}",
-                    ),
-                )
-            ]
-        if len(lowers) <= 1:
-            return [Mount("bind", lowers[0] if lowers else str(own / "fs"), ("ro", "rbind"))]
-        return [Mount("overlay", "overlay", (f"lowerdir={':'.join(lowers)}",))]
-
-    def _lower_dirs(self, table: SnapshotStore, parent: str | None) -> list[str]:
-        """The lower dirs of a snapshot on ``parent``, top first (module docstring)."""
-        dirs: list[str] = []
-        key = parent
-        while key is not None:
-            record = table.get(key)
-            if record.source:
-                depth = len(self._chain(table, record))
-                with self._mounts_lock:
-                    dirs.append(str(self.lowers.ensure(record, depth)))
-                break
-            dirs.append(str(self.base / record.id / "fs"))
-            key = record.parent
-        return dirs
-
-    @staticmethod
-    def _chain(table: SnapshotStore, record: SnapshotRecord) -> list[SnapshotRecord]:
-        """``record`` and its parents, top first."""
-        chain = [record]
-        while chain[-1].parent is not None:
-            chain.append(table.get(chain[-1].parent))
-        return chain
+        return self.planner.mounts(table, record)
 
     def release_unused(self) -> builtins.list[str]:
-        """Take down the lower mounts no active snapshot or view stands on; their chains."""
-        with self._mounts_lock:
-            used: set[str] = set()
-            for record in self.store.snapshots.list_all():
-                if record.kind == COMMITTED:
-                    continue
-                table = self.store.snapshots.in_namespace(record.namespace)
-                with suppress(FusesnapError):
-                    for above in self._chain(table, record):
-                        if above.source:
-                            used.add(above.key)
-                            break
-            released = [c for c in self.lowers.chains() if c not in used]
-            for chain in released:
-                self.lowers.release(chain)
-        return released
+        return self.planner.release_unused()
 
     # -- commit, remove, read, update ----------------------------------------------------
 

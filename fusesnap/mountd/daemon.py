@@ -39,7 +39,6 @@ from typing import Any
 
 import trio
 
-from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import Node
 from fusesnap.fuse import (
@@ -59,17 +58,12 @@ from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
 from fusesnap.mountd.mountpoint import MountError, detach, is_stale, mount_info
 from fusesnap.mountd.options import DaemonOptions
-from fusesnap.mountd.state import (
-    CONTROL_SOCKET,
-    MountState,
-    make_state_dir,
-    process_start_time,
-)
+from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
 from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
 from fusesnap.store import Resource, Store, open_store
 
-__all__ = ["check_image", "open_view", "prepare_mountpoint", "serve_image"]
+__all__ = ["check_image", "prepare_mountpoint", "serve_image"]
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +84,7 @@ def open_view(store: Store, options: DaemonOptions) -> ImageView:
     or, with ``options.manifest``, that manifest's layers, every one indexed."""
     if not options.manifest:
         return check_image(store, options.ref)
-    digest = Digest(options.manifest)
-    view = ImageView.of_manifest(store, options.ref, digest, depth=options.depth)
+    view = ImageView.of_manifest(store, options.ref, options.manifest, depth=options.depth)
     return _check_layers(store, view, options.ref)
 
 

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from fusesnap.containerd.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+from fusesnap.containerd import api
 from fusesnap.containerd.service import NAMESPACE_KEY
 from fusesnap.containerd.snapshots import SNAPSHOTS
 
@@ -52,48 +52,50 @@ class Snapshotter:
 
     def prepare(
         self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[mount_pb2.Mount]:
-        request = snapshots_pb2.PrepareSnapshotRequest(key=key, parent=parent, labels=labels)
+    ) -> list[Any]:
+        request = api.message("PrepareSnapshotRequest")(key=key, parent=parent, labels=labels)
         return list(self._call("Prepare", request).mounts)
 
     def view(
         self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[mount_pb2.Mount]:
-        request = snapshots_pb2.ViewSnapshotRequest(key=key, parent=parent, labels=labels)
+    ) -> list[Any]:
+        request = api.message("ViewSnapshotRequest")(key=key, parent=parent, labels=labels)
         return list(self._call("View", request).mounts)
 
-    def mounts(self, key: str) -> list[mount_pb2.Mount]:
-        return list(self._call("Mounts", snapshots_pb2.MountsRequest(key=key)).mounts)
+    def mounts(self, key: str) -> list[Any]:
+        return list(self._call("Mounts", api.message("MountsRequest")(key=key)).mounts)
 
     def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        self._call("Commit", snapshots_pb2.CommitSnapshotRequest(name=name, key=key, labels=labels))
+        self._call(
+            "Commit", api.message("CommitSnapshotRequest")(name=name, key=key, labels=labels)
+        )
 
     def remove(self, key: str) -> None:
-        self._call("Remove", snapshots_pb2.RemoveSnapshotRequest(key=key))
+        self._call("Remove", api.message("RemoveSnapshotRequest")(key=key))
 
-    def stat(self, key: str) -> snapshots_pb2.Info:
-        return self._call("Stat", snapshots_pb2.StatSnapshotRequest(key=key)).info
+    def stat(self, key: str) -> Any:
+        return self._call("Stat", api.message("StatSnapshotRequest")(key=key)).info
 
-    def update(self, info: snapshots_pb2.Info, *paths: str) -> snapshots_pb2.Info:
-        request = snapshots_pb2.UpdateSnapshotRequest(info=info)
+    def update(self, info: Any, *paths: str) -> Any:
+        request = api.message("UpdateSnapshotRequest")(info=info)
         if paths:
             request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=paths))
         return self._call("Update", request).info
 
-    def walk(self, *filters: str) -> list[snapshots_pb2.Info]:
+    def walk(self, *filters: str) -> list[Any]:
         """List: every snapshot (of the namespace) that passes any of ``filters``."""
-        request = snapshots_pb2.ListSnapshotsRequest(filters=filters)
+        request = api.message("ListSnapshotsRequest")(filters=filters)
         return [info for reply in self._call("List", request) for info in reply.info]
 
     def names(self, *filters: str) -> list[str]:
         return sorted(info.name for info in self.walk(*filters))
 
     def usage(self, key: str) -> tuple[int, int]:
-        reply = self._call("Usage", snapshots_pb2.UsageRequest(key=key))
+        reply = self._call("Usage", api.message("UsageRequest")(key=key))
         return reply.size, reply.inodes
 
     def cleanup(self) -> None:
-        self._call("Cleanup", snapshots_pb2.CleanupRequest())
+        self._call("Cleanup", api.message("CleanupRequest")())
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
@@ -118,7 +120,7 @@ class Daemon:
 def _answers(stub: Any) -> bool:
     try:
         replies = stub.List(
-            snapshots_pb2.ListSnapshotsRequest(), metadata=((NAMESPACE_KEY, "probe"),), timeout=1
+            api.message("ListSnapshotsRequest")(), metadata=((NAMESPACE_KEY, "probe"),), timeout=1
         )
         list(replies)
     except grpc.RpcError as exc:
@@ -151,7 +153,7 @@ class SnapshotterProcess:
             )
         proc = self.proc
         with grpc.insecure_channel(f"unix://{self.sock}") as channel:
-            stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+            stub = api.Stub(channel)
             deadline = time.monotonic() + STARTUP_TIMEOUT
             while not (self.sock.exists() and _answers(stub)):
                 if proc.poll() is not None:
@@ -195,7 +197,7 @@ def serving(base: Path, *, metrics: str | None = None) -> Iterator[Daemon]:
         process.start()
         stack.callback(process.stop)
         channel = stack.enter_context(grpc.insecure_channel(f"unix://{sock}"))
-        yield Daemon(root, snapshots_pb2_grpc.SnapshotsStub(channel), sock, process)
+        yield Daemon(root, api.Stub(channel), sock, process)
 
 
 def _take_down_lowers(root: Path) -> None:
@@ -221,7 +223,7 @@ def mount_points_under(top: Path) -> list[str]:
 
 
 @contextmanager
-def mounted(mounts: Sequence[mount_pb2.Mount], target: Path) -> Iterator[Path]:
+def mounted(mounts: Sequence[Any], target: Path) -> Iterator[Path]:
     """Perform ``mounts`` on ``target`` (as containerd's ``mount.All``); unmount after."""
     if not mounts:
         raise AssertionError("a snapshot with no mounts")

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fusesnap.containerd.api import snapshots_pb2
+from fusesnap.containerd import api
 from fusesnap.containerd.snapshots import SNAPSHOTS
 from tests.containerd.harness import (
     Daemon,
@@ -43,9 +43,10 @@ pytestmark = pytest.mark.e2e
 
 MiB = 1 << 20
 
-ACTIVE = snapshots_pb2.ACTIVE
-COMMITTED = snapshots_pb2.COMMITTED
-VIEW = snapshots_pb2.VIEW
+ACTIVE = api.KIND_ACTIVE
+COMMITTED = api.KIND_COMMITTED
+VIEW = api.KIND_VIEW
+Info = api.message("Info")
 
 
 @pytest.fixture(scope="module")
@@ -292,9 +293,9 @@ def test_update_labels_with_and_without_a_field_mask(snapshotter: Snapshotter) -
         stored = snapshotter.stat(name)
         assert (stored.parent, dict(stored.labels)) == (parent, expected), name
 
-    gone = snapshots_pb2.Info(name="nothing", labels={"a": "b"})
+    gone = Info(name="nothing", labels={"a": "b"})
     assert code_of(lambda: snapshotter.update(gone)) == grpc.StatusCode.NOT_FOUND
-    big = snapshots_pb2.Info(name="a2", labels={"big": "x" * 4096})
+    big = Info(name="a2", labels={"big": "x" * 4096})
     assert code_of(lambda: snapshotter.update(big)) == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(snapshotter.stat("a2").labels) == {"l4": "v4", **root}
 
@@ -316,8 +317,8 @@ def test_update_refuses_a_mask_naming_labels_and_another_field(
 
 def test_list_returns_the_namespace_and_filters_it(snapshotter: Snapshotter) -> None:
     _base_snapshots(snapshotter, {})
-    snapshotter.update(snapshots_pb2.Info(name="a1", labels={"role": "app"}))
-    snapshotter.update(snapshots_pb2.Info(name="v2", labels={"role": "app", "x.y/z": "1"}))
+    snapshotter.update(Info(name="a1", labels={"role": "app"}))
+    snapshotter.update(Info(name="v2", labels={"role": "app", "x.y/z": "1"}))
 
     infos = {i.name: (i.kind, i.parent) for i in snapshotter.walk()}
     assert infos == BASE
