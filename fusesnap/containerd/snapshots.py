@@ -118,10 +118,9 @@ class Snapshots:
         fusesnap serves lazily, its chain's snapshot is committed instead and
         `AlreadyExistsError` says so (module docstring)."""
         table = self._checked(namespace, key, labels)
-        source = remote_source(labels)
-        if source is not None and self._commit_remote(table, parent or None, labels):
+        if self._commit_remote(table, parent or None, labels):
             self.on_layer("remote")
-            raise AlreadyExistsError(f"target snapshot {source.chain!r}: already exists")
+            raise AlreadyExistsError(f"target snapshot {labels[TARGET_REF]!r}: already exists")
         if TARGET_REF in labels:
             self.on_layer("local")
         return self._create(table, key, parent or None, ACTIVE, labels)
@@ -170,10 +169,11 @@ class Snapshots:
     def _commit_remote(
         self, table: SnapshotStore, parent: str | None, labels: Mapping[str, str]
     ) -> bool:
-        """Commit the chain snapshot of the layer ``labels`` name, if fusesnap can serve it
-        lazily on ``parent``; whether it did (or found it committed already)."""
+        """Commit the chain snapshot of the layer ``labels`` name, if they name one and
+        fusesnap can serve it lazily on ``parent``; whether it did (or found it there)."""
         source = remote_source(labels)
-        assert source is not None
+        if source is None:
+            return False
         if parent is not None and not table.get(parent).source:
             return False  # a layer over a local one: containerd unpacks it
         try:
@@ -191,7 +191,7 @@ class Snapshots:
             parent,
             layer=image.layers[n],
             diff_id=image.diff_ids[n],
-            labels={**labels, REMOTE_LABEL: "remote snapshot"},
+            labels={**_set(labels), REMOTE_LABEL: "remote snapshot"},
             source=str(source.ref),
             manifest=image.manifest,
         )
