@@ -48,4 +48,4 @@ def snapshotter(
         registry=RegistryOptions(c.insecure_registries, c.ca_file),
         verbose=c.verbose,
     )
-    serve(options, on_ready=lambda where: click.echo(f"serving on {where}", err=True))
+    serve(options)  # it logs where it serves

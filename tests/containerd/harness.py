@@ -136,14 +136,21 @@ class SnapshotterProcess:
     away. It can be started again (a restart)."""
 
     def __init__(
-        self, root: Path, sock: Path, log_path: Path, *, metrics: str | None = None
+        self,
+        root: Path,
+        sock: Path,
+        log_path: Path,
+        *,
+        metrics: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.root, self.sock, self.log_path = root, sock, log_path
         self.metrics = metrics  # HOST:PORT for --metrics-address
+        self.env = dict(env or {})  # on top of ours (DOCKER_CONFIG, ...)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"}
+        env = {k: v for k, v in os.environ.items() if k != "FUSESNAP_ROOT"} | self.env
         cmd = [sys.executable, "-m", "fusesnap", "--root", str(self.root), "snapshotter"]
         if self.metrics:
             cmd += ["--metrics-address", self.metrics]
@@ -183,14 +190,16 @@ class SnapshotterProcess:
 
 
 @contextmanager
-def serving(base: Path, *, metrics: str | None = None) -> Iterator[Daemon]:
+def serving(
+    base: Path, *, metrics: str | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[Daemon]:
     """``fusesnap snapshotter`` on a fresh store under ``base`` (`SnapshotterProcess`),
     stopped after the block; then no lower mount of its may be left, and none is."""
     root = base / "store"
     # A unix socket path must fit in sun_path (108 bytes); tmp_path may not.
     sock_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     sock = sock_dir / "snap.sock"
-    process = SnapshotterProcess(root, sock, base / "snapshotter.log", metrics=metrics)
+    process = SnapshotterProcess(root, sock, base / "snapshotter.log", metrics=metrics, env=env)
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
         stack.callback(_take_down_lowers, root)

@@ -5,6 +5,8 @@ state and socket; `tools.containerd`) with ``[proxy_plugins.fusesnap]`` pointing
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import threading
 import time
@@ -22,6 +24,8 @@ from tools.containerd import CtrError, PrivateContainerd, pull_args, unique_id
 from tools.faultproxy import FaultProxy
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.estargz import build_and_push_estargz
+from tools.registry import Registry, TokenAuth
+from tools.tokenserver import TokenServer
 
 pytestmark = [
     pytest.mark.e2e,
@@ -280,3 +284,29 @@ def test_metrics(node, registry, faulty) -> None:
         assert f"{prefix}_chunk_cache_hits_total" in m
     finally:
         _kill(node, cid)
+
+
+def test_an_anonymous_token_registry(tmp_path) -> None:
+    """No credentials from containerd: fusesnap takes the registry's anonymous token."""
+    tokens = TokenServer({"alice": "s3cret-pw"}, anonymous_pull=True)
+    with tokens, Registry(tmp_path / "reg", auth=TokenAuth(tokens)) as reg:
+        img = build_and_push("busybox", reg, creds=("alice", "s3cret-pw"), tag="anon")
+        config = tmp_path / "docker"
+        config.mkdir()
+        auth = base64.b64encode(b"alice:s3cret-pw").decode()
+        (config / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        run(tmp_path / "builder", "index", "--push", img.ref, env={"DOCKER_CONFIG": str(config)})
+        nobody = {"DOCKER_CONFIG": str(tmp_path / "no-credentials")}
+        (tmp_path / "node").mkdir()
+        with (
+            serving(tmp_path / "node", env=nobody) as daemon,
+            PrivateContainerd(
+                tmp_path / "ctrd", proxy_snapshotters={SNAPSHOTTER: daemon.address}
+            ) as ctrd,
+        ):
+            node = Node(daemon, ctrd, "")
+            anonymous = tokens.token_requests
+            node.rpull(img.ref)
+            assert "committed (remote)" in node.fusesnap_snapshots().values()
+            assert tokens.token_requests > anonymous
+            assert node.run(img.ref, "echo", "anonymous") == "anonymous\n"
