@@ -42,6 +42,7 @@ bench: deps
 	$(BIN)/python -m tools.bench.index
 	$(BIN)/python -m tools.bench.read
 	$(BIN)/python -m tools.bench.startup
+	$(BIN)/python -m tools.bench.containerd
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

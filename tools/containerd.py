@@ -178,6 +178,11 @@ def _set_parent_death_signal() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _client_env() -> dict[str, str]:
+    # ctr reads CONTAINERD_ADDRESS, _NAMESPACE and _SNAPSHOTTER: only our flags count.
+    return {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+
+
 def _tail(text: str, lines: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -456,6 +461,26 @@ class PrivateContainerd:
         ns = namespace or self.namespace
         return self._run(CTR_REMOTE, args, namespace=ns, check=check, timeout=timeout, input=input)
 
+    def ctr_popen(self, *args: str, namespace: str | None = None) -> subprocess.Popen[str]:
+        """`ctr` started, not waited for: stdout and stderr are text pipes, for a caller
+        that reads the output as it comes (the moment a container prints its first line).
+        The caller waits for it (and kills it on failure)."""
+        cmd = self._command(CTR, args, namespace or self.namespace)
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_client_env(),
+        )
+
+    def _command(self, tool: str, args: Sequence[str], namespace: str | None) -> list[str]:
+        cmd = [tool, "--address", self.address]
+        if namespace is not None:
+            cmd += ["--namespace", namespace]
+        return cmd + _with_fifo_dir(args, self.base_dir / "fifo")
+
     def _run(
         self,
         tool: str,
@@ -466,16 +491,11 @@ class PrivateContainerd:
         timeout: float,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [tool, "--address", self.address]
-        if namespace is not None:
-            cmd += ["--namespace", namespace]
-        cmd += _with_fifo_dir(args, self.base_dir / "fifo")
-        # ctr reads CONTAINERD_ADDRESS, _NAMESPACE and _SNAPSHOTTER: only our flags count.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+        cmd = self._command(tool, args, namespace)
         started = time.monotonic()
         try:
             result = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout, input=input, env=env
+                cmd, capture_output=True, text=True, timeout=timeout, input=input, env=_client_env()
             )
         except subprocess.TimeoutExpired as exc:
             stderr = exc.stderr.decode(errors="replace") if exc.stderr else ""

@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from tools._net import LOOPBACK, free_port, http_status, wait_until
+from tools._process import stop_process
 
 if TYPE_CHECKING:
     from tools.tokenserver import TokenServer
@@ -340,15 +341,8 @@ class Registry:
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc)
 
     def stop(self) -> None:
         """Terminate the registry (SIGTERM, then SIGKILL after 10 s); remove an owned dir."""

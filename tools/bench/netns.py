@@ -4,9 +4,11 @@
         namespace NS (HOST_ADDR/30 <-> NS_ADDR/30; egress of the namespace side shaped by tbf)
 
 `SlowLink` creates the namespace and the veth pair (both removed by `close`); a server
-started with `SlowLink.exec` runs inside it. `DelayForwarder` is a TCP forwarder on the
+started with `SlowLink.exec_cmd` runs inside it. `DelayForwarder` is a TCP forwarder on the
 loopback interface that holds every piece of data for ``delay`` seconds in each direction
 (so the round trip gains ``2 * delay``) and counts the bytes sent back to clients.
+`SlowRegistry` puts the two together with a Distribution registry in the namespace: what
+the benchmarks pull from.
 
 Needs root (``ip netns``, ``tc``). netem is not assumed: tbf shapes the rate, the forwarder
 adds the latency.
@@ -14,6 +16,7 @@ adds the latency.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -23,9 +26,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools._net import LOOPBACK
+from tools._net import LOOPBACK, http_status, wait_until
+from tools._process import stop_process
+from tools.registry import _set_parent_death_signal
 
-__all__ = ["DelayForwarder", "SlowLink"]
+__all__ = [
+    "DelayForwarder",
+    "SlowLink",
+    "SlowRegistry",
+    "add_link_options",
+    "registry_config",
+]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -153,9 +164,11 @@ class DelayForwarder:
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            # Waited for, so that a connection still open ends quietly.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
@@ -169,14 +182,20 @@ class DelayForwarder:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(
-            self._pipe(reader, up_w, count=False),
-            self._pipe(up_r, writer, count=True),
-            return_exceptions=True,
-        )
-        for w in (writer, up_w):
-            with contextlib.suppress(Exception):
-                w.close()
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_w, count=False),
+                self._pipe(up_r, writer, count=True),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            # `stop` with the connection open: end quietly, for Python 3.11's start_server
+            # asks a cancelled client task for its exception and logs the CancelledError.
+            pass
+        finally:
+            for w in (writer, up_w):
+                with contextlib.suppress(Exception):
+                    w.close()
 
     async def _pipe(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, count: bool
@@ -230,3 +249,95 @@ def registry_config(path: Path, storage: Path, addr: str) -> Path:
     )
     os.makedirs(storage, exist_ok=True)
     return path
+
+
+class SlowRegistry:
+    """``docker-registry`` inside a `SlowLink`'s namespace, reached at `host` through a
+    `DelayForwarder` (which counts what it sends: `bytes_sent`).
+
+    ``work``: the registry's config, log and storage. `open` starts the link, the registry
+    and the forwarder; `close` stops them and removes the namespace (also after a failed
+    `open`). ``rate`` is tbf's; the round trip gains ``2 * delay_ms``.
+    """
+
+    def __init__(
+        self,
+        work: Path,
+        *,
+        netns: str = "fsbench",
+        rate: str = "100mbit",
+        delay_ms: float = 10.0,
+        port: int = 5000,
+    ) -> None:
+        self.work, self.port = work, port
+        self.link = SlowLink(netns, rate=rate)
+        self.fwd = DelayForwarder((self.link.ns_addr, port), delay=delay_ms / 1000)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, the forwarder: where clients push and pull."""
+        return self.fwd.host
+
+    @property
+    def inside(self) -> str:
+        """``NS_ADDR:PORT``, the registry itself in the namespace."""
+        return f"{self.link.ns_addr}:{self.port}"
+
+    def bytes_sent(self) -> int:
+        return self.fwd.bytes_sent()
+
+    def open(self) -> SlowRegistry:
+        try:
+            self.link.open()
+            self.work.mkdir(parents=True, exist_ok=True)
+            config = registry_config(self.work / "registry.yml", self.work / "storage", self.inside)
+            log_path = self.work / "registry.log"
+            with log_path.open("ab") as log:
+                self._proc = subprocess.Popen(
+                    self.link.exec_cmd(["docker-registry", "serve", str(config)]),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_set_parent_death_signal,
+                )
+            proc = self._proc
+            if not wait_until(
+                lambda: http_status(f"http://{self.inside}/v2/", timeout=1.0) == 200,
+                timeout=20,
+                abort=lambda: proc.poll() is not None,
+            ):
+                raise RuntimeError(
+                    f"registry in {self.link.name} did not come up: "
+                    f"{log_path.read_text(errors='replace')[-2000:]}"
+                )
+            self.fwd.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        self.fwd.stop()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc)
+        self.link.close()
+
+    @classmethod
+    def from_options(cls, work: Path, args: argparse.Namespace) -> SlowRegistry:
+        """The registry that `add_link_options`' options describe."""
+        return cls(work, netns=args.netns, rate=args.rate, delay_ms=args.delay_ms)
+
+    def __enter__(self) -> SlowRegistry:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def add_link_options(ap: argparse.ArgumentParser) -> None:
+    """``--rate``, ``--delay-ms`` and ``--netns``, for `SlowRegistry.from_options`."""
+    ap.add_argument("--rate", default="100mbit", help="tbf rate of the registry's link")
+    ap.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay added")
+    ap.add_argument("--netns", default="fsbench", help="name of the namespace made (and removed)")

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools.bench.common import drop_caches, is_mounted, sh
 from tools.images.cache import cache_dir
 from tools.images.catalog import LAYOUT_TAG, PushedImage, build_and_push
 from tools.images.layout import read_json_blob, resolve_tag
@@ -51,24 +52,6 @@ from tools.registry import Registry
 SYSTEMS = ("fusesnap", "local", "squashfuse", "ratarmount")
 RANDOM_READS = 2000
 MiB = 1 << 20
-
-
-def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, text=True, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def is_mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def fuse_unmount(path: Path) -> None:

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,47 +41,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from tools._net import http_status, wait_until
-from tools.bench.netns import DelayForwarder, SlowLink, registry_config
+from tools.bench.common import (
+    PROBE,
+    Samples,
+    drop_caches,
+    exit_on_sigterm,
+    fusesnap,
+    human,
+    is_mounted,
+    push_index_artifact,
+    sh,
+)
+from tools.bench.netns import SlowRegistry, add_link_options
 from tools.images.catalog import build_and_push
-from tools.registry import _set_parent_death_signal
 
 _SUMMARY = "Time to first output of python3 in the Debian image: full pull vs lazy fusesnap."
-REGISTRY_PORT = 5000
-PROBE = ["python3", "-c", "print(1)"]
-
-
-def sh(*cmd: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, text=True, capture_output=True, check=False, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc
-
-
-def fusesnap(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    # As a user runs it: with its bytecode cached (a developer's shell may say otherwise).
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FUSESNAP_ROOT", "PYTHONDONTWRITEBYTECODE")}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "fusesnap", "--root", str(root), *args],
-                          text=True, capture_output=True, check=False, timeout=timeout,
-                          env=env)  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"fusesnap {' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}"
-        )
-    return proc
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
 
 
 def first_output(rootfs: Path) -> float:
@@ -97,26 +71,14 @@ def first_output(rootfs: Path) -> float:
 
 
 @dataclass
-class Result:
-    name: str
-    seconds: list[float] = field(default_factory=list)
-    sent: list[int] = field(default_factory=list)
+class Result(Samples):
     read: list[int] = field(default_factory=list)  # bytes_read of the mount (fusesnap modes)
-    ready: list[float] = field(default_factory=list)  # seconds until the rootfs was there
     note: str | None = None
-
-    @property
-    def t(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def b(self) -> float:
-        return statistics.median(self.sent)
 
 
 class Bench:
-    def __init__(self, work: Path, fwd: DelayForwarder, ref: str) -> None:
-        self.work, self.fwd, self.ref = work, fwd, ref
+    def __init__(self, work: Path, registry: SlowRegistry, ref: str) -> None:
+        self.work, self.registry, self.ref = work, registry, ref
         self.mounts: list[tuple[Path, Path]] = []  # (root, mountpoint) to undo
         self.t_out = 0.0  # when the probe's output came, in the mode being measured
         self.t_ready = 0.0  # when the image was ready (pulled/unpacked/mounted)
@@ -138,12 +100,12 @@ class Bench:
             fusesnap(self.profile_root, "rmi", self.ref)
             fusesnap(self.profile_root, "gc")
         drop_caches()
-        before = self.fwd.bytes_sent()
+        before = self.registry.bytes_sent()
         t0 = time.perf_counter()
         read = fn(d)
         result.seconds.append(self.t_out - t0)
         result.ready.append(self.t_ready - t0)
-        result.sent.append(self.fwd.bytes_sent() - before)
+        result.sent.append(self.registry.bytes_sent() - before)
         if read is not None:
             result.read.append(read)
         shutil.rmtree(d, ignore_errors=True)
@@ -213,10 +175,6 @@ def profile_option() -> str | None:
     return "--record" if "--record" in text and "profile" in text else None
 
 
-def human(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def report(results: list[Result], runs: int, rate: str, delay_ms: float) -> None:
     base = results[0]
     print(
@@ -243,56 +201,28 @@ def report(results: list[Result], runs: int, rate: str, delay_ms: float) -> None
     print("  sent/read: bytes from the registry / bytes the mount served (fusesnap stats)")
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench.startup", description=_SUMMARY)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rate", default="100mbit", help="tbf rate of the registry's link")
-    ap.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay added")
-    ap.add_argument("--netns", default="fsbench", help="name of the namespace made (and removed)")
+    add_link_options(ap)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("error: needs root (ip netns, tc, FUSE, chroot)", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    link = SlowLink(args.netns, rate=args.rate)
-    fwd = DelayForwarder((link.ns_addr, REGISTRY_PORT), delay=args.delay_ms / 1000)
-    registry: subprocess.Popen[bytes] | None = None
+    exit_on_sigterm()
     bench: Bench | None = None
     work = Path(tempfile.mkdtemp(prefix="fusesnap-bench-startup-"))
+    registry = SlowRegistry.from_options(work / "registry", args)
     try:
-        link.open()
-        config = registry_config(work / "registry.yml", work / "storage",
-                                 f"{link.ns_addr}:{REGISTRY_PORT}")  # fmt: skip
-        with (work / "registry.log").open("ab") as log:
-            registry = subprocess.Popen(
-                link.exec_cmd(["docker-registry", "serve", str(config)]),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_set_parent_death_signal,
-            )  # fmt: skip
-        url = f"http://{link.ns_addr}:{REGISTRY_PORT}/v2/"
-        if not wait_until(
-            lambda: http_status(url, timeout=1.0) == 200,
-            timeout=20,
-            abort=lambda: registry is None or registry.poll() is not None,
-        ):
-            raise RuntimeError(
-                f"registry in {link.name} did not come up: "
-                f"{(work / 'registry.log').read_text()[-2000:]}"
-            )
-        fwd.start()
+        registry.open()
         print(
-            f"registry {link.ns_addr}:{REGISTRY_PORT} in netns {link.name}, "
-            f"reached via {fwd.host}; pushing the Debian image ...",
+            f"registry {registry.inside} in netns {args.netns}, "
+            f"reached via {registry.host}; pushing the Debian image ...",
             file=sys.stderr,
         )
-        img = build_and_push("debian", fwd.host)
-        fusesnap(work / "builder", "index", "--push", img.ref)  # as if built elsewhere
-        shutil.rmtree(work / "builder")
-        bench = Bench(work, fwd, img.ref)
+        img = build_and_push("debian", registry.host)
+        push_index_artifact(work / "builder", img.ref)
+        bench = Bench(work, registry, img.ref)
         has_profile = profile_option() is not None
         if has_profile:
             print("recording an access profile (mount --record, untimed) ...", file=sys.stderr)
@@ -321,15 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bench is not None:
             bench.cleanup()
-        fwd.stop()
-        if registry is not None and registry.poll() is None:
-            registry.terminate()
-            try:
-                registry.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                registry.kill()
-                registry.wait(timeout=10)
-        link.close()
+        registry.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
