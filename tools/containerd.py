@@ -9,6 +9,9 @@ starts ``containerd --config`` on it and, on exit, leaves nothing behind::
     BASE/state/            containerd's state: task bundles, container rootfs mounts
     BASE/tmp/              containerd's temp dir
     BASE/fifo/             the stdio fifos of ``ctr run`` and ``ctr tasks start|exec``
+    BASE/cni/              the CRI's CNI config dir (with `CriConfig`; left empty)
+    BASE/certs.d/HOST/hosts.toml
+                           the CRI's registry hosts: one per ``CriConfig.plain_http``
     SOCKDIR/containerd.sock, containerd.sock.ttrpc
                            SOCKDIR is BASE/run, or a ``/run/ctrd-*`` directory
                            (removed on stop) when BASE is too deep for a unix
@@ -37,6 +40,19 @@ SOCK`` (our socket) are killed and their sockets removed, and every mount under
 our dirs is ``umount -l``-ed in reverse mountinfo order.
 `PrivateContainerd.leftovers` lists what is still there, for tests to assert on.
 
+Kubernetes' CRI (``cri=CriConfig(sandbox_image=...)``): the plugin is loaded,
+and required, so a CRI config it cannot use stops containerd at start; it
+serves ``runtime.v1`` on the daemon's own socket and keeps its images and
+containers in the containerd namespace `CRI_NAMESPACE`, its files under BASE's
+root and state (``io.containerd.grpc.v1.cri``). Its streaming server listens on
+127.0.0.1 on a free port; it loads no AppArmor profile into the kernel. It has
+no CNI network (BASE/cni stays empty: a network would keep its results in
+/var/lib/cni, which every containerd shares), so a pod runs on the node's
+network (``NamespaceOption.network = NODE``). The sandbox image's default
+command must not exit: the pod's namespaces are its process's. The CRI pulls
+by itself, so the registries in ``plain_http`` are the daemon's to know: a
+``hosts.toml`` each, under BASE/certs.d (the CRI's registry ``config_path``).
+
 Shared machine state: the runc shim keeps container state in
 ``/run/containerd/runc/NAMESPACE/ID`` and puts containers in the cgroup
 ``/NAMESPACE/ID`` whatever the daemon, so two containerds running containers of
@@ -63,6 +79,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -70,9 +87,12 @@ from tools._containerd_sweep import Footprint
 from tools._net import wait_until
 
 __all__ = [
+    "CRI_NAMESPACE",
+    "CRI_PLUGIN",
     "DISABLED_PLUGINS",
     "REQUIRED_PLUGINS",
     "ContainerdError",
+    "CriConfig",
     "CtrError",
     "PrivateContainerd",
     "pull_args",
@@ -84,10 +104,13 @@ CTR = "ctr"
 CTR_REMOTE = "ctr-remote"
 MAX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _PR_SET_PDEATHSIG = 1
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
+CRI_NAMESPACE = "k8s.io"  # the containerd namespace of every image and container of the CRI
+CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
 # What containerd would load but this machine cannot use, or should not touch.
 DISABLED_PLUGINS: tuple[str, ...] = (
-    "io.containerd.grpc.v1.cri",  # Kubernetes CRI: CNI, a pause image, a streaming server
+    CRI_PLUGIN,  # Kubernetes CRI: CNI, a pause image, a streaming server (see CriConfig)
     "io.containerd.snapshotter.v1.aufs",  # runs modprobe aufs at start (not installed)
     "io.containerd.snapshotter.v1.btrfs",  # root is not btrfs: skipped with a log line
     "io.containerd.snapshotter.v1.zfs",  # root is not zfs: skipped with a log line
@@ -105,6 +128,26 @@ REQUIRED_PLUGINS: tuple[str, ...] = (
     "io.containerd.grpc.v1.tasks",
     "io.containerd.runtime.v2.task",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CriConfig:
+    """What a `PrivateContainerd` with Kubernetes' CRI plugin needs to know.
+
+    Arguments:
+        sandbox_image: every pod's sandbox ("pause") image; the CRI pulls it at the
+            first RunPodSandbox. Its default command must not exit.
+        snapshotter: the snapshotter of the CRI's pulls and containers.
+        snapshot_annotations: pass each layer's image reference to the snapshotter as
+            labels (``cri.image-ref``, ``cri.layer-digest``...), which a remote
+            snapshotter needs; containerd's default is not to.
+        plain_http: registries (``HOST:PORT``) to reach over HTTP, not HTTPS.
+    """
+
+    sandbox_image: str
+    snapshotter: str = "overlayfs"
+    snapshot_annotations: bool = True
+    plain_http: tuple[str, ...] = ()
 
 
 class ContainerdError(RuntimeError):
@@ -171,6 +214,10 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
+def _toml_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
 def _set_parent_death_signal() -> None:
     """In the child: get SIGTERM when the test process dies, so no containerd is leaked."""
     with contextlib.suppress(OSError, AttributeError):
@@ -198,6 +245,8 @@ class PrivateContainerd:
             ``--snapshotter NAME``. containerd dials them lazily, so they need
             not listen yet at start.
         namespace: the default ``--namespace`` of `ctr` and `ctr_remote`.
+        cri: load Kubernetes' CRI plugin, configured so (see the module's docstring);
+            None (the default) leaves it disabled.
         log_level: containerd's ``[debug] level``.
         start_timeout: seconds to wait for ``ctr version`` to answer.
         stop_timeout: seconds between SIGTERM and SIGKILL.
@@ -209,6 +258,7 @@ class PrivateContainerd:
         *,
         proxy_snapshotters: Mapping[str, str | os.PathLike[str]] | None = None,
         namespace: str = "default",
+        cri: CriConfig | None = None,
         log_level: str = "debug",
         start_timeout: float = 20.0,
         stop_timeout: float = 10.0,
@@ -221,6 +271,7 @@ class PrivateContainerd:
             if not name or len(os.fsencode(path)) > MAX_SOCKET_PATH:
                 raise ValueError(f"proxy snapshotter {name!r}: bad name or socket path {path!r}")
         self.namespace = namespace
+        self.cri = cri
         self.log_level = log_level
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -270,6 +321,15 @@ class PrivateContainerd:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.base_dir / "cni"
+
+    @property
+    def registry_hosts_dir(self) -> Path:
+        """The CRI's registry ``config_path``: ``HOST:PORT/hosts.toml`` in it."""
+        return self.base_dir / "certs.d"
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return _tail(self.log_path.read_text(errors="replace"), lines)
@@ -278,10 +338,20 @@ class PrivateContainerd:
 
     # -- configuration ---------------------------------------------------------------------
 
+    @property
+    def disabled_plugins(self) -> tuple[str, ...]:
+        if self.cri is None:
+            return DISABLED_PLUGINS
+        return tuple(p for p in DISABLED_PLUGINS if p != CRI_PLUGIN)
+
+    @property
+    def required_plugins(self) -> tuple[str, ...]:
+        return REQUIRED_PLUGINS if self.cri is None else (*REQUIRED_PLUGINS, CRI_PLUGIN)
+
     def config_toml(self) -> str:
         """The text of ``config.toml``."""
-        disabled = ", ".join(_toml_str(p) for p in DISABLED_PLUGINS)
-        required = ", ".join(_toml_str(p) for p in REQUIRED_PLUGINS)
+        disabled = ", ".join(_toml_str(p) for p in self.disabled_plugins)
+        required = ", ".join(_toml_str(p) for p in self.required_plugins)
         lines = [
             "version = 2",
             f"root = {_toml_str(str(self.root))}",
@@ -306,7 +376,51 @@ class PrivateContainerd:
                 '  type = "snapshot"',
                 f"  address = {_toml_str(path)}",
             ]
+        if self.cri is not None:
+            lines += ["", *self._cri_toml(self.cri)]
         return "\n".join(lines) + "\n"
+
+    def _cri_toml(self, cri: CriConfig) -> list[str]:
+        table = f"plugins.{_toml_str(CRI_PLUGIN)}"
+        return [
+            f"[{table}]",
+            f"  sandbox_image = {_toml_str(cri.sandbox_image)}",
+            # containerd 1.6's defaults, which a test relies on: no TCP listener, the
+            # streaming server (exec, attach) on a free loopback port, no SELinux labels.
+            "  disable_tcp_service = true",
+            '  stream_server_address = "127.0.0.1"',
+            '  stream_server_port = "0"',
+            "  enable_selinux = false",
+            # Where AppArmor is on, each container's profile is loaded into the kernel.
+            "  disable_apparmor = true",
+            # A pod's own network namespace is mounted here, not in /var/run/netns.
+            "  netns_mounts_under_state_dir = true",
+            # A sandbox's OOM score is -998 unless held to containerd's own: lowering it
+            # takes CAP_SYS_RESOURCE, which a test machine may not grant (runc then fails
+            # with "can't get final child's PID from pipe").
+            "  restrict_oom_score_adj = true",
+            "",
+            f"[{table}.containerd]",
+            f"  snapshotter = {_toml_str(cri.snapshotter)}",
+            f"  disable_snapshot_annotations = {_toml_bool(not cri.snapshot_annotations)}",
+            "",
+            f"[{table}.cni]",
+            f"  bin_dir = {_toml_str(CNI_BIN_DIR)}",
+            f"  conf_dir = {_toml_str(str(self.cni_conf_dir))}",
+            "",
+            f"[{table}.registry]",
+            f"  config_path = {_toml_str(str(self.registry_hosts_dir))}",
+        ]
+
+    def _write_registry_hosts(self, cri: CriConfig) -> None:
+        for host in cri.plain_http:
+            directory = self.registry_hosts_dir / host
+            directory.mkdir(parents=True, exist_ok=True)
+            url = _toml_str(f"http://{host}")
+            # containerd 1.6 refuses a hosts.toml without a host table ("invalid `host` tree").
+            (directory / "hosts.toml").write_text(
+                f'server = {url}\n\n[host.{url}]\n  capabilities = ["pull", "resolve"]\n'
+            )
 
     def write_config(self) -> Path:
         for directory in (
@@ -317,6 +431,10 @@ class PrivateContainerd:
             self.socket_dir,
         ):
             directory.mkdir(parents=True, exist_ok=True)
+        if self.cri is not None:
+            self.cni_conf_dir.mkdir(exist_ok=True)
+            self.registry_hosts_dir.mkdir(exist_ok=True)
+            self._write_registry_hosts(self.cri)
         self.config_path.write_text(self.config_toml())
         return self.config_path
 

@@ -1,6 +1,8 @@
 """What the containerd conformance tests drive: ``fusesnap snapshotter`` in a
 subprocess (`serving`), a client that calls it as containerd does (`Snapshotter`), and
-the mounts its answers describe, performed for real (`mounted`, `tree`)."""
+the mounts its answers describe, performed for real (`mounted`, `tree`); and what the
+end-to-end tests with a real containerd look at (`fusesnap_snapshots`, `lower_mounts`,
+`via_proxy`, `eventually`)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from google.protobuf import field_mask_pb2
 from fusesnap.containerd import api
 from fusesnap.containerd.service import NAMESPACE_KEY
 from fusesnap.containerd.snapshots import SNAPSHOTS
+from tests.e2e.cli import run
+from tools.faultproxy import FaultProxy
+from tools.images.catalog import PushedImage
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -219,6 +224,34 @@ def snapshot_dirs(daemon: Daemon) -> set[str]:
     """The snapshot directories in the daemon's store (every namespace's)."""
     base = daemon.root / SNAPSHOTS
     return {p.name for p in base.iterdir()} if base.is_dir() else set()
+
+
+# -- a snapshotter under a real containerd ------------------------------------------------
+
+
+def fusesnap_snapshots(root: Path, namespace: str) -> dict[str, str]:
+    """A containerd namespace's snapshots in store ``root``, as ``fusesnap snapshot ls``
+    lists them: key -> kind (``committed (remote)``, ``active``...)."""
+    out = run(root, "snapshot", "ls", "-n", namespace).stdout.splitlines()[1:]
+    return {row.split()[1]: " ".join(row.split()[2:-4]) for row in out}
+
+
+def lower_mounts(root: Path) -> list[str]:
+    """The snapshotter's lower mounts (one per image chain a container stands on)."""
+    return [p for p in mount_points_under(root) if "/containerd/lowers/" in p]
+
+
+def via_proxy(img: PushedImage, proxy: FaultProxy) -> tuple[str, int]:
+    """``img``'s reference through ``proxy``, and the size of its layers."""
+    return img.ref.replace(img.host, proxy.host), sum(layer.size for layer in img.layers)
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
 
 
 # -- mounts and trees ----------------------------------------------------------------------

@@ -11,13 +11,20 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.containerd.harness import Daemon, mount_points_under, serving
+from tests.containerd.harness import (
+    Daemon,
+    eventually,
+    fusesnap_snapshots,
+    lower_mounts,
+    serving,
+    via_proxy,
+)
 from tests.e2e.cli import run
 from tools._net import free_port
 from tools.containerd import CtrError, PrivateContainerd, pull_args, unique_id
@@ -61,11 +68,10 @@ class Node:
 
     def fusesnap_snapshots(self) -> dict[str, str]:
         """Namespace default's snapshots as ``fusesnap snapshot ls`` lists them: key -> kind."""
-        out = run(self.root, "snapshot", "ls", "-n", "default").stdout.splitlines()[1:]
-        return {row.split()[1]: " ".join(row.split()[2:-4]) for row in out}
+        return fusesnap_snapshots(self.root, "default")
 
     def lower_mounts(self) -> list[str]:
-        return [p for p in mount_points_under(self.root) if "/containerd/lowers/" in p]
+        return lower_mounts(self.root)
 
 
 @pytest.fixture
@@ -80,22 +86,10 @@ def node(tmp_path: Path) -> Iterator[Node]:
         yield Node(daemon, ctrd, metrics)
 
 
-def _via(img: PushedImage, proxy: FaultProxy) -> tuple[str, int]:
-    return img.ref.replace(img.host, proxy.host), sum(layer.size for layer in img.layers)
-
-
-def _eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def check_lazy_start(node: Node, img: PushedImage, proxy: FaultProxy) -> None:
     """rpull moves under 5% of the image, a python3 start under 50%, and every layer is a
     remote snapshot served by one lower mount of the whole chain."""
-    ref, total = _via(img, proxy)
+    ref, total = via_proxy(img, proxy)
     proxy.reset()
     node.rpull(ref)
     pulled = proxy.bytes_sent()
@@ -125,7 +119,7 @@ def test_debian_as_zstd_chunked(node, registry, faulty) -> None:
 
 def test_an_image_without_any_index_falls_back_and_runs(node, registry, faulty) -> None:
     img = build_and_push("busybox", registry, tag="no-index-ctr")
-    ref, total = _via(img, faulty)
+    ref, total = via_proxy(img, faulty)
     node.rpull(ref)  # labels name the image, but no layer has an index anywhere
     assert faulty.bytes_sent("blob") >= total  # containerd downloaded the layer itself
     assert node.run(ref, "echo", "unpacked") == "unpacked\n"
@@ -143,7 +137,7 @@ def test_a_plain_pull_is_unpacked_and_runs(node, registry) -> None:
 
 def test_ctr_and_fusesnap_agree_then_gc_frees_the_chunks(node, registry, faulty) -> None:
     img = build_and_push_estargz("busybox", registry)
-    ref, _ = _via(img, faulty)
+    ref, _ = via_proxy(img, faulty)
     node.rpull(ref)
     assert node.run(ref, "cat", "/etc/passwd").startswith("root:")
     ctr_names = node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
@@ -161,16 +155,14 @@ def test_ctr_and_fusesnap_agree_then_gc_frees_the_chunks(node, registry, faulty)
 
     # A snapshot of our own on top, removed with ctr: fusesnap forgets it too.
     node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "prepare", "scratch", top)
-    _eventually(lambda: any(k.endswith("/scratch") for k in node.fusesnap_snapshots()), "prepare")
+    eventually(lambda: any(k.endswith("/scratch") for k in node.fusesnap_snapshots()), "prepare")
     node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "rm", "scratch")
-    _eventually(
-        lambda: not any(k.endswith("/scratch") for k in node.fusesnap_snapshots()), "ctr rm"
-    )
+    eventually(lambda: not any(k.endswith("/scratch") for k in node.fusesnap_snapshots()), "ctr rm")
 
     # The image goes; containerd's gc removes its snapshots; fusesnap's gc frees chunks.
     node.ctrd.ctr("images", "rm", "--sync", ref)
-    _eventually(lambda: node.fusesnap_snapshots() == {}, "containerd's gc")
-    _eventually(lambda: node.lower_mounts() == [], "the lower mount to go")
+    eventually(lambda: node.fusesnap_snapshots() == {}, "containerd's gc")
+    eventually(lambda: node.lower_mounts() == [], "the lower mount to go")
     out = run(node.root, "gc").stdout
     freed = re.search(r"removed \d+ blobs, (\d+) layers, (\d+) chunks", out)
     assert freed is not None, out
@@ -195,7 +187,7 @@ def _kill(node: Node, cid: str) -> None:
         node.ctrd.ctr("containers", "delete", cid, check=False)
         return cid not in node.ctrd.ctr("containers", "ls", "-q").stdout.split()
 
-    _eventually(deleted, f"container {cid} to be deleted")
+    eventually(deleted, f"container {cid} to be deleted")
 
 
 def _fuse_lowers() -> list[str]:
@@ -205,7 +197,7 @@ def _fuse_lowers() -> list[str]:
 
 def test_two_containers_share_one_lower_mount(node, registry, faulty) -> None:
     img = build_and_push_estargz("busybox", registry)
-    ref, _ = _via(img, faulty)
+    ref, _ = via_proxy(img, faulty)
     pulls = [threading.Thread(target=node.rpull, args=(ref,)) for _ in range(2)]
     for t in pulls:
         t.start()
@@ -227,12 +219,12 @@ def test_two_containers_share_one_lower_mount(node, registry, faulty) -> None:
     finally:
         for cid in ids:
             _kill(node, cid)
-    _eventually(lambda: node.lower_mounts() == [], "the last container to release the mount")
+    eventually(lambda: node.lower_mounts() == [], "the last container to release the mount")
 
 
 def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) -> None:
     img = build_and_push_estargz("busybox", registry)
-    ref, _ = _via(img, faulty)
+    ref, _ = via_proxy(img, faulty)
     node.rpull(ref)
     cid = unique_id()
     node.ctrd.ctr(
@@ -248,7 +240,7 @@ def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) 
         node.daemon.process.start()  # state is reloaded from the store; the mount adopted
         # containerd redials a proxy plugin with a backoff of up to 3 s: until then, new
         # calls fail as "unavailable" (running containers are not affected).
-        _eventually(lambda: _runs(node, ref), "containerd to reach the snapshotter again")
+        eventually(lambda: _runs(node, ref), "containerd to reach the snapshotter again")
         assert node.lower_mounts() == lowers
         tasks = node.ctrd.ctr("tasks", "ls").stdout
         assert re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M), tasks
@@ -268,7 +260,7 @@ def _metrics(node: Node) -> dict[str, float]:
 
 def test_metrics(node, registry, faulty) -> None:
     img = build_and_push_estargz("busybox", registry)
-    ref, _ = _via(img, faulty)
+    ref, _ = via_proxy(img, faulty)
     node.rpull(ref)
     cid = unique_id()
     node.ctrd.ctr("run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid, "sleep", "60")

@@ -11,8 +11,11 @@ import pytest
 
 from tools._net import wait_until
 from tools.containerd import (
+    CRI_PLUGIN,
     DISABLED_PLUGINS,
+    REQUIRED_PLUGINS,
     ContainerdError,
+    CriConfig,
     CtrError,
     PrivateContainerd,
     pull_args,
@@ -35,6 +38,32 @@ def test_config_names_its_own_dirs_sockets_and_proxy_snapshotters(tmp_path: Path
     assert config["proxy_plugins"] == {"fusesnap": {"type": "snapshot", "address": "/run/fs.sock"}}
     assert "io.containerd.grpc.v1.cri" in config["disabled_plugins"]
     assert tuple(config["disabled_plugins"]) == DISABLED_PLUGINS
+
+
+def test_a_cri_config_loads_and_requires_the_plugin_on_its_own_dirs(tmp_path: Path) -> None:
+    cri = CriConfig(
+        sandbox_image="127.0.0.1:5000/pause:1",
+        snapshotter="fusesnap",
+        plain_http=("127.0.0.1:5000",),
+    )
+    ctrd = PrivateContainerd(tmp_path, cri=cri)
+    ctrd.write_config()
+    config = tomllib.loads(ctrd.config_path.read_text())
+    assert CRI_PLUGIN not in config["disabled_plugins"]
+    assert config["required_plugins"] == [*REQUIRED_PLUGINS, CRI_PLUGIN]
+    plugin = config["plugins"][CRI_PLUGIN]
+    assert plugin["sandbox_image"] == "127.0.0.1:5000/pause:1"
+    assert plugin["containerd"] == {
+        "snapshotter": "fusesnap",
+        "disable_snapshot_annotations": False,
+    }
+    assert plugin["cni"]["conf_dir"] == str(tmp_path / "cni")
+    assert (tmp_path / "cni").is_dir()
+    hosts = tomllib.loads(
+        (Path(plugin["registry"]["config_path"]) / "127.0.0.1:5000" / "hosts.toml").read_text()
+    )
+    assert hosts["server"] == "http://127.0.0.1:5000"
+    assert hosts["host"] == {"http://127.0.0.1:5000": {"capabilities": ["pull", "resolve"]}}
 
 
 def test_a_deep_base_dir_gets_a_short_socket_dir(tmp_path: Path) -> None:
@@ -125,3 +154,17 @@ def test_proxy_snapshotters_are_loaded_before_they_listen(tmp_path: Path) -> Non
     with PrivateContainerd(tmp_path, proxy_snapshotters={"nobody": tmp_path / "no.sock"}) as ctrd:
         plugins = [line.split() for line in ctrd.ctr("plugins", "ls").stdout.splitlines()]
         assert ["io.containerd.snapshotter.v1", "nobody", "-", "ok"] in plugins
+
+
+@pytest.mark.e2e
+@pytest.mark.requires(*CONTAINERD_TOOLS)
+def test_a_cri_plugin_that_cannot_load_stops_containerd_at_start(tmp_path: Path) -> None:
+    cri = CriConfig(sandbox_image="127.0.0.1:1/pause:1", snapshotter="no-such-snapshotter")
+    ctrd = PrivateContainerd(tmp_path, cri=cri, start_timeout=10)
+    with pytest.raises(ContainerdError, match=r"exited") as info:
+        ctrd.start()
+    assert (
+        f"load required plugin {CRI_PLUGIN}: failed to create CRI service:"
+        ' failed to find snapshotter "no-such-snapshotter"'
+    ) in str(info.value)
+    assert ctrd.leftovers() == []

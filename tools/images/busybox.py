@@ -4,17 +4,27 @@ One layer, about 1 MB compressed. ``/bin/sh`` and the common applets are
 symlinks to ``/bin/busybox``, so ``runc`` can run ``sh -c ...`` in it. The
 busybox binary is the host's (Debian's ``busybox-static``), so the image is
 linux/amd64 whatever platform it is labelled with; `busybox_multi_images`
-gives each platform its own marker file ``/etc/fusesnap-platform``.
+gives each platform its own marker file ``/etc/fusesnap-platform``;
+`busybox_pause_image` is the same layer with a command that never exits, for a
+Kubernetes pod's sandbox ("pause") container.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tools.images.layout import Image, Layer, Platform
 from tools.images.tarutil import TarBuilder
 
-__all__ = ["APPLETS", "BUSYBOX_BINARY", "busybox_image", "busybox_layer", "busybox_multi_images"]
+__all__ = [
+    "APPLETS",
+    "BUSYBOX_BINARY",
+    "busybox_image",
+    "busybox_layer",
+    "busybox_multi_images",
+    "busybox_pause_image",
+]
 
 BUSYBOX_BINARY = Path("/bin/busybox")
 APPLETS = (
@@ -105,6 +115,12 @@ def busybox_layer(*, platform: Platform | None = None, binary: Path = BUSYBOX_BI
 def busybox_image(*, platform: Platform | None = None) -> Image:
     layer = Layer(busybox_layer(platform=platform), created_by="busybox rootfs")
     return Image([layer], cmd=("/bin/sh",), platform=platform or Platform())
+
+
+def busybox_pause_image() -> Image:
+    """busybox sleeping for ever by default: what the CRI's sandbox container runs (it holds
+    the pod's namespaces; the CRI stops it with SIGKILL)."""
+    return dataclasses.replace(busybox_image(), cmd=("sleep", "inf"))
 
 
 def busybox_multi_images() -> list[Image]:

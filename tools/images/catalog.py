@@ -7,7 +7,8 @@
     pushed.unpack(dest)      umoci's rootfs of the same image (ground truth)
 
 Names: ``busybox``, ``busybox-multi`` (linux/amd64 + linux/arm64/v8 in one
-index), ``debian`` (slow the first time, then cached), the `CRAFTED` edge
+index), ``busybox-pause`` (whose command sleeps for ever: a CRI sandbox
+image), ``debian`` (slow the first time, then cached), the `CRAFTED` edge
 cases (``crafted-whiteouts`` …), ``crafted-big`` (``big_size`` bytes) and the
 `MALICIOUS` ones (``malicious-escape``, ``malicious-links``).
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple, Protocol
 
-from tools.images.busybox import busybox_image, busybox_multi_images
+from tools.images.busybox import busybox_image, busybox_multi_images, busybox_pause_image
 from tools.images.cache import cache_dir, locked
 from tools.images.crafted import BIG_DEFAULT_SIZE, CRAFTED, MALICIOUS, big_image
 from tools.images.debian import SPLIT_VERSION, debian_image
@@ -65,6 +66,7 @@ LAYOUT_CACHE_VERSION = 1
 _CHEAP: dict[str, Callable[[], Image | list[Image]]] = {
     "busybox": busybox_image,
     "busybox-multi": busybox_multi_images,
+    "busybox-pause": busybox_pause_image,
     **CRAFTED,
     **MALICIOUS,
 }
