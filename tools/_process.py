@@ -1,11 +1,28 @@
-"""Stopping the processes the tools start."""
+"""Starting and stopping the processes the tools run."""
 
 from __future__ import annotations
 
 import subprocess
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["stop_process"]
+__all__ = ["Started", "stop_process"]
+
+
+class Started:
+    """A service that is a context manager: ``with X(...) as x`` is ``x = X(...).start()``
+    and, after the block, ``x.stop()``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def stop_process(proc: subprocess.Popen[Any], *, timeout: float = 10.0) -> None:

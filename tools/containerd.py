@@ -81,10 +81,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from tools._containerd_sweep import Footprint
 from tools._net import wait_until
+from tools._process import Started
 
 __all__ = [
     "CRI_NAMESPACE",
@@ -234,7 +234,7 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-class PrivateContainerd:
+class PrivateContainerd(Started):
     """A containerd of its own, serving ``base_dir`` on a unix socket.
 
     Arguments:
@@ -516,17 +516,6 @@ class PrivateContainerd:
                 self.ctr(
                     "tasks", "delete", "--force", task, namespace=space, check=False, timeout=15.0
                 )
-
-    def __enter__(self) -> PrivateContainerd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"PrivateContainerd({self.address}, pid={self.pid}, base_dir={self.base_dir})"

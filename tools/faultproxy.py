@@ -38,10 +38,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 from tools._net import LOOPBACK, BackgroundHTTPServer
+from tools._process import Started
 
 __all__ = ["FaultProxy", "ProxyRecord", "request_kind"]
 
@@ -128,7 +128,7 @@ class _Drop(Exception):
     """Close the client connection now."""
 
 
-class FaultProxy:
+class FaultProxy(Started):
     """Forward ``http://127.0.0.1:PORT`` to ``upstream`` (``host:port``), with faults.
 
     Concurrency: counters, records and faults are guarded by one lock; every
@@ -163,17 +163,6 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._http.stop()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- faults ----------------------------------------------------------------------------
 

@@ -39,11 +39,10 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from tools._net import LOOPBACK, free_port, http_status, wait_until
-from tools._process import stop_process
+from tools._process import Started, stop_process
 
 if TYPE_CHECKING:
     from tools.tokenserver import TokenServer
@@ -175,7 +174,7 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-class Registry:
+class Registry(Started):
     """A Distribution registry serving ``data_dir`` on ``127.0.0.1:port``.
 
     Arguments:
@@ -350,17 +349,6 @@ class Registry:
         if self._owns_dir and self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         where = self.host if self._port is not None else "unstarted"

@@ -40,7 +40,6 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from tools._net import LOOPBACK, BackgroundHTTPServer
+from tools._process import Started
 
 __all__ = ["IssuedToken", "TokenServer"]
 
@@ -76,7 +76,7 @@ class _Counters:
     issued: list[IssuedToken] = field(default_factory=list)
 
 
-class TokenServer:
+class TokenServer(Started):
     """Issue registry tokens on ``http://127.0.0.1:PORT/token``.
 
     Arguments:
@@ -184,17 +184,6 @@ class TokenServer:
         if self._given_cert_dir is None and self._cert_dir is not None:
             shutil.rmtree(self._cert_dir, ignore_errors=True)
             self._cert_dir = None
-
-    def __enter__(self) -> TokenServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- tokens ----------------------------------------------------------------------------
 
