@@ -1,5 +1,6 @@
-"""What the benchmarks share: running commands and fusesnap's CLI, cold caches, the index
-artifact of a pushed image, the facts of the machine, and exits on SIGTERM."""
+"""What the benchmarks share: running commands and fusesnap's CLI, daemons on a unix socket
+and the processes a benchmark left, cold caches, the index artifact of a pushed image, the
+facts of the machine, progress lines, and exits on SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,33 +8,48 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from tools._net import wait_until
+from tools._process import stop_process
+from tools.registry import _set_parent_death_signal
+
 __all__ = [
     "PROBE",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
     "Samples",
     "drop_caches",
+    "end_processes",
     "exit_on_sigterm",
     "fusesnap",
     "fusesnap_env",
     "human",
     "is_mounted",
+    "log_tail",
     "machine_facts",
     "mounts_under",
+    "processes_naming",
+    "progress",
     "push_index_artifact",
     "sh",
+    "start_daemon",
 ]
 
 # The workload of the start-up benchmarks: the first output of an interpreter.
 PROBE = ("python3", "-c", "print(1)")
 _REPO = Path(__file__).resolve().parents[2]
+# Seconds a daemon gets to listen, and to exit after SIGTERM.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -87,6 +103,93 @@ def fusesnap(root: Path, *args: str, timeout: float = 900) -> subprocess.Complet
             f"fusesnap {' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}"
         )
     return proc
+
+
+def progress(message: str) -> None:
+    """A progress line, on stderr when it is a terminal."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of the log at ``path``."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def start_daemon(
+    cmd: Sequence[str],
+    *,
+    sock: Path,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd``, its output appended to ``log_path``, in a session of its own (so a
+    Ctrl-C reaches the benchmark, which stops it in order), and wait until it accepts
+    connections on the unix socket ``sock``.
+
+    `RuntimeError` with the log's tail if it exits or does not listen within
+    `START_TIMEOUT`; it is stopped first.
+    """
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal,
+        )
+    if not wait_until(
+        lambda: _listens(sock), timeout=START_TIMEOUT, abort=lambda: proc.poll() is not None
+    ):
+        how = f"exited {proc.returncode}" if proc.poll() is not None else "did not listen"
+        stop_process(proc, timeout=STOP_TIMEOUT)
+        raise RuntimeError(f"{Path(cmd[0]).name} {how}: {log_tail(log_path)}")
+    return proc
+
+
+def _listens(sock: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
+def processes_naming(text: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes, other than this one, whose command line has
+    ``text`` in it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+def end_processes(text: str) -> None:
+    """SIGTERM, then SIGKILL, to each process `processes_naming` ``text`` (the benchmark's
+    own: ``text`` is a path in its temporary directory)."""
+    pids = [pid for pid, _ in processes_naming(text)]
+    if not pids:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if wait_until(lambda: not processes_naming(text), timeout=STOP_TIMEOUT):
+            return
 
 
 def drop_caches() -> None:

@@ -1,4 +1,5 @@
-"""Cold container start through containerd over a slow link: overlayfs vs fusesnap's snapshotter.
+"""Cold container start through containerd over a slow link: overlayfs, fusesnap's snapshotter
+and stargz-snapshotter.
 
     python -m tools.bench.containerd [--runs 3] [--rate 100mbit] [--delay-ms 10]
                                      [--keep-logs DIR]
@@ -8,32 +9,44 @@ a network namespace whose egress is shaped by ``tc tbf`` (``--rate``), reached t
 forwarder on 127.0.0.1 that adds ``--delay-ms`` each way and counts the bytes it sends.
 The Debian test image is pushed twice, to two repositories, each with an index artifact
 (``fusesnap index --push``) from a store of its own: one without an access profile, one
-with the profile a first ``fusesnap run`` of the probe recorded.
+with the profile a first ``fusesnap run`` of the probe recorded. It is also converted to
+eStargz (``ctr-remote image convert --estargz --oci``, `tools.images.estargz`; no
+prioritized files, so no prefetch landmark) and pushed next to the first.
 
 Each measurement starts a private containerd (`tools.containerd.PrivateContainerd`) on a
-fresh root and state and, for the fusesnap modes, ``fusesnap snapshotter`` on a fresh store
-(containerd's ``[proxy_plugins.fusesnap]``); once both answer, the page cache is dropped and
-the clock starts. It stops when the container prints ``1``:
+fresh root and state and the mode's snapshotter on a fresh directory: ``fusesnap
+snapshotter`` (containerd's ``[proxy_plugins.fusesnap]``) or stargz-snapshotter's daemon
+(``[proxy_plugins.stargz]``: the library of Debian's package served by our own main,
+built on first use, see `tools.bench.stargz`, with the library's default config). Once both
+answer, the page cache is dropped and the clock starts. It stops when the container prints
+``1``:
 
     overlayfs         ctr images pull REF
                       ctr run --rm REF ID python3 -c 'print(1)'
     fusesnap          ctr-remote image rpull --snapshotter fusesnap REF
                       ctr run --rm --snapshotter fusesnap REF ID python3 -c 'print(1)'
     fusesnap+profile  the same, of the repository whose index artifact has a profile
+    stargz            ctr-remote image rpull --snapshotter stargz ESTARGZ_REF
+                      ctr run --rm --snapshotter stargz ESTARGZ_REF ID python3 -c 'print(1)'
+    fusesnap-estargz  the fusesnap mode's commands on ESTARGZ_REF (fusesnap reads its TOCs;
+                      no index artifact)
 
 The bytes are those the registry sent from the pull's start until ``ctr run`` exited (a
 prefetch still going at the first output counts until the container's lower mount goes).
 Modes take turns within each run; the table shows the median of ``--runs``. The error and
 warning lines of fusesnap's logs (the snapshotter's, its mount daemons') are counted and
-printed to stderr at the end; ``--keep-logs`` keeps every log, containerd's too.
+printed to stderr at the end; ``--keep-logs`` keeps every log, containerd's and
+stargz-snapshotter's too.
 
 After each measurement containerd (its tasks, shims and mounts), the snapshotter, and the
-lower mounts it leaves up by design are taken down; a measurement that leaves any process,
-mount or runc container behind fails the benchmark. On Ctrl-C, SIGTERM or an error the same
-happens to whatever runs, and the namespace (with its qdisc) is removed.
+lower mounts fusesnap's leaves up by design are taken down (stargz-snapshotter's daemon
+unmounts its layers, all under its root, as it exits on SIGTERM); a measurement that leaves
+any process, mount or runc container behind fails the benchmark. On Ctrl-C, SIGTERM or an
+error the same happens to whatever runs, and the namespace (with its qdisc) is removed.
 
 Needs root (netns, tc, FUSE, drop_caches), containerd, ctr, ctr-remote, runc,
-docker-registry, skopeo.
+docker-registry, skopeo; the Debian packages of `tools.bench.stargz.PACKAGES` (installed
+when missing) and containerd's source package, for stargz-snapshotter's daemon.
 """
 
 from __future__ import annotations
@@ -44,7 +57,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,50 +65,51 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools._net import wait_until
 from tools._process import stop_process
+from tools.bench import stargz
 from tools.bench.common import (
     PROBE,
+    STOP_TIMEOUT,
     Samples,
     drop_caches,
+    end_processes,
     exit_on_sigterm,
     fusesnap_env,
     human,
     machine_facts,
     mounts_under,
+    processes_naming,
+    progress,
     push_index_artifact,
+    start_daemon,
 )
 from tools.bench.netns import SlowRegistry, add_link_options
 from tools.containerd import PrivateContainerd, pull_args, unique_id
 from tools.images.catalog import PushedImage, build_and_push
-from tools.registry import _set_parent_death_signal
+from tools.images.estargz import build_and_push_estargz
 
-_SUMMARY = "Cold container start through containerd: overlayfs vs fusesnap's snapshotter."
+_SUMMARY = (
+    "Cold container start through containerd: overlayfs, fusesnap's snapshotter and"
+    " stargz-snapshotter."
+)
 REQUIRED = ("containerd", "ctr", "ctr-remote", "runc", "docker-registry", "skopeo", "ip", "tc")
 SNAPSHOTTER = "fusesnap"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+STARGZ = "stargz"  # stargz-snapshotter's proxy plugin: ctr-remote's default name for it
 RUN_TIMEOUT = 300.0
 PULL_TIMEOUT = 900.0
 # What in fusesnap's logs is worth a look after a run.
 _PROBLEM = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b|Traceback|internal error")
 
 
-def progress(message: str) -> None:
-    """A progress line, on stderr when it is a terminal."""
-    if sys.stderr.isatty():
-        print(message, file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True, slots=True)
 class Mode:
     name: str
     ref: str
-    snapshotter: str | None  # None: containerd's default, overlayfs
+    snapshotter: str | None  # None: containerd's default, overlayfs; else SNAPSHOTTER or STARGZ
     legend: str  # the commands, under the table
     row: str  # its name in the markdown rows
 
@@ -123,32 +136,13 @@ class SnapshotterProcess:
 
     def start(self) -> SnapshotterProcess:
         cmd = [sys.executable, "-m", "fusesnap", "--root", str(self.root), "snapshotter"]
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [*cmd, "--address", str(self.sock)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=fusesnap_env(),
-                start_new_session=True,
-                preexec_fn=_set_parent_death_signal,
-            )
-        proc = self._proc
-        if not wait_until(
-            self._listens, timeout=START_TIMEOUT, abort=lambda: proc.poll() is not None
-        ):
-            how = f"exited {proc.returncode}" if proc.poll() is not None else "did not listen"
-            self.stop()
-            raise RuntimeError(f"fusesnap snapshotter {how}: {self.log_tail()}")
+        self._proc = start_daemon(
+            [*cmd, "--address", str(self.sock)],
+            sock=self.sock,
+            log_path=self.log_path,
+            env=fusesnap_env(),
+        )
         return self
-
-    def _listens(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(str(self.sock))
-            except OSError:
-                return False
-        return True
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -167,56 +161,30 @@ class SnapshotterProcess:
                 subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
         end_processes(str(self.root))  # mount daemons still serving a detached mount
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.rstrip().splitlines()[-lines:])
 
-
-def processes_naming(text: str) -> list[tuple[int, str]]:
-    """(pid, command line) of the processes, other than this one, whose command line has
-    ``text`` in it."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append((int(entry.name), cmdline.strip()))
-    return found
-
-
-def end_processes(text: str) -> None:
-    """SIGTERM, then SIGKILL, to each process `processes_naming` ``text`` (the benchmark's
-    own: ``text`` is a path in its temporary directory)."""
-    pids = [pid for pid, _ in processes_naming(text)]
-    if not pids:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        if wait_until(lambda: not processes_naming(text), timeout=STOP_TIMEOUT):
-            return
+def snapshotter_daemon(
+    name: str, base: Path, stargz_bin: Path
+) -> SnapshotterProcess | stargz.StargzDaemon:
+    """The daemon of the proxy snapshotter ``name`` of a measurement under ``base``."""
+    if name == STARGZ:
+        sock, log = base / "stargz.sock", base / "stargz.log"
+        return stargz.StargzDaemon(stargz_bin, base / "stargz", sock, log)
+    return SnapshotterProcess(base / "store", base / "fs.sock", base / "snapshotter.log")
 
 
 @contextmanager
-def node(base: Path, *, snapshotter: bool) -> Iterator[PrivateContainerd]:
-    """A containerd on a fresh root and state under ``base`` and, with ``snapshotter``,
-    fusesnap's snapshotter on a fresh store there, wired in as ``fusesnap``; both stopped
+def node(base: Path, snapshotter: str | None, stargz_bin: Path) -> Iterator[PrivateContainerd]:
+    """A containerd on a fresh root and state under ``base`` and ``snapshotter`` on a fresh
+    directory there, wired in by that name: fusesnap's (its store in ``base/store``) or
+    stargz-snapshotter's daemon ``stargz_bin`` (its root in ``base/stargz``); both stopped
     after the block, containerd first."""
     with ExitStack() as stack:
         proxies: dict[str, Path] = {}
-        if snapshotter:
-            snap = SnapshotterProcess(base / "store", base / "fs.sock", base / "snapshotter.log")
+        if snapshotter is not None:
+            snap = snapshotter_daemon(snapshotter, base, stargz_bin)
             stack.callback(snap.stop)
             snap.start()
-            proxies[SNAPSHOTTER] = snap.sock
+            proxies[snapshotter] = snap.sock
         yield stack.enter_context(
             PrivateContainerd(base / "ctrd", proxy_snapshotters=proxies, log_level="info")
         )
@@ -229,15 +197,17 @@ def leftovers(base: Path) -> list[str]:
     return left
 
 
-def logs(base: Path) -> list[Path]:
-    """The logs of a measurement under ``base``: containerd's, the snapshotter's and its
-    mount daemons'."""
+def fusesnap_logs(base: Path) -> list[Path]:
+    """The logs of fusesnap under ``base``: the snapshotter's and its mount daemons'."""
     daemons = sorted((base / "store" / "mounts").glob("*/daemon.log"))
-    return [base / "ctrd" / "containerd.log", base / "snapshotter.log", *daemons]
+    return [base / "snapshotter.log", *daemons]
 
 
 def copy_logs(base: Path, dest: Path) -> None:
-    for log in logs(base):
+    """Copy containerd's, fusesnap's and stargz-snapshotter's logs under ``base`` to
+    ``dest``, where they keep their paths relative to ``base``."""
+    ours = [base / "ctrd" / "containerd.log", base / "stargz.log"]
+    for log in [*ours, *fusesnap_logs(base)]:
         if log.is_file():
             target = dest / log.relative_to(base)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +218,7 @@ def problems(base: Path) -> list[str]:
     """The error and warning lines of the fusesnap logs under ``base`` (the snapshotter's
     and its mount daemons'), without their timestamps."""
     lines = []
-    for log in logs(base)[1:]:
+    for log in fusesnap_logs(base):
         try:
             text = log.read_text(errors="replace")
         except OSError:
@@ -294,13 +264,14 @@ def measure(
     base: Path,
     registry: SlowRegistry,
     *,
+    stargz_bin: Path,
     keep_logs: Path | None = None,
 ) -> list[str]:
     """One cold start of ``mode`` under ``base`` (removed after; its logs copied to
     ``keep_logs``/NAME first), appended to ``samples``; the problem lines of fusesnap's
-    logs."""
+    logs. ``stargz_bin``: stargz-snapshotter's daemon, for its mode."""
     base.mkdir(parents=True)
-    with node(base, snapshotter=mode.snapshotter is not None) as ctrd:
+    with node(base, mode.snapshotter, stargz_bin) as ctrd:
         drop_caches()
         before = registry.bytes_sent()
         t0 = time.perf_counter()
@@ -366,17 +337,21 @@ def report(results: list[tuple[Mode, Samples]], header: list[str]) -> None:
 # -- main ------------------------------------------------------------------------------------
 
 
-def prepare(registry: SlowRegistry, work: Path) -> tuple[PushedImage, list[Mode]]:
+def prepare(registry: SlowRegistry, work: Path) -> tuple[PushedImage, PushedImage, list[Mode]]:
     """Push the Debian image to two repositories, with an index artifact each, one of
-    them carrying an access profile; the first push and the modes that pull from them."""
+    them carrying an access profile, and as eStargz next to the first; the first push,
+    the eStargz one and the modes that pull from them."""
     progress("pushing the Debian image twice, each with an index artifact ...")
     plain = build_and_push("debian", registry.host)
     push_index_artifact(work / "builder", plain.ref)
     profiled = build_and_push("debian", registry.host, repo="fusesnap-test/debian-profiled")
     progress("and, for the second, an access profile (fusesnap run, untimed) ...")
     push_index_artifact(work / "builder-profile", profiled.ref, record_profile=True)
+    progress("converting it to eStargz (ctr-remote image convert --estargz --oci) ...")
+    esgz = build_and_push_estargz("debian", registry.host)
     rpull = "ctr-remote image rpull --snapshotter fusesnap; ctr run --snapshotter fusesnap"
-    return plain, [
+    version = stargz.library_version()
+    modes = [
         Mode(
             "overlayfs",
             plain.ref,
@@ -398,7 +373,24 @@ def prepare(registry: SlowRegistry, work: Path) -> tuple[PushedImage, list[Mode]
             "the same, the index artifact carrying an access profile",
             "fusesnap snapshotter, index artifact with an access profile",
         ),
+        Mode(
+            "stargz",
+            esgz.ref,
+            STARGZ,
+            "ctr-remote image rpull --snapshotter stargz; ctr run --snapshotter stargz"
+            f" (the eStargz image; stargz-snapshotter {version}, default config)",
+            f"containerd + stargz-snapshotter {version}: `ctr-remote image rpull` + `ctr run`,"
+            " eStargz image",
+        ),
+        Mode(
+            "fusesnap-estargz",
+            esgz.ref,
+            SNAPSHOTTER,
+            f"{rpull} (the eStargz image: its TOCs, no index artifact)",
+            "fusesnap snapshotter, same eStargz image",
+        ),
     ]
+    return plain, esgz, modes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,20 +411,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: not on PATH: {', '.join(missing)}", file=sys.stderr)
         return 1
     exit_on_sigterm()
+    try:
+        stargz_bin = stargz.ensure_daemon()
+    except stargz.StargzBuildError as exc:
+        print(f"error: stargz-snapshotter's daemon: {exc}", file=sys.stderr)
+        return 1
     command = shlex.join(["python", "-m", "tools.bench.containerd", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="fusesnap-bench-containerd-"))
     registry = SlowRegistry.from_options(work / "registry", args)
     try:
         registry.open()
         progress(f"registry {registry.inside} in netns {args.netns}, reached via {registry.host}")
-        image, modes = prepare(registry, work)
+        image, esgz, modes = prepare(registry, work)
         results = [(mode, Samples(mode.name)) for mode in modes]
         found: Counter[str] = Counter()
         for run in range(args.runs):
             for mode, samples in results:
                 progress(f"run {run + 1}/{args.runs}: {mode.name} ...")
                 base = work / f"{run + 1}-{mode.slug}"
-                found.update(measure(mode, samples, base, registry, keep_logs=args.keep_logs))
+                found.update(
+                    measure(
+                        mode,
+                        samples,
+                        base,
+                        registry,
+                        stargz_bin=stargz_bin,
+                        keep_logs=args.keep_logs,
+                    )
+                )
                 progress(
                     f"  {samples.seconds[-1]:.2f} s (pulled after {samples.ready[-1]:.2f} s),"
                     f" {human(samples.sent[-1])}"
@@ -441,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             f"$ {command}",
             *machine_facts([["containerd", "--version"], ["runc", "--version"]]),
             f"link: {args.rate} (tbf) + {2 * args.delay_ms:g} ms RTT; the Debian test image:"
-            f" {len(image.layers)} layers, {human(sum(x.size for x in image.layers))} compressed",
+            f" {len(image.layers)} layers, {human(sum(x.size for x in image.layers))} compressed"
+            f" ({human(sum(x.size for x in esgz.layers))} as eStargz)",
             f"\nDebian image, ctr run python3 -c 'print(1)': median of {args.runs} run(s),"
             " cold containerd, store and page cache",
         ]
@@ -453,20 +460,21 @@ def main(argv: list[str] | None = None) -> int:
         # Cleaning up is not to be cut short by a second Ctrl-C.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         progress("cleaning up ...")
-        sweep(work)
+        sweep(work, stargz_bin)
         registry.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def sweep(work: Path) -> None:
+def sweep(work: Path, stargz_bin: Path) -> None:
     """Take down what an interrupted measurement under ``work`` left: containerd (its
-    tasks, shims and mounts, through `PrivateContainerd.stop`), the snapshotter and its
-    lower mounts, in that order."""
+    tasks, shims and mounts, through `PrivateContainerd.stop`), the snapshotters and their
+    mounts, in that order."""
     for config in sorted(work.glob("*/ctrd/config.toml")):
         base = config.parent.parent
         if processes_naming(str(base)) or mounts_under(base):
             PrivateContainerd(base / "ctrd").stop()
-            SnapshotterProcess(base / "store", base / "fs.sock", base / "snapshotter.log").stop()
+            for name in (SNAPSHOTTER, STARGZ):
+                snapshotter_daemon(name, base, stargz_bin).stop()
     for mountpoint in reversed(mounts_under(work)):
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
     end_processes(str(work))
