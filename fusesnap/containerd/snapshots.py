@@ -199,6 +199,7 @@ class Snapshots:
         log.info("%s: layer %d (%s) is remote", source.ref, n, source.digest.short)
         if n == image.top:
             self.remote.done(self.store, image)
+            self.planner.warm(table, record)
         return True
 
     # -- mounts --------------------------------------------------------------------------

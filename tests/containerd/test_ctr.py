@@ -139,6 +139,8 @@ def test_ctr_and_fusesnap_agree_then_gc_frees_the_chunks(node, registry, faulty)
     img = build_and_push_estargz("busybox", registry)
     ref, _ = via_proxy(img, faulty)
     node.rpull(ref)
+    # The pull made the chain remote; its lower mount starts ahead of the first container.
+    eventually(lambda: len(lower_mounts(node.root)) == 1, "the lower mount to start ahead")
     assert node.run(ref, "cat", "/etc/passwd").startswith("root:")
     ctr_names = node.ctrd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
     names = [line.split()[0] for line in ctr_names.splitlines()[1:]]
