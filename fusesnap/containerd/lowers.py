@@ -7,10 +7,11 @@ layer), at ``ROOT/containerd/lowers/<chain hex>``. Every snapshot on the same
 chain, in any namespace, shares that mount; `release` takes it down when the
 last of them is gone.
 
-Each mount is served by its own mount daemon (`fusesnap.mountd`), a process of
-its own session: the snapshotter can stop, restart or crash while containers
-read through it. A restarted snapshotter *adopts* the mounts it finds live at
-their paths (`ensure` returns them as they are) and replaces dead ones.
+Each mount is served by its own mount daemon (`fusesnap.mountd`), forked by the
+snapshotter's zygote (`fusesnap.mountd.Zygote`), a process of its own session:
+the snapshotter can stop, restart or crash while containers read through it.
+A restarted snapshotter *adopts* the mounts it finds live at their paths
+(`ensure` returns them as they are) and replaces dead ones.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fusesnap.errors import FusesnapError
 from fusesnap.mountd import (
     DaemonOptions,
     MountError,
+    Zygote,
     mount_info,
     mount_stats,
     start_mount,
@@ -44,11 +46,19 @@ LOWERS = Path("containerd") / "lowers"
 class LowerMounts:
     """The chains' lower mounts of the store at ``root`` (module docstring)."""
 
-    def __init__(self, root: Path, registry: RegistryOptions, *, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: RegistryOptions,
+        *,
+        verbose: bool = False,
+        zygote: Zygote | None = None,
+    ) -> None:
         self.root = Path(root).absolute()
         self.base = self.root / LOWERS
         self.registry = registry
         self.verbose = verbose
+        self.zygote = zygote  # forks the mount daemons (else each is a new interpreter)
         self._lock = threading.Lock()
         self._chains: dict[str, threading.Lock] = {}
 
@@ -89,7 +99,7 @@ class LowerMounts:
                 manifest=str(top.manifest),
                 depth=depth,
             )
-            start_mount(options)
+            start_mount(options, zygote=self.zygote)
             log.info("%s: mounted chain %s (%d layers)", target, top.key[:19], depth)
             return target
 

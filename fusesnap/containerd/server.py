@@ -1,7 +1,8 @@
 """The snapshotter daemon: the gRPC server on a unix socket, until SIGTERM or SIGINT.
 
-`serve` opens the store, adopts the lower mounts that running containers use
-(they outlive a restart of this daemon: each has its own mount daemon), and
+`serve` forks the zygote that will fork the mount daemons, opens the store,
+adopts the lower mounts that running containers use (they outlive a restart
+of this daemon: each has its own mount daemon), and
 serves `SnapshotsService` from a pool of threads. Stopping lets calls in
 flight finish (a few seconds) and leaves every mount up: containers keep
 their root filesystems while the snapshotter restarts (a systemd unit for it
@@ -17,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from fusesnap.containerd.remote import RemoteImages
 from fusesnap.containerd.service import SnapshotsService
 from fusesnap.containerd.snapshots import Snapshots
 from fusesnap.errors import FusesnapError
+from fusesnap.mountd import Zygote
 from fusesnap.registry import RegistryOptions
 from fusesnap.store import open_store
 
@@ -79,9 +81,10 @@ def serve(options: SnapshotterOptions, *, on_ready: Callable[[str], None] | None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with open_store(options.root) as store:
+    zygote = Zygote()  # before the store is open and any thread runs: it forks daemons
+    with closing(zygote), open_store(options.root) as store:
         metrics = Metrics()
-        lowers = LowerMounts(options.root, options.registry, verbose=options.verbose)
+        lowers = LowerMounts(options.root, options.registry, verbose=options.verbose, zygote=zygote)
         snapshots = Snapshots(
             store, options.root, lowers, RemoteImages(options.registry), on_layer=metrics.layer
         )

@@ -11,12 +11,14 @@ from fusesnap.mountd.daemon import check_image, serve_image
 from fusesnap.mountd.mountpoint import MountError, mount_info
 from fusesnap.mountd.options import PREFETCH_MODES, DaemonOptions, ReadyPipe
 from fusesnap.mountd.start import mount_stats, start_mount, unmount
+from fusesnap.mountd.zygote import Zygote
 
 __all__ = [
     "PREFETCH_MODES",
     "DaemonOptions",
     "MountError",
     "ReadyPipe",
+    "Zygote",
     "check_image",
     "mount_info",
     "mount_stats",

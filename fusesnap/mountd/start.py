@@ -60,6 +60,7 @@ from fusesnap.mountd.state import (
     process_start_time,
     state_dir,
 )
+from fusesnap.mountd.zygote import Zygote
 from fusesnap.store import any_open, open_store
 
 __all__ = ["mount_stats", "run_daemon", "start_mount", "unmount"]
@@ -72,18 +73,23 @@ LAZY_WAIT = 2.0
 
 
 def start_mount(
-    options: DaemonOptions, *, view: ImageView | None = None, timeout: float = READY_TIMEOUT
+    options: DaemonOptions,
+    *,
+    view: ImageView | None = None,
+    timeout: float = READY_TIMEOUT,
+    zygote: Zygote | None = None,
 ) -> MountState:
     """Mount the image of ``options`` by a background daemon; return once it serves.
 
     ``view``: the image, already checked by the caller (`check_image`) and its tree built
-    while the caller's store was open (the forked daemon serves that tree). `NotFoundError`
-    if the image is not (wholly) in the store, `MountError` if DIR cannot be mounted on
-    or the daemon fails (its message).
+    while the caller's store was open (the forked daemon serves that tree). ``zygote``:
+    have it fork the daemon, which checks the image and builds the tree itself (a
+    starter that holds a store open). `NotFoundError` if the image is not (wholly) in the
+    store, `MountError` if DIR cannot be mounted on or the daemon fails (its message).
     """
     options = options.absolute()
     target = prepare_mountpoint(options.mountpoint)
-    if view is None:
+    if view is None and zygote is None:
         with open_store(options.root) as store:
             view = open_view(store, options)
             view.tree()  # built here, once: the forked daemon serves it
@@ -91,10 +97,13 @@ def start_mount(
     log_path = directory / DAEMON_LOG
     read_end, write_end = os.pipe()
     try:
-        if any_open():
+        if zygote is not None:
+            proc: _Daemon = _FromZygote(zygote, options, write_end, log_path)
+        elif any_open():
             cmd = [sys.executable, "-m", "fusesnap.mountd", options.to_json(), str(write_end)]
-            proc: _Daemon = _Spawned(cmd, write_end, log_path)
+            proc = _Spawned(cmd, write_end, log_path)
         else:
+            assert view is not None
             proc = _Forked(options, view, write_end, read_end, log_path)
         os.close(write_end)
         write_end = -1
@@ -174,32 +183,11 @@ class _Spawned:
         return True
 
 
-class _Forked:
-    """The daemon forked (twice) from this process, serving ``options`` with ``view``.
+class _Announced:
+    """A daemon that writes its pid on the ready pipe first (``pid N``), so that it can
+    be signalled; it is init's child, so it is gone (not a zombie) once it exits."""
 
-    It writes its pid on the ready pipe first (``pid N``), so that it can be
-    signalled; it is init's child, so it is gone (not a zombie) once it exits.
-    """
-
-    def __init__(
-        self,
-        options: DaemonOptions,
-        view: ImageView,
-        ready_fd: int,
-        read_fd: int,
-        log_path: Path,
-    ) -> None:
-        self.pid = 0
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            first = os.fork()
-            if first == 0:
-                _daemon_child(options, view, ready_fd, read_fd, log_fd)  # never returns
-            os.waitpid(first, 0)  # the middle process exits at once
-        finally:
-            os.close(log_fd)
+    pid = 0
 
     def terminate(self) -> None:
         if self.pid:
@@ -215,15 +203,52 @@ class _Forked:
         return True
 
 
-def _daemon_child(
-    options: DaemonOptions, view: ImageView, ready_fd: int, read_fd: int, log_fd: int
+class _FromZygote(_Announced):
+    """The daemon forked by a `Zygote` (it builds its view itself)."""
+
+    def __init__(self, zygote: Zygote, options: DaemonOptions, ready_fd: int, log_path: Path):
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            zygote.fork_daemon(options, ready_fd, log_fd)
+        finally:
+            os.close(log_fd)
+
+
+class _Forked(_Announced):
+    """The daemon forked (twice) from this process, serving ``options`` with ``view``."""
+
+    def __init__(
+        self,
+        options: DaemonOptions,
+        view: ImageView,
+        ready_fd: int,
+        read_fd: int,
+        log_path: Path,
+    ) -> None:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            first = os.fork()
+            if first == 0:
+                os.close(read_fd)
+                daemon_child(options, view, ready_fd, log_fd)  # never returns
+            os.waitpid(first, 0)  # the middle process exits at once
+        finally:
+            os.close(log_fd)
+
+
+def daemon_child(
+    options: DaemonOptions, view: ImageView | None, ready_fd: int, log_fd: int
 ) -> NoReturn:
+    """In a child of the starter (or of the zygote): become a daemon of a session of
+    its own (one more fork, so that init is its parent), log to ``log_fd``, keep no other
+    descriptor but ``ready_fd``, say ``pid N`` there, and serve ``options``."""
     code = 1
     try:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        os.close(read_fd)
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -257,7 +282,7 @@ def _wait_ready(fd: int, proc: _Daemon, timeout: float) -> str:
     data = b""
     while True:
         line, newline, rest = data.partition(b"\n")
-        if newline and line.startswith(b"pid ") and isinstance(proc, _Forked):
+        if newline and line.startswith(b"pid ") and isinstance(proc, _Announced):
             proc.pid = int(line[4:])
             data = rest
             continue
