@@ -4,7 +4,8 @@
 the mount answers; `serve_image` (`daemon`) is the daemon's body: the lease, the
 FUSE session, the lazy fetcher and the side tasks (control socket, prefetch).
 `control` answers ``fusesnap stats``/``unmount`` on a unix socket; `state` is the
-daemon's ``mount.json``; `mountpoint` reads /proc/self/mountinfo and unmounts.
+daemon's ``mount.json``; `mountpoint` reads /proc/self/mountinfo and unmounts;
+`zygote` forks daemons for a long-running starter that holds a store open.
 """
 
 from fusesnap.mountd.daemon import check_image, serve_image
