@@ -304,3 +304,27 @@ def test_an_anonymous_token_registry(tmp_path) -> None:
             assert "committed (remote)" in node.fusesnap_snapshots().values()
             assert tokens.token_requests > anonymous
             assert node.run(img.ref, "echo", "anonymous") == "anonymous\n"
+
+
+def test_a_containerd_restart_keeps_running_containers(node, registry, faulty) -> None:
+    """containerd restarts (its shims and our mounts stay): the container runs on, and
+    containerd finds fusesnap's snapshots again."""
+    img = build_and_push_estargz("busybox", registry)
+    ref, _ = via_proxy(img, faulty)
+    node.rpull(ref)
+    cid = unique_id()
+    node.ctrd.ctr(
+        "run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid,
+        "sh", "-c", "while cat /etc/passwd >/dev/null; do sleep 0.1; done; echo broken",
+    )  # fmt: skip
+    try:
+        lowers = lower_mounts(node.root)
+        assert len(lowers) == 1
+        node.ctrd.restart()
+        tasks = node.ctrd.ctr("tasks", "ls").stdout
+        assert re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M), tasks
+        assert lower_mounts(node.root) == lowers
+        assert node.run(ref, "echo", "after") == "after\n"  # the same snapshots, found again
+        assert lower_mounts(node.root) == lowers
+    finally:
+        _kill(node, cid)
