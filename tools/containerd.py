@@ -84,7 +84,7 @@ from pathlib import Path
 
 from tools._containerd_sweep import Footprint
 from tools._net import wait_until
-from tools._process import Started
+from tools._process import Started, stop_process
 
 __all__ = [
     "CRI_NAMESPACE",
@@ -494,12 +494,7 @@ class PrivateContainerd(Started):
             if proc is not None and proc.poll() is None:
                 with contextlib.suppress(ContainerdError, OSError):
                     self._delete_tasks()
-                proc.terminate()
-                try:
-                    proc.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=self.stop_timeout)
+                stop_process(proc, timeout=self.stop_timeout)
         finally:
             self.footprint.sweep(timeout=self.stop_timeout)
             if self._owns_socket_dir and self._socket_dir is not None:
@@ -513,12 +508,7 @@ class PrivateContainerd(Started):
         state and sockets."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=self.stop_timeout)
+            stop_process(proc, timeout=self.stop_timeout)
         self.start()
 
     def _delete_tasks(self) -> None:

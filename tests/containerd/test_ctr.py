@@ -224,7 +224,9 @@ def test_two_containers_share_one_lower_mount(node, registry, faulty) -> None:
     eventually(lambda: node.lower_mounts() == [], "the last container to release the mount")
 
 
-def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) -> None:
+def _start_reader(node: Node, registry: Registry, faulty: FaultProxy) -> tuple[str, str]:
+    """A detached container that reads a file of its lazily pulled image in a loop; its
+    image and ID."""
     img = build_and_push_estargz("busybox", registry)
     ref, _ = via_proxy(img, faulty)
     node.rpull(ref)
@@ -233,6 +235,16 @@ def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) 
         "run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid,
         "sh", "-c", "while cat /etc/passwd >/dev/null; do sleep 0.1; done; echo broken",
     )  # fmt: skip
+    return ref, cid
+
+
+def _running(node: Node, cid: str) -> bool:
+    tasks = node.ctrd.ctr("tasks", "ls").stdout
+    return re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M) is not None
+
+
+def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) -> None:
+    ref, cid = _start_reader(node, registry, faulty)
     try:
         lowers = node.lower_mounts()
         assert len(lowers) == 1
@@ -244,8 +256,7 @@ def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) 
         # calls fail as "unavailable" (running containers are not affected).
         eventually(lambda: _runs(node, ref), "containerd to reach the snapshotter again")
         assert node.lower_mounts() == lowers
-        tasks = node.ctrd.ctr("tasks", "ls").stdout
-        assert re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M), tasks
+        assert _running(node, cid)
     finally:
         _kill(node, cid)
 
@@ -309,20 +320,12 @@ def test_an_anonymous_token_registry(tmp_path) -> None:
 def test_a_containerd_restart_keeps_running_containers(node, registry, faulty) -> None:
     """containerd restarts (its shims and our mounts stay): the container runs on, and
     containerd finds fusesnap's snapshots again."""
-    img = build_and_push_estargz("busybox", registry)
-    ref, _ = via_proxy(img, faulty)
-    node.rpull(ref)
-    cid = unique_id()
-    node.ctrd.ctr(
-        "run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid,
-        "sh", "-c", "while cat /etc/passwd >/dev/null; do sleep 0.1; done; echo broken",
-    )  # fmt: skip
+    ref, cid = _start_reader(node, registry, faulty)
     try:
         lowers = lower_mounts(node.root)
         assert len(lowers) == 1
         node.ctrd.restart()
-        tasks = node.ctrd.ctr("tasks", "ls").stdout
-        assert re.search(rf"^{cid}\s+\d+\s+RUNNING", tasks, re.M), tasks
+        assert _running(node, cid)
         assert lower_mounts(node.root) == lowers
         assert node.run(ref, "echo", "after") == "after\n"  # the same snapshots, found again
         assert lower_mounts(node.root) == lowers
