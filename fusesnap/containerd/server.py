@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ def _claim_socket(path: Path) -> None:
     raise AddressInUseError(f"{path}: another snapshotter is serving there")
 
 
-def serve(options: SnapshotterOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+def serve(options: SnapshotterOptions) -> None:
     """Serve until SIGTERM or SIGINT (module docstring). Blocks."""
     address = Path(os.path.abspath(options.address))
     _claim_socket(address)
@@ -101,8 +100,6 @@ def serve(options: SnapshotterOptions, *, on_ready: Callable[[str], None] | None
             if options.metrics_address:
                 metrics.serve(options.metrics_address)
             log.info("serving containerd's snapshots API on %s", address)
-            if on_ready is not None:
-                on_ready(str(address))
             stop.wait()
             log.info("stopping (mounts stay up)")
         finally:
