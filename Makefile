@@ -37,12 +37,19 @@ test: deps
 demo: deps
 	$(BIN)/python -m tools.demo
 
+# Every benchmark, then the goals table and docs/bench-startup.svg from this run's numbers.
+BENCH_RESULTS := build/bench/results.json
 bench: deps
 	$(BIN)/pip install -q -e '.[test,bench]'
-	$(BIN)/python -m tools.bench.index
-	$(BIN)/python -m tools.bench.read
-	$(BIN)/python -m tools.bench.startup
-	$(BIN)/python -m tools.bench.containerd
+	rm -f $(BENCH_RESULTS)
+	export FUSESNAP_BENCH_RESULTS=$(CURDIR)/$(BENCH_RESULTS) && \
+	$(BIN)/python -m tools.bench.index && \
+	$(BIN)/python -m tools.bench.read && \
+	$(BIN)/python -m tools.bench.startup && \
+	$(BIN)/python -m tools.bench.startup --unshaped && \
+	$(BIN)/python -m tools.bench.containerd && \
+	$(BIN)/python -m tools.bench.containerd --unshaped
+	$(BIN)/python -m tools.bench.summary $(BENCH_RESULTS) --svg docs/bench-startup.svg
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

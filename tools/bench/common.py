@@ -71,6 +71,10 @@ class Samples:
     def b(self) -> float:
         return statistics.median(self.sent)
 
+    def values(self) -> dict[str, list[float] | list[int]]:
+        """The runs, for `tools.bench.results.record`."""
+        return {"seconds": self.seconds, "ready": self.ready, "sent": self.sent}
+
 
 def sh(*cmd: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run ``cmd``; its output; `RuntimeError` with its stderr if it fails."""

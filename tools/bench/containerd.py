@@ -88,6 +88,7 @@ from tools.bench.common import (
     start_daemon,
 )
 from tools.bench.netns import SlowRegistry, add_link_options
+from tools.bench.results import link_label, record
 from tools.containerd import PrivateContainerd, pull_args, unique_id
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.estargz import build_and_push_estargz
@@ -443,10 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {samples.seconds[-1]:.2f} s (pulled after {samples.ready[-1]:.2f} s),"
                     f" {human(samples.sent[-1])}"
                 )
+                record(f"containerd@{link_label(args)}", mode.name, **samples.values())
         header = [
             f"$ {command}",
             *machine_facts([["containerd", "--version"], ["runc", "--version"]]),
-            f"link: {args.rate} (tbf) + {2 * args.delay_ms:g} ms RTT; the Debian test image:"
+            f"{registry.describe()}; the Debian test image:"
             f" {len(image.layers)} layers, {human(sum(x.size for x in image.layers))} compressed"
             f" ({human(sum(x.size for x in esgz.layers))} as eStargz)",
             f"\nDebian image, ctr run python3 -c 'print(1)': median of {args.runs} run(s),"

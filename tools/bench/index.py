@@ -33,6 +33,7 @@ from fusesnap.lazy import with_windows_blob
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
 from fusesnap.pull import ingest_layer_file
 from fusesnap.store import open_store
+from tools.bench.results import record
 
 _SUMMARY = "Layer index build throughput vs gzip -dc | tar -t."
 BASELINE = 'set -o pipefail; gzip -dc "$1" | tar -t > /dev/null'
@@ -185,6 +186,7 @@ def run(layer: Path, runs: int) -> int:
     if windows is not None:
         print(f"gzip windows blob (each window a zstd frame): {len(windows) / 1e3:.0f} kB")
     print(f"ratio (fusesnap time / baseline time): {t_full / t_base:.2f}")
+    record("index", "build", **dict(rows), tar_mb=tar_mb)
     return 0
 
 

@@ -23,6 +23,7 @@ import os
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,23 +51,24 @@ class SlowLink:
     """Namespace ``name`` joined to the host by veth ``name-h`` (host) / ``name-n`` (inside).
 
     ``rate``/``burst``/``latency`` are tbf's parameters for the namespace side's egress
-    (the direction a server inside sends its responses).
+    (the direction a server inside sends its responses); ``rate=None`` leaves the link
+    unshaped. The /30 between the two ends is ``10.213.N.0``, N taken from ``name``, so
+    links of different names can be up at once.
     """
 
     def __init__(
         self,
         name: str = "fsbench",
         *,
-        host_addr: str = "10.213.77.1",
-        ns_addr: str = "10.213.77.2",
-        rate: str = "100mbit",
+        rate: str | None = "100mbit",
         burst: str = "32kbit",
         latency: str = "400ms",
     ) -> None:
         self.name = name
-        self.host_addr, self.ns_addr = host_addr, ns_addr
+        octet = zlib.crc32(name.encode()) % 250 + 1
+        self.host_addr, self.ns_addr = f"10.213.{octet}.1", f"10.213.{octet}.2"
         self.host_dev, self.ns_dev = f"{name}-h", f"{name}-n"
-        self.tbf = ("rate", rate, "burst", burst, "latency", latency)
+        self.tbf = None if rate is None else ("rate", rate, "burst", burst, "latency", latency)
         self._up = False
 
     def open(self) -> SlowLink:
@@ -80,7 +82,8 @@ class SlowLink:
         self.ns("ip", "addr", "add", f"{self.ns_addr}/30", "dev", self.ns_dev)
         self.ns("ip", "link", "set", self.ns_dev, "up")
         self.ns("ip", "link", "set", "lo", "up")
-        self.ns("tc", "qdisc", "add", "dev", self.ns_dev, "root", "tbf", *self.tbf)
+        if self.tbf is not None:
+            self.ns("tc", "qdisc", "add", "dev", self.ns_dev, "root", "tbf", *self.tbf)
         return self
 
     def ns(self, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -257,7 +260,7 @@ class SlowRegistry:
 
     ``work``: the registry's config, log and storage. `open` starts the link, the registry
     and the forwarder; `close` stops them and removes the namespace (also after a failed
-    `open`). ``rate`` is tbf's; the round trip gains ``2 * delay_ms``.
+    `open`). ``rate`` is tbf's (None: unshaped); the round trip gains ``2 * delay_ms``.
     """
 
     def __init__(
@@ -265,7 +268,7 @@ class SlowRegistry:
         work: Path,
         *,
         netns: str = "fsbench",
-        rate: str = "100mbit",
+        rate: str | None = "100mbit",
         delay_ms: float = 10.0,
         port: int = 5000,
     ) -> None:
@@ -327,7 +330,16 @@ class SlowRegistry:
     @classmethod
     def from_options(cls, work: Path, args: argparse.Namespace) -> SlowRegistry:
         """The registry that `add_link_options`' options describe."""
+        if args.unshaped:
+            return cls(work, netns=args.netns, rate=None, delay_ms=0.0)
         return cls(work, netns=args.netns, rate=args.rate, delay_ms=args.delay_ms)
+
+    def describe(self) -> str:
+        """The link in words, for a table's title."""
+        if self.link.tbf is None and self.fwd.delay == 0:
+            return "unshaped link (netns + forwarder, no tbf, no delay)"
+        rate = "unshaped" if self.link.tbf is None else f"{self.link.tbf[1]} (tbf)"
+        return f"link {rate} + {2000 * self.fwd.delay:g} ms RTT"
 
     def __enter__(self) -> SlowRegistry:
         return self.open()
@@ -341,3 +353,8 @@ def add_link_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rate", default="100mbit", help="tbf rate of the registry's link")
     ap.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay added")
     ap.add_argument("--netns", default="fsbench", help="name of the namespace made (and removed)")
+    ap.add_argument(
+        "--unshaped",
+        action="store_true",
+        help="no tbf and no delay: the registry at the speed of the machine",
+    )

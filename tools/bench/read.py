@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.bench.common import drop_caches, is_mounted, sh
+from tools.bench.results import record
 from tools.images.cache import cache_dir
 from tools.images.catalog import LAYOUT_TAG, PushedImage, build_and_push
 from tools.images.layout import read_json_blob, resolve_tag
@@ -372,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
             subject = prepare(names[short], registry, args.work, big_size=args.big_size)
             size = (subject.rootfs / subject.big_file).stat().st_size
             results = bench(subject, chosen, args.runs)
+            for workload, by_system in results.items():
+                record("read", f"{short}: {workload}", **by_system)
             title = (f"{subject.name}: big file /{subject.big_file} ({size / MiB:.0f} MiB); "
                      f"median of {args.runs}; ratio to local disk")  # fmt: skip
             report = table(title, results, [c.name for c in chosen])

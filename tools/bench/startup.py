@@ -1,6 +1,6 @@
 """Time to first output of ``python3 -c 'print(1)'`` on the Debian image, over a slow link.
 
-    python -m tools.bench.startup [--runs 3] [--rate 100mbit] [--delay-ms 10]
+    python -m tools.bench.startup [--runs 3] [--rate 100mbit] [--delay-ms 10] [--unshaped]
 
 The registry runs inside a network namespace joined to the host by a veth pair
 (10.213.77.1/30 host, 10.213.77.2/30 inside); the namespace side's egress is shaped
@@ -19,6 +19,10 @@ Each mode starts from an empty store / empty directories and drops the kernel ca
                     (untimed ``mount --record`` + the probe) in a store from which the
                     image and its chunks were then removed (``rmi`` + ``gc``) before
                     each run; "n/a" when ``fusesnap mount`` has no ``--record``
+    run             fusesnap run --rm REF -- python3 …: a runc container on an overlay over
+                    the lazy mount (the gzip image and its index artifact)
+    run-estargz     the same on the image converted to eStargz (``ctr-remote image
+                    convert --estargz --oci``; fusesnap reads its TOCs, no artifact)
 
 The table shows the median seconds, the bytes the registry sent (counted by the
 forwarder) and the ratios to the full pull; for the lazy mode also the bytes the
@@ -48,26 +52,35 @@ from tools.bench.common import (
     drop_caches,
     exit_on_sigterm,
     fusesnap,
+    fusesnap_env,
     human,
     is_mounted,
     push_index_artifact,
     sh,
 )
 from tools.bench.netns import SlowRegistry, add_link_options
+from tools.bench.results import link_label, record
 from tools.images.catalog import build_and_push
+from tools.images.estargz import build_and_push_estargz
 
 _SUMMARY = "Time to first output of python3 in the Debian image: full pull vs lazy fusesnap."
 
 
-def first_output(rootfs: Path) -> float:
-    """Run the probe in ``rootfs``; the `time.perf_counter` when its first line was out."""
-    proc = subprocess.Popen(["chroot", str(rootfs), *PROBE], stdout=subprocess.PIPE, text=True)
+def first_output(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> float:
+    """Run ``cmd`` (the probe, in a root of some kind); the `time.perf_counter` when its
+    first line was out. ``quiet``: its stderr is dropped."""
+    stderr = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     t = time.perf_counter()
     if proc.wait(timeout=300) != 0 or line != "1\n":
-        raise RuntimeError(f"chroot {rootfs} python3: exit {proc.returncode}, output {line!r}")
+        raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}, output {line!r}")
     return t
+
+
+def chroot_probe(rootfs: Path) -> list[str]:
+    return ["chroot", str(rootfs), *PROBE]
 
 
 @dataclass
@@ -77,8 +90,8 @@ class Result(Samples):
 
 
 class Bench:
-    def __init__(self, work: Path, registry: SlowRegistry, ref: str) -> None:
-        self.work, self.registry, self.ref = work, registry, ref
+    def __init__(self, work: Path, registry: SlowRegistry, ref: str, estargz_ref: str) -> None:
+        self.work, self.registry, self.ref, self.estargz_ref = work, registry, ref, estargz_ref
         self.mounts: list[tuple[Path, Path]] = []  # (root, mountpoint) to undo
         self.t_out = 0.0  # when the probe's output came, in the mode being measured
         self.t_ready = 0.0  # when the image was ready (pulled/unpacked/mounted)
@@ -117,7 +130,7 @@ class Bench:
            f"docker://{self.ref}", f"oci:{d / 'layout'}:img")  # fmt: skip
         sh("umoci", "unpack", "--image", f"{d / 'layout'}:img", str(d / "bundle"))
         self.t_ready = time.perf_counter()
-        self.t_out = first_output(d / "bundle" / "rootfs")
+        self.t_out = first_output(chroot_probe(d / "bundle" / "rootfs"))
 
     def fusesnap_pull(self, d: Path) -> int:
         fusesnap(d / "store", "pull", "--all", self.ref)
@@ -146,10 +159,23 @@ class Bench:
         fusesnap(root, "mount", *extra, self.ref, str(mnt))
         self.t_ready = time.perf_counter()
         self.mounts.append((root, mnt))
-        self.t_out = first_output(mnt)
+        self.t_out = first_output(chroot_probe(mnt))
         stats = json.loads(fusesnap(root, "stats", "--json", str(mnt)).stdout)
         self.umount(root, mnt)
         return int(stats["bytes_read"])
+
+    def run(self, d: Path) -> None:
+        self._run_container(d, self.ref)
+
+    def run_estargz(self, d: Path) -> None:
+        self._run_container(d, self.estargz_ref)
+
+    def _run_container(self, d: Path, ref: str) -> None:
+        """``fusesnap run --rm`` of the probe on a fresh store; ready is not known from
+        outside, so it is the output's time."""
+        cmd = [sys.executable, "-m", "fusesnap", "--root", str(d / "store"), "run", "--rm",
+               "-T", ref, "--", *PROBE]  # fmt: skip
+        self.t_out = self.t_ready = first_output(cmd, env=fusesnap_env(), quiet=True)
 
     def umount(self, root: Path, mnt: Path) -> None:
         if (root, mnt) in self.mounts:
@@ -175,12 +201,9 @@ def profile_option() -> str | None:
     return "--record" if "--record" in text and "profile" in text else None
 
 
-def report(results: list[Result], runs: int, rate: str, delay_ms: float) -> None:
+def report(results: list[Result], runs: int, link: str) -> None:
     base = results[0]
-    print(
-        f"\nDebian image, python3 -c 'print(1)': median of {runs} run(s), cold store, "
-        f"link {rate} (tbf) + {2 * delay_ms:g} ms RTT"
-    )
+    print(f"\nDebian image, python3 -c 'print(1)': median of {runs} run(s), cold store, {link}")
     print(
         f"  {'mode':16s} {'seconds':>9s} {'speedup':>8s} {'transferred':>12s} "
         f"{'vs full':>8s} {'read by python':>15s} {'sent/read':>9s}"
@@ -222,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         img = build_and_push("debian", registry.host)
         push_index_artifact(work / "builder", img.ref)
-        bench = Bench(work, registry, img.ref)
+        print("converting it to eStargz (ctr-remote image convert) ...", file=sys.stderr)
+        esgz = build_and_push_estargz("debian", registry.host)
+        bench = Bench(work, registry, img.ref, esgz.ref)
         has_profile = profile_option() is not None
         if has_profile:
             print("recording an access profile (mount --record, untimed) ...", file=sys.stderr)
@@ -234,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             (Result("lazy+profile"), bench.lazy_profile)
             if has_profile
             else (Result("lazy+profile", note="n/a (no profile support yet)"), None),
+            (Result("run"), bench.run),
+            (Result("run-estargz"), bench.run_estargz),
         ]
         for run in range(args.runs):
             for result, fn in modes:
@@ -246,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                     f" {human(result.sent[-1])}",
                     file=sys.stderr,
                 )
-        report([r for r, _ in modes], args.runs, args.rate, args.delay_ms)
+                record(
+                    f"startup@{link_label(args)}", result.name, read=result.read, **result.values()
+                )
+        report([r for r, _ in modes], args.runs, registry.describe())
         return 0
     finally:
         if bench is not None:
