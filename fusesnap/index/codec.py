@@ -291,12 +291,24 @@ def _path(raw: Any, what: str) -> str:
 
 
 def _decode_row(row: Any, st: _State, i: int) -> Entry:
-    f = Fields(row, 16, f"entry {i}")
-    plen, suffix = f.uint(), f.blob()
+    # The hot loop of a mount's start (one call per tar entry): fields are unpacked and
+    # checked in bulk rather than through `Fields`, with the same rules.
+    if type(row) is not list or len(row) != 16:
+        raise Corrupt(f"entry {i}: want an array of 16")
+    (plen, suffix, code, mode, uid, gid, mtime, nsec, size,
+     link_b, devmajor, devminor, raw_x, uname_b, gname_b, raw_c) = row  # fmt: skip
+    for v in (plen, code, mode, uid, gid, mtime, nsec, size, devmajor, devminor):
+        if type(v) is not int:
+            raise Corrupt(f"entry {i}: want an integer, got {type(v).__name__}")
+    if min(plen, code, mode, uid, gid, nsec, size, devmajor, devminor) < 0:
+        raise Corrupt(f"entry {i}: negative value")
+    for b in (suffix, link_b, uname_b, gname_b):
+        if type(b) is not bytes:
+            raise Corrupt(f"entry {i}: want bytes, got {type(b).__name__}")
     if plen > len(st.prev_path):
         raise Corrupt(f"entry {i}: bad path prefix")
     path_b = st.prev_path[:plen] + suffix
-    path = _fs(path_b)
+    path = path_b.decode("utf-8", "surrogateescape")
     try:
         ok = path == "" if i < 0 else normalize_path(path) == path != ""  # i < 0: the root
     except ValueError:
@@ -304,14 +316,9 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
     if not ok:
         raise Corrupt(f"entry {i}: unsafe path {path!r}")
     st.prev_path = path_b
-    code = f.uint()
     if code >= len(_TYPES) or (i < 0 and _TYPES[code] is not EntryType.DIR):
         raise Corrupt(f"entry {i}: unknown type {code}")
     etype = _TYPES[code]
-    mode, uid, gid = f.uint(), f.uint(), f.uint()
-    mtime, nsec, size = f.integer(), f.uint(), f.uint()
-    linkname, devmajor, devminor = _fs(f.blob()), f.uint(), f.uint()
-    raw_x = f.any()
     xattrs: dict[str, bytes] = {}
     if raw_x is not None:
         if not isinstance(raw_x, list) or len(raw_x) % 2:
@@ -319,8 +326,6 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
         if not all(isinstance(x, bytes) for x in raw_x):
             raise Corrupt(f"entry {i}: bad xattrs")
         xattrs = {_fs(raw_x[j]): raw_x[j + 1] for j in range(0, len(raw_x), 2)}
-    uname, gname = _fs(f.blob()), _fs(f.blob())
-    raw_c = f.any()
     chunks: tuple[ChunkRef, ...] = ()
     if raw_c is not None:
         if etype is not EntryType.FILE:
@@ -342,12 +347,12 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
         size,
         mtime,
         nsec,
-        linkname,
+        _fs(link_b),
         devmajor,
         devminor,
         xattrs,
-        uname,
-        gname,
+        _fs(uname_b),
+        _fs(gname_b),
         chunks,
     )
 
