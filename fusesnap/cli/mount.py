@@ -131,7 +131,7 @@ def _stats_lines(s: dict[str, Any]) -> str:
         f"requests:  {s['requests_total']} ({s['negative_lookups']} negative lookups)",
         f"read:      {human_size(s['bytes_read'])}",
         f"cache:     {cache['hits']} hits, {cache['misses']} misses, {cache['joined']} joined "
-        f"({hit_rate} hit rate); {cache['cached_chunks']} chunks, "
+        f"({hit_rate} hit rate); {cache['cached_pieces']} pieces, "
         f"{human_size(cache['cached_bytes'])} of {human_size(cache['max_bytes'])}, "
         f"{cache['evictions']} evictions",
         f"chunks:    {cache['loaded']} loaded ({human_size(cache['loaded_bytes'])}; "
@@ -145,6 +145,10 @@ def _stats_lines(s: dict[str, Any]) -> str:
             f"requests: {fetch['chunks_fetched']} chunks asked for (+{fetch['chunks_extra']} "
             f"neighbours), {fetch['chunks_from_store']} already local, "
             f"{fetch['failures']} failed requests, {fetch['verify_failures']} bad chunks"
+        )
+        head.append(
+            f"stored:    {fetch['chunks_stored']} fetched chunks in {fetch['store_batches']} "
+            f"batches, {fetch['store_failures']} not stored"
         )
     else:
         head.append("fetched:   nothing (every chunk is local)")

@@ -10,7 +10,7 @@ The kernel side (pyfuse3 operations, the chunk LRU on the trio loop) is
 """
 
 from fusesnap.fs.diff import Change, ChangeKind, diff_trees
-from fusesnap.fs.reader import ChunkSource, chunk_span, iter_file, read_file
+from fusesnap.fs.reader import ChunkSource, chunk_slices, chunk_span, iter_file, read_file
 from fusesnap.fs.tree import ROOT_INO, MergedTree, Node, TreeStats
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MergedTree",
     "Node",
     "TreeStats",
+    "chunk_slices",
     "chunk_span",
     "diff_trees",
     "iter_file",

@@ -26,7 +26,7 @@ from typing import Protocol
 from fusesnap.errors import LayerError
 from fusesnap.index import ChunkRef, Entry
 
-__all__ = ["ChunkSource", "chunk_span", "iter_file", "read_file"]
+__all__ = ["ChunkSource", "chunk_slices", "chunk_span", "iter_file", "read_file"]
 
 _CACHE_MAX = 4096
 
@@ -65,6 +65,18 @@ def chunk_span(entry: Entry, offset: int, size: int) -> list[ChunkRef]:
     offset, end = _window(entry, offset, size)
     _, first, last = _span(entry, offset, end)
     return list(entry.chunks[first:last])
+
+
+def chunk_slices(entry: Entry, offset: int, size: int) -> list[tuple[ChunkRef, int, int]]:
+    """What a read of ``size`` bytes at ``offset`` needs of each chunk, in file order:
+    ``(chunk, lo, hi)`` with ``[lo, hi)`` the bytes of that chunk it covers."""
+    offset, end = _window(entry, offset, size)
+    starts, first, last = _span(entry, offset, end)
+    out = []
+    for k in range(first, last):
+        chunk = entry.chunks[k]
+        out.append((chunk, max(offset - starts[k], 0), min(end - starts[k], chunk.length)))
+    return out
 
 
 def _fetch(entry: Entry, chunk: ChunkRef, source: ChunkSource) -> bytes:

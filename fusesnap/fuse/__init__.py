@@ -2,21 +2,24 @@
 
 `FuseOperations` (module `operations`) answers lookup/getattr/readdir/read from a
 `fusesnap.fs.MergedTree`; `ImageSource` (`source`) is what it serves, reading
-chunks through `ChunkCache` (`cache`: the byte-bounded LRU on the trio loop,
-one load per chunk); `attrs` and `lookups` build the kernel's stat and entry
+chunks through `ChunkCache` (`cache`: the byte-bounded LRU of 64 KiB chunk pieces on
+the trio loop, one load per missing range); `attrs` and `lookups` build the kernel's stat and entry
 replies. Kept apart from `fusesnap.fs` so that ``ls``/``cat``/``diff`` never load
 pyfuse3 or trio.
 """
 
-from fusesnap.fuse.cache import DEFAULT_MAX_BYTES, ChunkCache
+from fusesnap.fuse.cache import DEFAULT_MAX_BYTES, PIECE_SIZE, ChunkCache, ChunkRanges, LoadRange
 from fusesnap.fuse.operations import FuseOperations, fuse_session, mount_options, serve, terminate
 from fusesnap.fuse.source import ImageSource
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "PIECE_SIZE",
     "ChunkCache",
+    "ChunkRanges",
     "FuseOperations",
     "ImageSource",
+    "LoadRange",
     "fuse_session",
     "mount_options",
     "serve",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fusesnap.blocking import run_blocking
+from fusesnap.blocking import run_read
 from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.fetcher import ChunkFetcher
 from fusesnap.store import ChunkStore
@@ -21,7 +21,8 @@ __all__ = ["LazyChunks"]
 
 
 class LazyChunks:
-    """``await get(digest)``: a verified chunk of the image, fetched on demand.
+    """``await read(digest, start, end)``: bytes of a chunk of the image (the chunk
+    cache's `LoadRange`), from the store or fetched on demand.
 
     `fetcher` is set once the daemon's trio loop has opened the registry
     client (it lives as long as that loop); until then only local chunks load.
@@ -41,11 +42,12 @@ class LazyChunks:
     def chunks(self) -> ChunkStore:
         return self._chunks
 
-    async def get(self, digest: bytes) -> bytes:
+    async def read(self, digest: bytes, start: int, end: int) -> tuple[int, bytes]:
+        """``(lo, data)``: checked bytes from ``lo <= start`` covering ``[start, end)``."""
         located = self._where.get(digest)
         if located is None or self.fetcher is None:
-            return await run_blocking(self._chunks.get, digest)
-        return await self.fetcher.get(*located)
+            return await run_read(self._chunks.read, digest, start, end)
+        return await self.fetcher.read(*located, start, end)
 
     def by_layer(self) -> list[tuple[LayerIndex, list[ChunkRef]]]:
         """Every chunk of the image grouped by layer (for ``--prefetch all``)."""

@@ -8,14 +8,23 @@
         found = await fetcher.get_many(index, chunks)   # {sha256: bytes}
         await fetcher.prefetch(index, entries)           # warm the store, in blob order
 
+        lo, data = await fetcher.read(index, chunk, start, end)  # a range, as the cache wants
+
 A chunk missing from the store is produced from the smallest blob range that
 holds it (`fusesnap.lazy.ranges`: an exact slice, a frame, or a gzip span
-between two checkpoints), decompressed off the trio loop, checked against its
-sha256 and stored (`fusesnap.lazy.spandecode`). Chunks that the caller did not
-ask for but that the same bytes produce (the rest of the inflated gzip span,
-other frames in the range) are verified and stored too: they are what the
-next read wants, and cost no more network. A gzip span's window comes from the
-store or the index's windows blob, beside the span's request (`fusesnap.lazy.windows`).
+between two checkpoints), decompressed off the trio loop and checked against its
+sha256 (`fusesnap.lazy.spandecode`): that check is where its bytes enter, the
+one sha256 they get. Its waiters have it then; the store gets it afterwards,
+in the background and in batches (`fusesnap.lazy.writer`), and until then it
+is served from memory. Chunks that the caller did not ask for but that the same
+bytes produce (the rest of the inflated gzip span, other frames in the range)
+are verified and stored too: they are what the next read wants, and cost no
+more network. A gzip span's window comes from the store or the index's windows
+blob, beside the span's request (`fusesnap.lazy.windows`).
+
+The store is asked once per chunk before a fetch (flights and the writer's
+queue are asked first, in memory); a stored chunk that is corrupt counts as
+missing and is fetched again.
 
 Single flight and batching. Every chunk being fetched has a `Flight` keyed by
 its digest; a `get` of a chunk already on its way waits for that flight. A
@@ -31,7 +40,8 @@ are not remembered: the next call tries again.
 
 Cancellation. Fetches run in the fetcher's own nursery, not in the caller's task:
 a cancelled `get` stops waiting; the fetch goes on for the other waiters (and the
-store). Leaving `open_chunk_fetcher` cancels what is left.
+store). Leaving `open_chunk_fetcher` stores what is queued (up to
+`FLUSH_TIMEOUT` seconds, shielded) and cancels what is left.
 
 The store must keep what is stored here: hold the layer (its record, or a lease
 on ``("layer", digest)``) while fetching, as `fusesnap.pull.image` does.
@@ -44,25 +54,25 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Protocol
 
 import trio
 
-from fusesnap.blocking import run_blocking
+from fusesnap.blocking import run_blocking, run_read
 from fusesnap.digest import Digest
 from fusesnap.errors import (
     FusesnapError,
     LayerError,
     RegistryError,
     RegistryUnavailableError,
-    StoreError,
 )
 from fusesnap.groups import first_error
 from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.limits import FetchLimits, FetchStats, Pace, PrefetchResult, Tally
+from fusesnap.lazy.local import ChunkStorage, LocalChunks
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.spandecode import Cut, cut_span
 from fusesnap.lazy.windows import WindowSource
+from fusesnap.lazy.writer import ChunkWriter
 from fusesnap.singleflight import Flight, SingleFlight
 
 __all__ = [
@@ -77,15 +87,8 @@ log = logging.getLogger(__name__)
 FetchRange = Callable[[Digest, int, int], Awaitable[bytes]]
 """``(layer digest, offset, length) -> exactly those bytes of the blob``."""
 
-
-class ChunkStorage(Protocol):
-    """What the fetcher needs of the chunk store (`fusesnap.store.ChunkStore`); blocking."""
-
-    def get_many(self, digests: Iterable[bytes]) -> dict[bytes, bytes]: ...
-
-    def missing(self, digests: Iterable[bytes]) -> set[bytes]: ...
-
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> object: ...
+# How long leaving `open_chunk_fetcher` may spend storing what is still queued.
+FLUSH_TIMEOUT = 30.0
 
 
 @asynccontextmanager
@@ -102,6 +105,9 @@ async def open_chunk_fetcher(
             try:
                 yield fetcher
             finally:
+                # Verified chunks still queued: store them rather than fetch them again.
+                with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
+                    await fetcher.flush()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Fetch tasks hand their errors to their waiters and never raise, so a group
@@ -136,7 +142,10 @@ class ChunkFetcher:
         self._slots = trio.CapacityLimiter(self.limits.max_parallel)
         self._flights: SingleFlight[bytes, bytes] = SingleFlight()
         self._stats = FetchStats()
-        self._windows = WindowSource(fetch_range, chunks, self._stats, self._from_store)
+        self._writer = ChunkWriter(chunks, self._stats)
+        nursery.start_soon(self._writer.run)
+        self._local = LocalChunks(chunks, self._writer)
+        self._windows = WindowSource(fetch_range, chunks, self._stats, self._local.get_many)
         self._layouts: dict[Digest, LayerLayout] = {}  # by layer digest
 
     def _layout(self, index: LayerIndex) -> LayerLayout:
@@ -151,6 +160,10 @@ class ChunkFetcher:
         """A copy of the counters."""
         return dataclasses.replace(self._stats)
 
+    async def flush(self) -> None:
+        """Wait until every chunk fetched so far is stored (or its store failed)."""
+        await self._writer.flush()
+
     # -- reads ------------------------------------------------------------------------------
 
     async def get(self, index: LayerIndex, ref: ChunkRef) -> bytes:
@@ -162,6 +175,21 @@ class ChunkFetcher:
         """
         return (await self.get_many(index, (ref,)))[ref.digest]
 
+    async def read(
+        self, index: LayerIndex, ref: ChunkRef, start: int, end: int
+    ) -> tuple[int, bytes]:
+        """``(lo, data)``: bytes of chunk ``ref`` from ``lo <= start`` that cover
+        ``[start, end)``: only the frames that hold them if it is stored (read in the
+        read pool, `fusesnap.blocking.run_read`), else the whole chunk, fetched. Errors
+        as `get`."""
+        digest = ref.digest
+        if digest not in self._flights:
+            found = await run_read(self._local.read, digest, start, end)
+            if found is not None:
+                self._stats.chunks_from_store += 1
+                return found
+        return 0, (await self._fetch_missing(index, {digest: ref}, 1))[digest]
+
     async def get_many(self, index: LayerIndex, refs: Iterable[ChunkRef]) -> dict[bytes, bytes]:
         """``{sha256: bytes}`` for every chunk in ``refs``; missing ones fetched in few requests.
 
@@ -169,26 +197,32 @@ class ChunkFetcher:
         are still stored, and the first error is raised after all are done.
         """
         want = {r.digest: r for r in refs}
-        out: dict[bytes, bytes] = {}
-        waits: dict[bytes, Flight[bytes, bytes]] = {}
-        joined_count = 0
-        for digest in list(want):
-            flight = self._flights.get(digest)
-            if flight is not None:
-                waits[digest] = flight
-                del want[digest]
-                joined_count += 1
-        if want:
-            found = await run_blocking(self._from_store, list(want))
+        asked = [d for d in want if d not in self._flights]
+        if asked:
+            found = await run_blocking(self._local.get_many, asked)
             self._stats.chunks_from_store += len(found)
-            out.update(found)
             want = {d: r for d, r in want.items() if d not in found}
+        else:
+            found = {}
+        return {**found, **await self._fetch_missing(index, want, len(want) - len(asked))}
+
+    async def _fetch_missing(
+        self, index: LayerIndex, want: dict[bytes, ChunkRef], joined_count: int
+    ) -> dict[bytes, bytes]:
+        """Fetch ``want``, which the store was asked for and lacks (or which are in flight:
+        ``joined_count`` of them when they were asked); join the flights already out."""
+        out: dict[bytes, bytes] = {}
+        for digest in list(want):
+            queued = self._writer.get(digest)  # fetched while the store was asked
+            if queued is not None:
+                out[digest] = queued
+                del want[digest]
+        waits: dict[bytes, Flight[bytes, bytes]] = {}
         if want:
             # A layer without random access can still be read from the store (a full pull).
             layout = self._layout(index)
-            # Claimed only now: a flight may have started while the store was asked.
             new, joined = self._flights.claim(want)
-            joined_count += len(joined)
+            joined_count = max(joined_count, len(joined))
             waits.update(joined)
             waits.update(new)
             if new:
@@ -225,7 +259,7 @@ class ChunkFetcher:
             for ref in item.chunks if isinstance(item, Entry) else (item,):
                 want.setdefault(ref.digest, ref)
         absent = await run_blocking(self._chunks.missing, list(want))
-        todo = [r for d, r in want.items() if d in absent]
+        todo = [r for d, r in want.items() if d in absent and d not in self._writer]
         if not todo:
             return PrefetchResult(chunks=len(want), already_stored=len(want), fetched=0, failed=0)
         layout = self._layout(index)
@@ -245,6 +279,8 @@ class ChunkFetcher:
                 await pace.wait(span.size)
                 await slots.acquire()
                 nursery.start_soon(one, span)
+        # "Stored now", as the result says (a pull checks the layer complete next).
+        await self._writer.flush(r.digest for r in todo)
         return PrefetchResult(
             chunks=len(want),
             already_stored=len(want) - len(todo),
@@ -291,14 +327,9 @@ class ChunkFetcher:
     async def _run_batch(
         self, layout: LayerLayout, refs: list[ChunkRef], flights: dict[bytes, Flight[bytes, bytes]]
     ) -> None:
-        """Resolve ``flights`` (one per ref): from the store if it has them now, else fetched."""
+        """Resolve ``flights`` (one per ref), which the store was asked for: fetched."""
         try:
-            # Another task may have stored some since the caller looked.
-            found = await run_blocking(self._from_store, [r.digest for r in refs])
-            self._stats.chunks_from_store += len(found)
-            for digest, data in found.items():
-                flights[digest].resolve(data)
-            spans, bad = self._plan(layout, [r for r in refs if r.digest not in found])
+            spans, bad = self._plan(layout, refs)
             for digest, exc in bad.items():
                 flights[digest].fail(exc)
             async with trio.open_nursery() as nursery:
@@ -321,7 +352,7 @@ class ChunkFetcher:
             async with self._slots:
                 with trio.fail_after(self.limits.timeout):
                     window, data = await self._fetch_span(layout, span)
-                    cut = await run_blocking(self._decode_and_store, layout, span, data, window)
+                    cut = await run_blocking(self._decode, layout, span, data, window)
         except trio.TooSlowError:
             self._stats.failures += 1
             slow = RegistryUnavailableError(f"{what}: no answer within {self.limits.timeout:g} s")
@@ -336,6 +367,7 @@ class ChunkFetcher:
                 flights[ref.digest].fail(exc)
             return
         self._stats.verify_failures += cut.verify_failures
+        self._writer.add(cut.chunks)
         asked = 0
         for ref in span.refs:
             chunk = cut.chunks.get(ref.digest)
@@ -347,6 +379,7 @@ class ChunkFetcher:
                 flights[ref.digest].fail(err)
         self._stats.chunks_fetched += asked
         self._stats.chunks_extra += len(cut.chunks) - asked
+        await self._writer.room()
 
     async def _fetch_span(self, layout: LayerLayout, span: Span) -> tuple[bytes | None, bytes]:
         fetch = partial(self._fetch, layout, span.start, span.size)
@@ -362,15 +395,13 @@ class ChunkFetcher:
             )
         return data
 
-    def _decode_and_store(
-        self, layout: LayerLayout, span: Span, data: bytes, window: bytes | None
-    ) -> Cut:
-        """(worker thread) Decode the span, verify, store; the neighbours too if missing."""
+    def _decode(self, layout: LayerLayout, span: Span, data: bytes, window: bytes | None) -> Cut:
+        """(worker thread) Decode the span and verify; the neighbours too if missing."""
         asked = {r.digest for r in span.refs}
         extra = [r for r in layout.within(span) if r.digest not in asked]
         if extra:
             absent = self._chunks.missing(r.digest for r in extra)
-            extra = [r for r in extra if r.digest in absent]
+            extra = [r for r in extra if r.digest in absent and r.digest not in self._writer]
 
         def read_before(offset: int, length: int) -> bytes:
             return trio.from_thread.run(self._fetch, layout, offset, length)
@@ -378,25 +409,6 @@ class ChunkFetcher:
         cut = cut_span(
             layout, span, data, [*span.refs, *extra], read_before=read_before, window=window
         )
-        if cut.chunks:
-            try:
-                self._chunks.put_many(cut.chunks.items())
-            except (StoreError, ValueError) as exc:
-                # The bytes are verified; a read should not fail because the cache did.
-                log.warning("%s: cannot store fetched chunks: %s", layout.what, exc)
         for ref in extra:
             cut.errors.pop(ref.digest, None)
         return cut
-
-    def _from_store(self, digests: list[bytes]) -> dict[bytes, bytes]:
-        """(worker thread) The stored ones; a corrupt stored chunk counts as missing."""
-        try:
-            return self._chunks.get_many(digests)
-        except StoreError:
-            out: dict[bytes, bytes] = {}
-            for digest in digests:
-                try:
-                    out.update(self._chunks.get_many([digest]))
-                except StoreError as exc:
-                    log.warning("%s; fetching it again", exc)
-            return out

@@ -42,13 +42,16 @@ class FetchStats:
 
     requests: int = 0  # range requests issued
     bytes_fetched: int = 0  # blob (compressed) bytes received
-    chunks_fetched: int = 0  # chunks asked for, fetched, verified and stored
-    chunks_extra: int = 0  # neighbours stored from the same requests, unasked
+    chunks_fetched: int = 0  # chunks asked for, fetched and verified
+    chunks_extra: int = 0  # neighbours verified from the same requests, unasked
     windows_fetched: int = 0  # gzip windows fetched from a windows blob
     chunks_from_store: int = 0  # chunks asked for that the store already had
     single_flight_waits: int = 0  # chunks asked for while already on their way
     verify_failures: int = 0  # chunks whose bytes did not match their digest
     failures: int = 0  # requests that failed or timed out
+    chunks_stored: int = 0  # fetched chunks written to the store (in the background)
+    store_batches: int = 0  # the write transactions that took them
+    store_failures: int = 0  # fetched chunks that could not be stored (fetched again later)
 
 
 @dataclass(frozen=True, slots=True)

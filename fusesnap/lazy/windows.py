@@ -27,7 +27,8 @@ from fusesnap.lazy.spandecode import decode_window
 from fusesnap.singleflight import SingleFlight
 
 if TYPE_CHECKING:
-    from fusesnap.lazy.fetcher import ChunkStorage, FetchRange
+    from fusesnap.lazy.fetcher import FetchRange
+    from fusesnap.lazy.local import ChunkStorage
 
 __all__ = ["LoadWindows", "WindowSource", "window_point", "with_windows_blob"]
 

@@ -61,7 +61,7 @@ from fusesnap.mountd.options import DaemonOptions
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
 from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
-from fusesnap.store import Resource, Store, open_store
+from fusesnap.store import CHUNK_FRAME_SIZE, Resource, Store, open_store
 
 __all__ = ["check_image", "prepare_mountpoint", "serve_image"]
 
@@ -199,7 +199,8 @@ def serve_image(
                 cache = ChunkCache(
                     store.chunks,
                     max_bytes=options.cache_bytes,
-                    load=None if lazy is None else lazy.get,
+                    load=None if lazy is None else lazy.read,
+                    piece_size=CHUNK_FRAME_SIZE,
                 )
                 ops = FuseOperations(ImageSource(view.tree(), cache))
                 recorder = profiles.Recorder() if options.record else None

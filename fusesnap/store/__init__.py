@@ -6,6 +6,7 @@ these methods through `fusesnap.blocking.run_blocking`, one short
 transaction per call. Layout and versioning: `fusesnap.store.schema`.
 """
 
+from fusesnap.store.chunks import FRAME_SIZE as CHUNK_FRAME_SIZE
 from fusesnap.store.chunks import ChunkPutStats, ChunkStats, ChunkStore
 from fusesnap.store.collect import GCResult, collect_garbage
 from fusesnap.store.content import ContentStore
@@ -39,6 +40,7 @@ from fusesnap.store.store import Store, default_root, open_store
 
 __all__ = [
     "ACTIVE",
+    "CHUNK_FRAME_SIZE",
     "COMMITTED",
     "CONTENT",
     "VIEW",

@@ -4,42 +4,58 @@ uncompressed bytes, zstd-compressed, shared by every layer and image.
 A chunk is stored once however many layers list it, so two images with a
 common base layer (or two layers with a common file) cost its bytes once.
 
-Verification: a chunk's sha256 is checked before it is written *and* after
-every read (decompress, then hash). Hashing 1 MiB costs about half a
-millisecond, a small part of a FUSE read, and it means no byte is served
-that does not match its digest — not after a disk error, a bug in a
-writer, or a hand-edited store. A chunk that fails is a `StoreError`, never
-wrong bytes.
-
-Each stored value is one format byte and a payload (see `schema`): the zstd
-frame, or the chunk itself when zstd does not make it smaller (already
-compressed or random data), so reading those costs only the hash.
+Verification: a chunk's sha256 is checked where it enters, before it is
+written (`put_many`; a caller that has just checked it, the lazy fetcher,
+says so with ``verified=True``). After that, rot is caught by the zstd
+checksum of each 64 KiB frame (`fusesnap.store.chunkformat`): a read decodes
+only the frames it needs and checks theirs, instead of hashing the whole
+chunk each time. A chunk that fails is a `StoreError`, never wrong bytes.
+Chunks of older stores (formats 0 and 1) have no checksum and are still
+checked against their sha256 on every read.
 
 Concurrency: callers compress from worker threads; zstd contexts are not
-thread-safe, so each thread keeps its own (`threading.local`). `put_many`
-hashes and compresses before it takes LMDB's writer lock, and writes a
-whole batch in one transaction: give it ~8-32 MiB at a time.
+thread-safe, so each thread keeps its own. `put_many` hashes and compresses
+before it takes LMDB's writer lock, and writes a whole batch in one
+transaction: give it ~8-32 MiB at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import zstandard
-
-from fusesnap.errors import DigestMismatchError, NotFoundError, StoreError
+from fusesnap.errors import DigestMismatchError, NotFoundError
+from fusesnap.store import chunkformat
 from fusesnap.store.blobs import Txn
+from fusesnap.store.chunkformat import (
+    DEFAULT_LEVEL,
+    FRAME_SIZE,
+    MAX_CHUNK_SIZE,
+    corrupt,
+    decode,
+    encode,
+    name,
+)
 from fusesnap.store.env import Env
-from fusesnap.store.schema import CHUNK_RAW, CHUNK_ZSTD, CHUNKS, chunk_key
+from fusesnap.store.schema import CHUNKS, chunk_key
 
-DEFAULT_LEVEL = 3
-# Chunks are 1 MiB by default; this only bounds what a corrupt
-# frame header can make a read allocate.
-MAX_CHUNK_SIZE = 64 * 1024 * 1024
+__all__ = [
+    "DEFAULT_LEVEL",
+    "FRAME_SIZE",
+    "MAX_CHUNK_SIZE",
+    "ChunkPutStats",
+    "ChunkStats",
+    "ChunkStore",
+    "corrupt",
+    "decode",
+    "delete_chunks",
+    "encode",
+    "name",
+    "not_found",
+    "raw_size",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,79 +77,13 @@ class ChunkStats:
     stored_bytes: int
 
 
-_local = threading.local()
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    per_level: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
-    if per_level is None:
-        per_level = _local.compressors = {}
-    compressor = per_level.get(level)
-    if compressor is None:
-        compressor = per_level[level] = zstandard.ZstdCompressor(level=level)
-    return compressor
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
-    return decompressor
-
-
-def name(digest: bytes) -> str:
-    """``chunk 3f2a9c01b2d4`` for messages."""
-    return f"chunk {digest.hex()[:12]}"
-
-
 def not_found(digest: bytes) -> NotFoundError:
     return NotFoundError(f"{name(digest)}: not found")
 
 
-def corrupt(digest: bytes) -> StoreError:
-    return StoreError(f"{name(digest)}: corrupt in store (digest mismatch)")
-
-
-def encode(data: bytes, level: int = DEFAULT_LEVEL) -> bytes:
-    """The stored form of ``data``: zstd if that is smaller, else as is."""
-    frame = _compressor(level).compress(data)
-    if len(frame) < len(data):
-        return bytes((CHUNK_ZSTD,)) + frame
-    return bytes((CHUNK_RAW,)) + data
-
-
-def decode(digest: bytes, value: Any) -> bytes:
-    """The chunk from its stored form (bytes or a buffer), verified."""
-    payload = memoryview(value)[1:]
-    fmt = value[0] if len(value) else None
-    if fmt == CHUNK_RAW:
-        data = bytes(payload)
-    elif fmt == CHUNK_ZSTD:
-        try:
-            size = zstandard.frame_content_size(payload)
-            if not 0 <= size <= MAX_CHUNK_SIZE:
-                raise corrupt(digest)
-            data = _decompressor().decompress(payload)
-        except zstandard.ZstdError:
-            raise corrupt(digest) from None
-    else:
-        raise corrupt(digest)
-    if hashlib.sha256(data).digest() != digest:
-        raise corrupt(digest)
-    return data
-
-
 def raw_size(value: Any) -> int:
-    """The uncompressed size recorded in a stored value (0 if unreadable);
-    read from the zstd frame header, without decompressing."""
-    if not len(value):
-        return 0
-    if value[0] == CHUNK_RAW:
-        return len(value) - 1
-    try:
-        return max(zstandard.frame_content_size(memoryview(value)[1:]), 0)
-    except zstandard.ZstdError:
-        return 0
+    """The uncompressed size recorded in a stored value (0 if unreadable)."""
+    return chunkformat.raw_size(value)
 
 
 def delete_chunks(txn: Txn, env: Env, digests: Iterable[bytes]) -> ChunkStats:
@@ -161,13 +111,17 @@ class ChunkStore:
         self._env = env
         self.level = level
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> ChunkPutStats:
+    def put_many(
+        self, items: Iterable[tuple[bytes, bytes]], *, verified: bool = False
+    ) -> ChunkPutStats:
         """Store ``(digest, data)`` pairs that are not stored yet, in one
         write transaction.
 
         Every chunk is hashed first: one that does not match its digest
         raises `DigestMismatchError` and nothing of the batch is stored.
-        Only the missing chunks are compressed (a re-pull costs hashes).
+        ``verified=True`` skips that for a caller that has just hashed each
+        chunk against its digest itself (the fetcher, `cut_span`): hashing it
+        twice proves nothing more. Only the missing chunks are compressed.
         """
         batch: dict[bytes, bytes] = {}
         repeated = 0
@@ -175,7 +129,7 @@ class ChunkStore:
             key = chunk_key(digest)
             if len(data) > MAX_CHUNK_SIZE:
                 raise ValueError(f"{name(key)}: {len(data)} bytes, over {MAX_CHUNK_SIZE}")
-            got = hashlib.sha256(data).digest()
+            got = key if verified else hashlib.sha256(data).digest()
             if got != key:
                 raise DigestMismatchError(f"{name(key)}: digest mismatch (got {got.hex()[:12]})")
             if key in batch:
@@ -183,7 +137,7 @@ class ChunkStore:
             else:
                 batch[key] = data
         absent = self.missing(batch)
-        encoded = sorted((key, encode(batch[key], self.level)) for key in absent)
+        encoded = sorted((key, encode(batch[key], self.level, digest=key)) for key in absent)
         new = raw = stored = 0
         if encoded:
             db = self._env.db(CHUNKS)
@@ -197,14 +151,26 @@ class ChunkStore:
         return ChunkPutStats(new, len(batch) + repeated - new, raw, stored)
 
     def get(self, digest: bytes) -> bytes:
-        """The chunk, verified. `NotFoundError` if it is not stored,
-        `StoreError` if what is stored does not hash to ``digest``."""
+        """The whole chunk, checked. `NotFoundError` if it is not stored,
+        `StoreError` if what is stored is corrupt."""
         key = chunk_key(digest)
         with self._env.txn(buffers=True) as txn:
             value = txn.get(key, db=self._env.db(CHUNKS))
             if value is None:
                 raise not_found(key)
             return decode(key, value)
+
+    def read(self, digest: bytes, start: int, end: int) -> tuple[int, bytes]:
+        """``(lo, data)``: checked bytes of the chunk from offset ``lo <= start``
+        that cover ``[start, end)`` (or up to the chunk's end); only the frames
+        holding the range are decoded (`chunkformat.decode_range`).
+        `NotFoundError` if it is not stored, `StoreError` if it is corrupt."""
+        key = chunk_key(digest)
+        with self._env.txn(buffers=True) as txn:
+            value = txn.get(key, db=self._env.db(CHUNKS))
+            if value is None:
+                raise not_found(key)
+            return chunkformat.decode_range(key, value, start, end)
 
     def get_many(self, digests: Iterable[bytes]) -> dict[bytes, bytes]:
         """The stored ones among ``digests``, verified, in one read

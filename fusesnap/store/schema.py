@@ -17,6 +17,8 @@ change of layout is one diff next to `SCHEMA_VERSION` and its migration::
      │    ├── chunks                sha256(chunk), 32 raw bytes -> format byte + payload   v2
      │    │                           0: the chunk as is (zstd did not shrink it)
      │    │                           1: one zstd frame, content size in its header
+     │    │                           2: 64 KiB zstd frames with checksums, and their table  v4
+     │    │                              (`fusesnap.store.chunkformat`)
      │    ├── snapshots             key -> SnapshotRecord            (msgpack, v=1)     v3
      │    │                           committed: named by chain id; active/view: any key
      │    └── containers            name -> ContainerRef             (msgpack, v=1)     v3
@@ -53,6 +55,9 @@ is opened, so created, in that same transaction before it runs):
   never written, so anything found there is dropped. A version bump rather
   than a silent use of the reserved names: snapshots and containers are gc
   roots, and an older fusesnap that ignored them would sweep their layers.
+- v3 -> v4: chunks are written in format 2 (checksummed frames). Nothing is
+  rewritten (formats 0 and 1 are still read); the bump keeps an older
+  fusesnap, which would take format 2 for corruption, from opening the store.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ from fusesnap.errors import InvalidDigestError, StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 META = b"meta"
 CONTENT = b"content"
@@ -110,6 +115,7 @@ CHUNK_DIGEST_SIZE = 32  # raw sha256
 # Format byte in front of a stored chunk.
 CHUNK_RAW = 0
 CHUNK_ZSTD = 1
+CHUNK_FRAMES = 2
 
 Databases = Mapping[bytes, Any]  # name -> lmdb _Database handle
 Migration = Callable[[lmdb.Transaction, Databases], None]
@@ -131,7 +137,11 @@ def _v2_to_v3(txn: lmdb.Transaction, dbs: Databases) -> None:
             txn.drop(dbs[name], delete=False)
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(txn: lmdb.Transaction, dbs: Databases) -> None:
+    pass  # formats 0 and 1 stay readable; new chunks are written in format 2
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def ensure_schema(txn: lmdb.Transaction, dbs: Databases, *, where: str) -> None:

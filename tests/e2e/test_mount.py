@@ -200,9 +200,10 @@ def test_big_file_reads_fully_with_one_load_per_chunk(
         reads = first["requests"]["read"]
         cache = first["cache"]
         distinct = BIG_SIZE // MiB - (BIG_SIZE // MiB) // 4 + 1  # every 4th MiB repeats
-        # Kernel requests are much smaller than 1 MiB chunks: each chunk is loaded (hashed,
-        # decompressed) once, later requests for it are memory hits.
-        assert cache["loaded"] <= distinct
+        # Kernel requests are much smaller than 1 MiB chunks: each chunk is loaded (its
+        # frames decompressed) once, later requests for it are memory hits; the first chunk
+        # may take two loads (the first read is not known to be sequential yet).
+        assert cache["loaded"] <= distinct + 1
         assert reads > 2 * cache["loaded"]
         assert cache["hits"] + cache["joined"] >= reads - cache["loaded"]
         assert first["bytes_read"] >= BIG_SIZE

@@ -14,11 +14,15 @@ _offsets = itertools.count(0, 1 << 30)  # each file its own (fake) place in a ta
 
 
 class MemoryChunks:
-    """A `ChunkSource` over a dict; records which digests were asked for."""
+    """A `ChunkSource` (and `ChunkRanges`) over a dict; records which digests were asked
+    for. With ``frame``, `read` gives only the ``frame``-sized pieces a range needs (as
+    the store does), else the whole chunk (as an older store's chunk or a fetch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, frame: int | None = None) -> None:
         self.data: dict[bytes, bytes] = {}
         self.asked: list[bytes] = []
+        self.frame = frame
+        self.ranges: list[tuple[bytes, int, int]] = []  # what `read` gave: digest, lo, hi
 
     def put(self, data: bytes) -> bytes:
         sha = hashlib.sha256(data).digest()
@@ -35,6 +39,15 @@ class MemoryChunks:
             return self.data[digest]
         except KeyError:
             raise NotFoundError(f"chunk {digest.hex()[:12]}: not found") from None
+
+    def read(self, digest: bytes, start: int, end: int) -> tuple[int, bytes]:
+        data = self.get(digest)
+        lo, hi = 0, len(data)
+        if self.frame is not None:
+            lo = start // self.frame * self.frame
+            hi = min(-(-end // self.frame) * self.frame, len(data))
+        self.ranges.append((digest, lo, hi))
+        return lo, data[lo:hi]
 
 
 CHUNKS = MemoryChunks()

@@ -1,4 +1,5 @@
-"""The mount's chunk cache: LRU bound, one load per chunk however many readers, errors."""
+"""The mount's chunk cache: LRU of pieces and its bound, one load per missing range however
+many readers, loads of only the pieces a read needs, errors."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from fusesnap.errors import NotFoundError, StoreError
-from fusesnap.fuse import ChunkCache
+from fusesnap.errors import LayerError, NotFoundError, StoreError
+from fusesnap.fuse import PIECE_SIZE, ChunkCache
+from fusesnap.index import Entry
 from tests.fs.helpers import MemoryChunks, file
 
 KiB = 1024
@@ -43,44 +45,49 @@ class FailingChunks(MemoryChunks):
         return super().get(digest)
 
 
+async def whole(cache: ChunkCache, entry: Entry) -> bytes:
+    return await cache.read(entry, 0, entry.size)
+
+
 async def test_hits_misses_and_the_byte_bound() -> None:
     source = MemoryChunks()
-    digests = [source.put(bytes([i]) * 100) for i in range(5)]
+    files = [file(f"f{i}", bytes([i]) * 100, source=source) for i in range(5)]
+    digests = [f.chunks[0].digest for f in files]
     cache = ChunkCache(source, max_bytes=300)
-    for d in digests[:3]:
-        await cache.get(d)
+    for f in files[:3]:
+        await whole(cache, f)
     assert (cache.stats.misses, cache.stats.hits, cache.stats.cached_bytes) == (3, 0, 300)
-    await cache.get(digests[0])  # a hit makes digests[0] the most recent
-    await cache.get(digests[3])  # evicts digests[1], the least recently used
+    await whole(cache, files[0])  # a hit makes files[0] the most recent
+    await whole(cache, files[3])  # evicts files[1], the least recently used
     assert cache.stats.evictions == 1
-    assert cache.stats.cached_chunks == 3
+    assert cache.stats.cached_pieces == 3
     source.asked.clear()
-    await cache.get(digests[0])
-    await cache.get(digests[2])
+    assert await whole(cache, files[0]) == bytes([0]) * 100
+    await whole(cache, files[2])
     assert source.asked == []
-    await cache.get(digests[1])
+    await whole(cache, files[1])
     assert source.asked == [digests[1]]
     assert cache.stats.cached_bytes <= 300
 
 
-async def test_a_chunk_larger_than_the_cache_is_served_not_kept() -> None:
+async def test_a_piece_larger_than_the_cache_is_served_not_kept() -> None:
     source = MemoryChunks()
-    d = source.put(b"x" * 1000)
+    f = file("f", b"x" * 1000, source=source)
     cache = ChunkCache(source, max_bytes=999)
-    assert await cache.get(d) == b"x" * 1000
-    assert await cache.get(d) == b"x" * 1000
+    assert await whole(cache, f) == b"x" * 1000
+    assert await whole(cache, f) == b"x" * 1000
     assert cache.stats.misses == 2
     assert cache.stats.cached_bytes == 0
 
 
 async def test_concurrent_requests_for_one_chunk_share_one_load() -> None:
     source = GatedChunks()
-    d = source.put(DATA)
+    f = file("f", DATA, source=source)
     cache = ChunkCache(source)
     results: list[bytes] = []
 
     async def reader() -> None:
-        results.append(await cache.get(d))
+        results.append(await whole(cache, f))
 
     async with trio.open_nursery() as nursery:
         for _ in range(10):
@@ -94,13 +101,13 @@ async def test_concurrent_requests_for_one_chunk_share_one_load() -> None:
 
 async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     source = FailingChunks()
-    d = source.put(DATA)
+    f = file("f", DATA, source=source)
     cache = ChunkCache(source)
     errors: list[Exception] = []
 
     async def reader() -> None:
         try:
-            await cache.get(d)
+            await whole(cache, f)
         except StoreError as exc:
             errors.append(exc)
 
@@ -110,7 +117,7 @@ async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     assert len(errors) == 3
     assert cache.stats.load_errors >= 1
     source.fail = False
-    assert await cache.get(d) == DATA  # tried again, not a cached failure
+    assert await whole(cache, f) == DATA  # tried again, not a cached failure
 
 
 async def test_kernel_sized_reads_load_each_chunk_once() -> None:
@@ -142,6 +149,61 @@ async def test_a_missing_chunk_in_a_multi_chunk_read_raises_it_plainly() -> None
     cache = ChunkCache(source)
     with pytest.raises(NotFoundError):
         await cache.read(entry, 500, 1000)
+
+
+async def test_a_random_read_loads_only_the_pieces_it_needs() -> None:
+    source = MemoryChunks(frame=PIECE_SIZE)
+    data = bytes(i * 7 % 253 for i in range(8 * MiB + 5000))
+    entry = file("f", data, source=source)
+    cache = ChunkCache(source)
+    piece = PIECE_SIZE
+    # Reads far apart (more than the sequential slack): random ones.
+    for off, size in [(5 * piece + 100, 4 * KiB), (4 * MiB + piece - 2, 4), (8 * MiB + 4000, 500)]:
+        assert await cache.read(entry, off, size) == data[off : off + size]
+    digests = [c.digest for c in entry.chunks]
+    assert source.ranges == [
+        (digests[0], 5 * piece, 6 * piece),
+        (digests[4], 0, 2 * piece),  # a read across two pieces: one load of both
+        (digests[8], 0, 5000),  # the short last chunk
+    ]
+    assert cache.stats.cached_bytes == 3 * piece + 5000
+    source.ranges.clear()
+    assert await cache.read(entry, 5 * piece, piece) == data[5 * piece : 6 * piece]
+    assert await cache.read(entry, 4 * MiB + 10, 300) == data[4 * MiB + 10 : 4 * MiB + 310]
+    assert source.ranges == []
+    assert cache.stats.hits == 2
+    # A read over a piece held and one not loads only the missing one.
+    assert await cache.read(entry, 6 * piece - 10, 20) == data[6 * piece - 10 : 6 * piece + 10]
+    assert source.ranges == [(digests[0], 6 * piece, 7 * piece)]
+
+
+async def test_a_reader_from_the_start_or_onward_loads_the_rest_of_the_chunk() -> None:
+    source = MemoryChunks(frame=PIECE_SIZE)
+    data = bytes(i * 5 % 251 for i in range(3 * MiB))
+    entry = file("f", data, source=source)
+    cache = ChunkCache(source)
+    digests = [c.digest for c in entry.chunks]
+    assert await cache.read(entry, 0, 4 * KiB) == data[: 4 * KiB]
+    assert source.ranges == [(digests[0], 0, MiB)]
+    off = MiB + 3 * PIECE_SIZE  # far from 4 KiB... but within the sequential slack
+    assert await cache.read(entry, off, 128 * KiB) == data[off : off + 128 * KiB]
+    assert source.ranges[1] == (digests[1], 3 * PIECE_SIZE, MiB)
+    assert cache.stats.misses == 2
+
+
+async def test_a_loader_that_gives_too_little_is_an_error_not_short_bytes() -> None:
+    data = b"y" * (3 * PIECE_SIZE)
+    source = MemoryChunks()
+    entry = file("f", data, source=source)
+
+    async def short(digest: bytes, start: int, end: int) -> tuple[int, bytes]:
+        return start, source.data[digest][start : end - 1]
+
+    cache = ChunkCache(source, load=short)
+    with pytest.raises(LayerError, match="got bytes"):
+        await cache.read(entry, PIECE_SIZE, 10)
+    assert cache.stats.load_errors == 1
+    assert cache.stats.cached_bytes == 0
 
 
 def test_negative_bound_is_refused() -> None:

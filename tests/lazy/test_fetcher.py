@@ -114,6 +114,7 @@ async def test_a_span_stores_every_chunk_it_inflates(gz, store) -> None:
     blobs = Blobs(gz)
     async with fetcher(blobs, store) as f:
         await f.get(gz.index, ref)
+        await f.flush()  # stored in the background
         have = stored(store, gz.refs)
         neighbours = [r for r in gz.refs if r is not ref and r.digest in have]
         assert len(neighbours) >= 10
@@ -196,6 +197,7 @@ async def test_frames_are_fetched_alone_and_sliced_by_inner(codec, store) -> Non
         assert await f.get(layer.index, third) == layer.truth(third)
         assert blobs.calls == [(third.coffset, third.clength)]
         # The frame gave all of its chunks.
+        await f.flush()
         assert stored(store, list(multi.chunks)) == {r.digest for r in multi.chunks}
         small = [e.chunks[0] for e in layer.index.entries if len(e.chunks) == 1][:5]
         got = await f.get_many(layer.index, small)
@@ -300,6 +302,7 @@ async def test_every_error_in_a_batch_stays_with_its_chunk(raw, store) -> None:
     async with fetcher(blobs, store, max_gap=0, max_parallel=1) as f:
         with pytest.raises(RegistryUnavailableError):
             await f.get_many(raw.index, refs)
+        await f.flush()
         assert len(stored(store, refs)) == len(refs) - 1
         assert await f.get_many(raw.index, refs) == {r.digest: raw.truth(r) for r in refs}
 

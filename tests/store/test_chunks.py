@@ -1,4 +1,7 @@
-"""The chunk store on a real LMDB: formats, dedup, verification on put and get."""
+"""The chunk store on a real LMDB: formats, dedup, verification on put and get.
+
+The stored format itself (frames, their table, what rot it catches) is tested in
+``test_chunkformat``."""
 
 from __future__ import annotations
 
@@ -7,10 +10,12 @@ import threading
 from collections.abc import Callable
 
 import pytest
+import zstandard
 
 from fusesnap.errors import DigestMismatchError, InvalidDigestError, NotFoundError, StoreError
 from fusesnap.store import ChunkPutStats, ChunkStats, Store
-from fusesnap.store.schema import CHUNK_RAW, CHUNK_ZSTD, CHUNKS
+from fusesnap.store.chunks import FRAME_SIZE
+from fusesnap.store.schema import CHUNK_FRAMES, CHUNK_RAW, CHUNK_ZSTD, CHUNKS
 
 from .helpers import MiB, blob, chunk
 
@@ -30,22 +35,61 @@ def overwrite(store: Store, digest: bytes, value: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "fmt"),
-    [(TEXT, CHUNK_ZSTD), (blob(MiB, 1), CHUNK_RAW), (b"", CHUNK_RAW), (b"x", CHUNK_RAW)],
-    ids=["text", "random", "empty", "one-byte"],
+    "data",
+    [TEXT, blob(MiB, 1), b"", b"x", blob(3 * MiB + 5, 2)],
+    ids=["text", "random", "empty", "one-byte", "over-a-frame-boundary"],
 )
-def test_round_trip_and_format(store: Store, data: bytes, fmt: int) -> None:
+def test_round_trip_and_format(store: Store, data: bytes) -> None:
     digest, _ = chunk(data)
     stats = store.chunks.put_many([chunk(data)])
     value = stored_value(store, digest)
-    assert value[0] == fmt
+    assert value[0] == CHUNK_FRAMES
     assert stats == ChunkPutStats(new=1, existing=0, raw_bytes=len(data), stored_bytes=len(value))
-    if fmt == CHUNK_ZSTD:
+    if data is TEXT:
         assert len(value) < len(data) // 4
-    else:
-        assert value[1:] == data
+    else:  # random bytes: raw zstd blocks, a few bytes of framing per 64 KiB
+        assert len(value) <= len(data) + 64 + 32 * (len(data) // (64 << 10) + 1)
     assert store.chunks.get(digest) == data
     assert store.chunks.exists(digest)
+
+
+@pytest.mark.parametrize(("fmt", "data"), [(CHUNK_RAW, blob(MiB, 1)), (CHUNK_ZSTD, TEXT)])
+def test_chunks_of_older_stores_are_read_and_checked_by_sha256(
+    store: Store, fmt: int, data: bytes
+) -> None:
+    digest, _ = chunk(data)
+    payload = data if fmt == CHUNK_RAW else zstandard.ZstdCompressor().compress(data)
+    overwrite(store, digest, bytes([fmt]) + payload)
+    assert store.chunks.get(digest) == data
+    assert store.chunks.read(digest, 5000, 9000) == (0, data)  # whole: one sha256 covers it
+    overwrite(store, digest, bytes([fmt]) + _flip_middle(payload))
+    with pytest.raises(StoreError, match="corrupt in store"):
+        store.chunks.read(digest, 0, 10)
+
+
+def test_a_range_read_decodes_only_the_frames_it_needs(store: Store) -> None:
+    data = TEXT[: MiB - 100]
+    digest, _ = chunk(data)
+    store.chunks.put_many([chunk(data)])
+    frame = FRAME_SIZE
+    assert store.chunks.read(digest, 0, 4096) == (0, data[:frame])
+    assert store.chunks.read(digest, 3 * frame + 7, 3 * frame + 4103) == (
+        3 * frame,
+        data[3 * frame : 4 * frame],
+    )
+    lo, got = store.chunks.read(digest, frame - 1, frame + 1)  # straddles two frames
+    assert (lo, got) == (0, data[: 2 * frame])
+    lo, got = store.chunks.read(digest, len(data) - 10, len(data) + 100)  # the short last frame
+    assert (lo, got) == (15 * frame, data[15 * frame :])
+    assert store.chunks.read(digest, 0, len(data)) == (0, data)
+    with pytest.raises(NotFoundError):
+        store.chunks.read(chunk(b"absent")[0], 0, 1)
+
+
+def test_put_many_verified_trusts_the_callers_hash(store: Store) -> None:
+    items = [chunk(blob(1000, i)) for i in range(3)]
+    assert store.chunks.put_many(items, verified=True).new == 3
+    assert store.chunks.get_many(d for d, _ in items) == dict(items)
 
 
 def test_same_chunk_is_stored_once(store: Store) -> None:
@@ -57,7 +101,7 @@ def test_same_chunk_is_stored_once(store: Store) -> None:
     assert again == ChunkPutStats(new=0, existing=3, raw_bytes=0, stored_bytes=0)
     assert store.chunks.stats() == size
     assert size.count == 2
-    assert size.stored_bytes == len(stored_value(store, text[0])) + MiB + 1
+    assert size.stored_bytes == len(stored_value(store, text[0])) + len(stored_value(store, rnd[0]))
     assert size.stored_bytes < MiB + MiB // 4  # the text chunk is compressed
     assert sorted(store.chunks.iter_digests()) == sorted([text[0], rnd[0]])
 
@@ -99,8 +143,9 @@ def test_delete_many_and_stats(store: Store) -> None:
     store.chunks.put_many(items)
     before = store.chunks.stats()
     removed = store.chunks.delete_many([d for d, _ in items[:4]] + [chunk(b"never stored")[0]])
-    assert removed == ChunkStats(4, 4 * 1001)
-    assert store.chunks.stats() == ChunkStats(6, before.stored_bytes - 4 * 1001)
+    each = len(stored_value(store, items[5][0]))  # random 1000 bytes: one raw frame
+    assert removed == ChunkStats(4, 4 * each)
+    assert store.chunks.stats() == ChunkStats(6, before.stored_bytes - 4 * each)
     assert store.chunks.missing(d for d, _ in items) == {d for d, _ in items[:4]}
 
 
@@ -112,13 +157,13 @@ def _flip_middle(value: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("data", "damage"),
     [
-        (TEXT, _flip_middle),  # inside the zstd frame
-        (blob(MiB, 3), _flip_middle),  # a raw chunk
-        (TEXT, lambda v: v[: len(v) // 2]),  # a truncated frame
+        (TEXT, _flip_middle),  # inside a zstd frame
+        (blob(MiB, 3), _flip_middle),  # inside a frame of raw blocks
+        (TEXT, lambda v: v[: len(v) // 2]),  # truncated
         (TEXT, lambda v: b""),
         (TEXT, lambda v: b"\x07" + v[1:]),  # unknown format byte
-        (blob(10, 4), lambda v: bytes([CHUNK_ZSTD]) + v[1:]),  # raw bytes taken for zstd
-        (TEXT, lambda v: bytes([CHUNK_RAW]) + v[1:]),  # a frame taken for raw bytes
+        (blob(10, 4), lambda v: bytes([CHUNK_ZSTD]) + v[1:]),  # frames taken for one frame
+        (TEXT, lambda v: bytes([CHUNK_RAW]) + v[1:]),  # frames taken for raw bytes
     ],
     ids=["zstd-bitflip", "raw-bitflip", "truncated", "empty", "format", "not-zstd", "not-raw"],
 )
@@ -129,12 +174,13 @@ def test_corruption_on_disk_is_detected_on_read(
     other = chunk(b"an intact neighbour")
     store.chunks.put_many([chunk(data), other])
     overwrite(store, digest, damage(stored_value(store, digest)))
-    msg = f"chunk {digest.hex()[:12]}: corrupt in store (digest mismatch)"
     with pytest.raises(StoreError) as exc:
         store.chunks.get(digest)
-    assert str(exc.value) == msg
+    assert str(exc.value).startswith(f"chunk {digest.hex()[:12]}: corrupt in store (")
     with pytest.raises(StoreError, match="corrupt in store"):
         store.chunks.get_many([other[0], digest])
+    with pytest.raises(StoreError, match="corrupt in store"):
+        store.chunks.read(digest, 0, len(data))
     assert store.chunks.get(other[0]) == other[1]
 
 

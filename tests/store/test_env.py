@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import lmdb
 import pytest
+import zstandard
 
 from fusesnap.digest import Digest
 from fusesnap.errors import StoreError
@@ -14,6 +16,8 @@ from fusesnap.store import ContentInfo, default_root, open_store
 from fusesnap.store import schema as schema_module
 from fusesnap.store.env import DEFAULT_MAP_SIZE
 from fusesnap.store.schema import (
+    CHUNK_FRAMES,
+    CHUNKS,
     CONTENT,
     DATABASES,
     META,
@@ -137,7 +141,7 @@ def test_v1_store_is_migrated_to_the_current_version(
     assert "dropping" not in caplog.text
 
 
-def test_v2_store_is_migrated_to_v3(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_v2_store_is_migrated(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     """v2 reserved ``snapshots`` and ``containers``: a stray entry is dropped, the rest
     of the store is kept, and snapshots can be written after."""
     data = b"content from the v2 days"
@@ -155,10 +159,35 @@ def test_v2_store_is_migrated_to_v3(root: Path, caplog: pytest.LogCaptureFixture
         env.close()
     with open_store(root) as store:
         with store.env.txn() as txn:
-            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 3
+            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == SCHEMA_VERSION
         assert "dropping 1 unknown entries of snapshots" in caplog.text
         assert store.content.read(info.digest) == data
         assert store.snapshots.list() == []
+
+
+def test_v3_store_keeps_its_chunks_and_writes_new_ones_in_frames(root: Path) -> None:
+    """v4 only changed how new chunks are written: v3's raw and one-frame chunks stay."""
+    old = {hashlib.sha256(d).digest(): v for d, v in [(b"raw", b"\0raw"), (b"z" * 999, b"")]}
+    zdigest = hashlib.sha256(b"z" * 999).digest()
+    old[zdigest] = b"\x01" + zstandard.ZstdCompressor().compress(b"z" * 999)
+    (root / "store.lmdb").mkdir(parents=True)
+    env = raw_env(root)
+    try:
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name, txn=txn, create=True) for name in DATABASES}
+            txn.put(SCHEMA_VERSION_KEY, pack(3), db=dbs[META])
+            for key, value in old.items():
+                txn.put(key, value, db=dbs[CHUNKS])
+    finally:
+        env.close()
+    with open_store(root) as store:
+        assert store.chunks.get(hashlib.sha256(b"raw").digest()) == b"raw"
+        assert store.chunks.get(zdigest) == b"z" * 999
+        new = hashlib.sha256(b"new").digest()
+        store.chunks.put_many([(new, b"new")])
+        with store.env.txn() as txn:
+            assert unpack(txn.get(SCHEMA_VERSION_KEY, b"", db=store.env.db(META))) == 4
+            assert txn.get(new, b"", db=store.env.db(CHUNKS))[:1] == bytes([CHUNK_FRAMES])
 
 
 def test_data_file_stays_small_with_a_huge_map(root: Path) -> None:
