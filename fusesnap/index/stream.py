@@ -8,16 +8,17 @@ it reaches the tar parser. It is a forward-only file for ``tarfile``: ``read``,
 
 Decompression is strict where the random-access libraries are not: a stream
 that ends inside a gzip member or zstd frame, bytes after the last member that
-are not another member, or a bad CRC raise `StreamCorrupt`. Output comes in
-bounded pieces: zlib's ``max_length`` caps gzip at 1 MiB per call;
-python-zstandard has no such cap, so input goes in 1 KiB at a time (zstd
-expands at most ~32768x, so one call yields at most ~32 MiB).
+are not another member, or a bad CRC raise `StreamCorrupt`. A gzip stream is
+inflated by `fusesnap.index.inflate`, which also notes its random-access
+checkpoints (``checkpointer``) in the same pass. Output comes in bounded
+pieces: at most 1 MiB per zlib call for gzip; python-zstandard has no such
+cap, so input goes in 1 KiB at a time (zstd expands at most ~32768x, so one
+call yields at most ~32 MiB).
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -25,11 +26,11 @@ from typing import BinaryIO
 import zstandard
 
 from fusesnap.digest import Verifier
+from fusesnap.index.inflate import GzipCheckpointer, StreamCorrupt, gzip_blocks
 
 _IN_BLOCK = 256 << 10
 _OUT_BLOCK = 1 << 20
 _ZSTD_PIECE = 1 << 10
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +50,6 @@ class Limits:
     max_header: int = 16 << 20
 
 
-class StreamCorrupt(Exception):
-    """The blob is not a valid (or an acceptable) compressed tar stream; tarindex maps it."""
-
-
 class LayerStream:
     def __init__(
         self,
@@ -62,6 +59,7 @@ class LayerStream:
         *,
         limits: Limits,
         max_read: int,
+        checkpointer: GzipCheckpointer | None = None,
     ) -> None:
         self._verifier = verifier
         self._limits = limits
@@ -79,7 +77,7 @@ class LayerStream:
             return data
 
         decoders: dict[str, Callable[[Callable[[int], bytes]], Iterator[bytes]]] = {
-            "gzip": _gzip_blocks,
+            "gzip": lambda read: gzip_blocks(read, checkpointer),
             "zstd": _zstd_blocks,
             "none": _plain_blocks,
         }
@@ -182,35 +180,6 @@ class LayerStream:
                 f"compression ratio exceeds limit ({self._limits.max_ratio}:1 after "
                 f"{self._limits.ratio_grace} bytes); a decompression bomb?"
             )
-
-
-def _gzip_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:
-    pending = read(_IN_BLOCK)
-    if not pending:
-        raise StreamCorrupt("empty gzip stream")
-    d = zlib.decompressobj(wbits=31)  # gzip wrapper: zlib checks each member's CRC and size
-    while True:
-        out = d.decompress(pending, _OUT_BLOCK)
-        if out:
-            yield out
-        if d.eof:
-            # Members may be concatenated (pigz, appends); anything else after one is garbage.
-            pending = d.unused_data
-            while len(pending) < len(_GZIP_MAGIC) and (more := read(_IN_BLOCK)):
-                pending += more
-            if not pending:
-                return
-            if not pending.startswith(_GZIP_MAGIC):
-                raise StreamCorrupt("garbage after the end of the gzip stream")
-            d = zlib.decompressobj(wbits=31)
-            continue
-        pending = d.unconsumed_tail
-        if len(out) == _OUT_BLOCK:
-            continue  # output was capped; zlib may hold more without new input
-        if not pending:
-            pending = read(_IN_BLOCK)
-            if not pending:
-                raise StreamCorrupt("truncated gzip stream")
 
 
 def _zstd_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:
