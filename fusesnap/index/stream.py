@@ -19,6 +19,8 @@ call yields at most ~32 MiB).
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -31,6 +33,8 @@ from fusesnap.index.inflate import GzipCheckpointer, StreamCorrupt, gzip_blocks
 _IN_BLOCK = 256 << 10
 _OUT_BLOCK = 1 << 20
 _ZSTD_PIECE = 1 << 10
+# Blocks (up to 1 MiB each) the decompressing thread may run ahead of the tar parser.
+_AHEAD = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,18 @@ class LayerStream:
             "zstd": _zstd_blocks,
             "none": _plain_blocks,
         }
-        self._blocks = decoders[compression](read)
+        blocks = decoders[compression](read)
+
+        def accounted() -> Iterator[bytes]:
+            for block in blocks:
+                self._account(block)
+                yield block
+
+        self._blocks = _ReadAhead(accounted())
+
+    def close(self) -> None:
+        """Stop reading the blob (the read-ahead thread ends). Idempotent."""
+        self._blocks.close()
 
     # -- the file interface tarfile uses ---------------------------------------------------
 
@@ -157,9 +172,7 @@ class LayerStream:
         if self.failure is not None:
             raise self.failure
         try:
-            block = next(self._blocks, None)
-            if block is not None:
-                self._account(block)
+            block = self._blocks.next()
         except Exception as exc:
             self.failure = exc
             raise
@@ -180,6 +193,57 @@ class LayerStream:
                 f"compression ratio exceeds limit ({self._limits.max_ratio}:1 after "
                 f"{self._limits.ratio_grace} bytes); a decompression bomb?"
             )
+
+
+class _ReadAhead:
+    """Runs a block iterator in a thread of its own, a few blocks ahead of the reader.
+
+    Reading and hashing the blob, decompressing it and hashing the tar (the
+    iterator) then overlap with parsing and chunking it (the reader): zlib (through
+    ctypes), zstandard and hashlib release the GIL while they work. ``next`` returns
+    None at the end and raises what the iterator raised; ``close`` stops the thread.
+    """
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._queue: queue.Queue[bytes | Exception | None] = queue.Queue(_AHEAD)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(
+            target=self._run, args=(blocks,), name="layer-stream", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, blocks: Iterator[bytes]) -> None:
+        try:
+            for block in blocks:
+                if not self._put(block):
+                    return
+            self._put(None)
+        except Exception as exc:
+            self._put(exc)
+
+    def _put(self, item: bytes | Exception | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> bytes | None:
+        if self._done:
+            return None
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            self._done = True
+            raise item
+        self._done = item is None
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _zstd_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:

@@ -123,13 +123,17 @@ def build_index(
         entries = scanner.scan()
         stream.drain()
     except (StreamCorrupt, tarfile.TarError, zlib.error, zstandard.ZstdError, EOFError) as exc:
+        stream.close()
         _check_rest(fileobj, verifier)
         # tarfile turns a zlib error into ReadError; the stream kept the original.
         cause = stream.failure or exc
         raise LayerError(f"layer {digest.short}: {_describe(cause)}") from None
     except LayerError:
+        stream.close()
         _check_rest(fileobj, verifier)
         raise
+    finally:
+        stream.close()  # the read-ahead thread is done by now unless something failed
     verifier.check(what="layer")
     checkpoints: GzipCheckpoints | None = None
     if checkpointer is not None:
