@@ -161,13 +161,22 @@ class ChunkStore:
         self._env = env
         self.level = level
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> ChunkPutStats:
+    def put_many(
+        self,
+        items: Iterable[tuple[bytes, bytes]],
+        *,
+        level: int | None = None,
+        hashed: bool = False,
+    ) -> ChunkPutStats:
         """Store ``(digest, data)`` pairs that are not stored yet, in one
         write transaction.
 
         Every chunk is hashed first: one that does not match its digest
         raises `DigestMismatchError` and nothing of the batch is stored.
-        Only the missing chunks are compressed (a re-pull costs hashes).
+        ``hashed=True`` skips that for a caller that has just computed each
+        digest from these very bytes (a layer being indexed), so they are
+        not hashed twice. Only the missing chunks are compressed (a re-pull
+        costs hashes), at zstd ``level`` (default: the store's).
         """
         batch: dict[bytes, bytes] = {}
         repeated = 0
@@ -175,15 +184,15 @@ class ChunkStore:
             key = chunk_key(digest)
             if len(data) > MAX_CHUNK_SIZE:
                 raise ValueError(f"{name(key)}: {len(data)} bytes, over {MAX_CHUNK_SIZE}")
-            got = hashlib.sha256(data).digest()
-            if got != key:
+            if not hashed and (got := hashlib.sha256(data).digest()) != key:
                 raise DigestMismatchError(f"{name(key)}: digest mismatch (got {got.hex()[:12]})")
             if key in batch:
                 repeated += 1
             else:
                 batch[key] = data
         absent = self.missing(batch)
-        encoded = sorted((key, encode(batch[key], self.level)) for key in absent)
+        zlevel = self.level if level is None else level
+        encoded = sorted((key, encode(batch[key], zlevel)) for key in absent)
         new = raw = stored = 0
         if encoded:
             db = self._env.db(CHUNKS)

@@ -10,6 +10,7 @@ import pytest
 
 from fusesnap.errors import DigestMismatchError, InvalidDigestError, NotFoundError, StoreError
 from fusesnap.store import ChunkPutStats, ChunkStats, Store
+from fusesnap.store.chunks import encode
 from fusesnap.store.schema import CHUNK_RAW, CHUNK_ZSTD, CHUNKS
 
 from .helpers import MiB, blob, chunk
@@ -71,6 +72,20 @@ def test_a_bad_chunk_fails_the_whole_batch(store: Store) -> None:
     assert str(exc.value).startswith(f"chunk {bad_digest.hex()[:12]}: digest mismatch")
     assert store.chunks.stats() == ChunkStats(0, 0)
     assert store.chunks.missing(d for d, _ in batch) == {d for d, _ in batch}
+
+
+def test_put_many_at_another_level_and_with_hashes_the_caller_made(store: Store) -> None:
+    digest, data = chunk(TEXT)
+    store.chunks.put_many([(digest, data)], level=1, hashed=True)
+    fast = stored_value(store, digest)
+    assert fast[0] == CHUNK_ZSTD
+    assert store.chunks.get(digest) == TEXT
+    assert fast == encode(TEXT, 1) != encode(TEXT, store.chunks.level)  # the level was used
+    # A digest that does not match is still caught, on read (every get hashes).
+    other = hashlib.sha256(b"something else").digest()
+    store.chunks.put_many([(other, data)], hashed=True)
+    with pytest.raises(StoreError, match="corrupt"):
+        store.chunks.get(other)
 
 
 def test_invalid_digests_are_rejected(store: Store) -> None:
