@@ -107,14 +107,18 @@ class _Window:
 
 
 class GzipCheckpointer:
-    """Where `gzip_blocks` puts the checkpoints it finds (``points``, in order)."""
+    """Where `gzip_blocks` puts the checkpoints it finds (``points``, in order);
+    ``on_window(sha256, window)`` is called for each window as its point is found."""
 
-    def __init__(self, spacing: int) -> None:
+    def __init__(
+        self, spacing: int, on_window: Callable[[bytes, bytes], None] | None = None
+    ) -> None:
         if spacing < WINDOW_SIZE:
             raise ValueError(f"spacing must be at least {WINDOW_SIZE}")
         self.spacing = spacing
         self.points: list[Checkpoint] = []
         self._last = 0
+        self._on_window = on_window
 
     def member_start(self, coffset: int, uoffset: int) -> None:
         self.points.append(Checkpoint(coffset=coffset, bits=0, uoffset=uoffset, window=b""))
@@ -125,8 +129,11 @@ class GzipCheckpointer:
             self.end(coffset, bits, uoffset, window)
 
     def end(self, coffset: int, bits: int, uoffset: int, window: _Window) -> None:
-        self.points.append(Checkpoint(coffset, bits, uoffset, window.get()))
+        point = Checkpoint(coffset, bits, uoffset, window.get())
+        self.points.append(point)
         self._last = uoffset
+        if self._on_window is not None:
+            self._on_window(point.digest, point.window)
 
 
 def gzip_blocks(

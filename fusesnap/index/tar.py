@@ -87,6 +87,7 @@ def build_index(
     on_chunk: OnChunk | None = None,
     limits: Limits = _DEFAULT_LIMITS,
     checkpoint_spacing: int = gzipindex.DEFAULT_SPACING,
+    on_window: OnChunk | None = None,
 ) -> LayerIndex:
     """Index the layer blob read from ``fileobj`` (from its current position to EOF).
 
@@ -98,7 +99,8 @@ def build_index(
     nothing that GC keeps.
 
     For gzip layers, ``checkpoints`` holds the random-access points found
-    every ``checkpoint_spacing`` bytes of output in the same pass.
+    every ``checkpoint_spacing`` bytes of output in the same pass;
+    ``on_window(sha256, window)`` gets each point's window as it is found.
 
     Raise `DigestMismatchError` if the blob does not hash to ``layer_digest``,
     `LayerError` if it is not a usable layer, `ManifestError` for an
@@ -109,7 +111,9 @@ def build_index(
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     verifier = Verifier(digest)
-    checkpointer = GzipCheckpointer(checkpoint_spacing) if compression == "gzip" else None
+    checkpointer = (
+        GzipCheckpointer(checkpoint_spacing, on_window) if compression == "gzip" else None
+    )
     stream = LayerStream(
         fileobj,
         compression,

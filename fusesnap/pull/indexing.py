@@ -137,6 +137,7 @@ def ingest_layer_stream(
             media_type=layer.media_type,
             chunk_size=chunk_size,
             on_chunk=writer.add,
+            on_window=writer.add,  # in the store before the index names them
             limits=limits or Limits(),
         )
         if diff_id is not None and index.diff_id != diff_id:

@@ -53,6 +53,8 @@ def assert_stored(store: Store, desc: Descriptor, index: LayerIndex, lay: Layer)
     assert store.layers.exists(desc.digest)
     presence = store.layers.present_chunks(desc.digest)
     assert presence.present == presence.total > 0
+    assert index.window_digests()
+    assert store.chunks.missing(index.window_digests()) == set()
     assert store.content.ingests() == []  # the partial file went once the layer was in
 
 
