@@ -40,6 +40,7 @@ demo: deps
 bench: deps
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m tools.bench.index
+	$(BIN)/python -m tools.bench.pull
 	$(BIN)/python -m tools.bench.read
 	$(BIN)/python -m tools.bench.startup
 	$(BIN)/python -m tools.bench.containerd
