@@ -44,6 +44,7 @@ bench: deps
 	rm -f $(BENCH_RESULTS)
 	export FUSESNAP_BENCH_RESULTS=$(CURDIR)/$(BENCH_RESULTS) && \
 	$(BIN)/python -m tools.bench.index && \
+	$(BIN)/python -m tools.bench.pull && \
 	$(BIN)/python -m tools.bench.read && \
 	$(BIN)/python -m tools.bench.startup && \
 	$(BIN)/python -m tools.bench.startup --unshaped && \

@@ -30,11 +30,11 @@ spacing is exact in uncompressed bytes, its export format (``GZIDX``) is
 small and documented in zran.c, and it is plain single-threaded C.
 
 Neither library notices a gzip stream truncated mid-way (both return short
-data silently), so the pass that verifies a layer uses Python's zlib
-(`fusesnap.index.tar`), and checkpoints are built by a *second* pass over
-the local blob (`build_checkpoints`): neither library can be fed from the
-first pass, they pull from a seekable file. The second pass costs 35-60% of
-the first (``python -m tools.bench.index``).
+data silently), so the pass that verifies a layer inflates with zlib itself
+(`fusesnap.index.inflate`, through ctypes with ``Z_BLOCK`` as zran does) and
+notes the checkpoints on the way: the same points `build_checkpoints` finds
+(a test holds them equal), without a second pass over the blob, which cost
+35-60% of the first. `build_checkpoints` stays for a gzip blob on its own.
 
 Why 256 KiB: a read inflates from the checkpoint before it, so a small file
 costs up to one spacing of compressed bytes. The windows are most of the

@@ -8,16 +8,19 @@ it reaches the tar parser. It is a forward-only file for ``tarfile``: ``read``,
 
 Decompression is strict where the random-access libraries are not: a stream
 that ends inside a gzip member or zstd frame, bytes after the last member that
-are not another member, or a bad CRC raise `StreamCorrupt`. Output comes in
-bounded pieces: zlib's ``max_length`` caps gzip at 1 MiB per call;
-python-zstandard has no such cap, so input goes in 1 KiB at a time (zstd
-expands at most ~32768x, so one call yields at most ~32 MiB).
+are not another member, or a bad CRC raise `StreamCorrupt`. A gzip stream is
+inflated by `fusesnap.index.inflate`, which also notes its random-access
+checkpoints (``checkpointer``) in the same pass. Output comes in bounded
+pieces: at most 1 MiB per zlib call for gzip; python-zstandard has no such
+cap, so input goes in 1 KiB at a time (zstd expands at most ~32768x, so one
+call yields at most ~32 MiB).
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -25,11 +28,13 @@ from typing import BinaryIO
 import zstandard
 
 from fusesnap.digest import Verifier
+from fusesnap.index.inflate import GzipCheckpointer, StreamCorrupt, gzip_blocks
 
 _IN_BLOCK = 256 << 10
 _OUT_BLOCK = 1 << 20
 _ZSTD_PIECE = 1 << 10
-_GZIP_MAGIC = b"\x1f\x8b"
+# Blocks (up to 1 MiB each) the decompressing thread may run ahead of the tar parser.
+_AHEAD = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +54,6 @@ class Limits:
     max_header: int = 16 << 20
 
 
-class StreamCorrupt(Exception):
-    """The blob is not a valid (or an acceptable) compressed tar stream; tarindex maps it."""
-
-
 class LayerStream:
     def __init__(
         self,
@@ -62,6 +63,7 @@ class LayerStream:
         *,
         limits: Limits,
         max_read: int,
+        checkpointer: GzipCheckpointer | None = None,
     ) -> None:
         self._verifier = verifier
         self._limits = limits
@@ -79,11 +81,22 @@ class LayerStream:
             return data
 
         decoders: dict[str, Callable[[Callable[[int], bytes]], Iterator[bytes]]] = {
-            "gzip": _gzip_blocks,
+            "gzip": lambda read: gzip_blocks(read, checkpointer),
             "zstd": _zstd_blocks,
             "none": _plain_blocks,
         }
-        self._blocks = decoders[compression](read)
+        blocks = decoders[compression](read)
+
+        def accounted() -> Iterator[bytes]:
+            for block in blocks:
+                self._account(block)
+                yield block
+
+        self._blocks = _ReadAhead(accounted())
+
+    def close(self) -> None:
+        """Stop reading the blob (the read-ahead thread ends). Idempotent."""
+        self._blocks.close()
 
     # -- the file interface tarfile uses ---------------------------------------------------
 
@@ -159,9 +172,7 @@ class LayerStream:
         if self.failure is not None:
             raise self.failure
         try:
-            block = next(self._blocks, None)
-            if block is not None:
-                self._account(block)
+            block = self._blocks.next()
         except Exception as exc:
             self.failure = exc
             raise
@@ -184,33 +195,55 @@ class LayerStream:
             )
 
 
-def _gzip_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:
-    pending = read(_IN_BLOCK)
-    if not pending:
-        raise StreamCorrupt("empty gzip stream")
-    d = zlib.decompressobj(wbits=31)  # gzip wrapper: zlib checks each member's CRC and size
-    while True:
-        out = d.decompress(pending, _OUT_BLOCK)
-        if out:
-            yield out
-        if d.eof:
-            # Members may be concatenated (pigz, appends); anything else after one is garbage.
-            pending = d.unused_data
-            while len(pending) < len(_GZIP_MAGIC) and (more := read(_IN_BLOCK)):
-                pending += more
-            if not pending:
-                return
-            if not pending.startswith(_GZIP_MAGIC):
-                raise StreamCorrupt("garbage after the end of the gzip stream")
-            d = zlib.decompressobj(wbits=31)
-            continue
-        pending = d.unconsumed_tail
-        if len(out) == _OUT_BLOCK:
-            continue  # output was capped; zlib may hold more without new input
-        if not pending:
-            pending = read(_IN_BLOCK)
-            if not pending:
-                raise StreamCorrupt("truncated gzip stream")
+class _ReadAhead:
+    """Runs a block iterator in a thread of its own, a few blocks ahead of the reader.
+
+    Reading and hashing the blob, decompressing it and hashing the tar (the
+    iterator) then overlap with parsing and chunking it (the reader): zlib (through
+    ctypes), zstandard and hashlib release the GIL while they work. ``next`` returns
+    None at the end and raises what the iterator raised; ``close`` stops the thread.
+    """
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._queue: queue.Queue[bytes | Exception | None] = queue.Queue(_AHEAD)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(
+            target=self._run, args=(blocks,), name="layer-stream", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, blocks: Iterator[bytes]) -> None:
+        try:
+            for block in blocks:
+                if not self._put(block):
+                    return
+            self._put(None)
+        except Exception as exc:
+            self._put(exc)
+
+    def _put(self, item: bytes | Exception | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> bytes | None:
+        if self._done:
+            return None
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            self._done = True
+            raise item
+        self._done = item is None
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _zstd_blocks(read: Callable[[int], bytes]) -> Iterator[bytes]:

@@ -1,16 +1,14 @@
 """Build a `LayerIndex` by streaming a layer blob once.
 
 One pass over the compressed blob does everything: hash it (the layer digest),
-decompress it with Python's zlib or zstandard (both notice truncation, unlike
-the random-access libraries), hash the tar stream (the diff ID), parse the tar
+decompress it (zlib through `fusesnap.index.inflate`, which also notes the gzip
+random-access checkpoints, or zstandard; both notice truncation, unlike the
+random-access libraries), hash the tar stream (the diff ID), parse the tar
 headers with the stdlib ``tarfile`` (it reports each member's data offset), and
 cut every regular file into chunks that go to ``on_chunk``. Memory stays
 bounded: file data is read chunk by chunk, decompressor output in 1 MiB
 pieces, and a tar metadata record (PAX, GNU long name) may not exceed
-``Limits.max_header``.
-
-A gzip layer that can be re-read (a seekable file) then gets its random-access
-checkpoints from a second pass (`fusesnap.index.gzipindex`, which says why).
+``Limits.max_header``. The blob can come from a pipe: it is never re-read.
 
 Errors: every failure of the blob itself (corrupt or truncated compression,
 bad tar headers, unsafe paths, limits exceeded) is a `LayerError` whose
@@ -37,6 +35,7 @@ import zstandard
 
 from fusesnap.digest import Digest, Verifier
 from fusesnap.index import gzipindex
+from fusesnap.index.inflate import WINDOW_SIZE, GzipCheckpointer
 from fusesnap.index.model import (
     DEFAULT_CHUNK_SIZE,
     ChunkRef,
@@ -88,6 +87,7 @@ def build_index(
     on_chunk: OnChunk | None = None,
     limits: Limits = _DEFAULT_LIMITS,
     checkpoint_spacing: int = gzipindex.DEFAULT_SPACING,
+    on_window: OnChunk | None = None,
 ) -> LayerIndex:
     """Index the layer blob read from ``fileobj`` (from its current position to EOF).
 
@@ -98,9 +98,9 @@ def build_index(
     hash), but the caller should hold a lease so that an aborted build leaves
     nothing that GC keeps.
 
-    For gzip layers, ``checkpoints`` is filled only when ``fileobj`` is
-    seekable (it is read a second time); otherwise it is None and
-    `gzipindex.build_checkpoints` can add it later from the stored blob.
+    For gzip layers, ``checkpoints`` holds the random-access points found
+    every ``checkpoint_spacing`` bytes of output in the same pass;
+    ``on_window(sha256, window)`` gets each point's window as it is found.
 
     Raise `DigestMismatchError` if the blob does not hash to ``layer_digest``,
     `LayerError` if it is not a usable layer, `ManifestError` for an
@@ -110,36 +110,44 @@ def build_index(
     compression = layer_compression(media_type)
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
-    start = fileobj.tell() if fileobj.seekable() else None
     verifier = Verifier(digest)
+    checkpointer = (
+        GzipCheckpointer(checkpoint_spacing, on_window) if compression == "gzip" else None
+    )
     stream = LayerStream(
         fileobj,
         compression,
         verifier,
         limits=limits,
         max_read=max(limits.max_header, chunk_size),
+        checkpointer=checkpointer,
     )
     scanner = _Scanner(digest, stream, chunk_size, on_chunk, limits)
     try:
         entries = scanner.scan()
         stream.drain()
     except (StreamCorrupt, tarfile.TarError, zlib.error, zstandard.ZstdError, EOFError) as exc:
+        stream.close()
         _check_rest(fileobj, verifier)
         # tarfile turns a zlib error into ReadError; the stream kept the original.
         cause = stream.failure or exc
         raise LayerError(f"layer {digest.short}: {_describe(cause)}") from None
     except LayerError:
+        stream.close()
         _check_rest(fileobj, verifier)
         raise
+    finally:
+        stream.close()  # the read-ahead thread is done by now unless something failed
     verifier.check(what="layer")
     checkpoints: GzipCheckpoints | None = None
-    if compression == "gzip" and start is not None:
-        fileobj.seek(start)
-        checkpoints = gzipindex.build_checkpoints(
-            fileobj, spacing=checkpoint_spacing, what=f"layer {digest.short}"
+    if checkpointer is not None:
+        checkpoints = GzipCheckpoints(
+            compressed_size=verifier.count,
+            uncompressed_size=stream.uncompressed,
+            spacing=checkpointer.spacing,
+            window_size=WINDOW_SIZE,
+            points=tuple(checkpointer.points),
         )
-        if checkpoints.uncompressed_size != stream.uncompressed:
-            raise LayerError(f"layer {digest.short}: gzip index disagrees with the stream size")
     return LayerIndex(
         layer_digest=digest,
         diff_id=Digest(f"sha256:{stream.diff_id_hex()}"),

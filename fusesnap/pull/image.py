@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -146,9 +146,11 @@ async def pull(
                 f"manifest {len(manifest.layers)}"
             )
         layers = list(zip(manifest.layers, config_doc.diff_ids, strict=True))
-        for layer, _ in layers:
-            await protect(layer.digest)
-            await run_blocking(store.leases.add_resource, lease, Resource("layer", layer.digest))
+        # One write (one disk sync) for all of them: it is on the way to the first layer byte.
+        protected = [
+            Resource(kind, layer.digest) for layer, _ in layers for kind in ("content", "layer")
+        ]
+        await run_blocking(store.leases.add_resources, lease, protected)
 
         job = LayerJob(store, client, ref, layers, progress, counter, limits, concurrency)
         cached = await run_blocking(_cached_chain, store, layers, not lazy)
@@ -168,7 +170,7 @@ async def pull(
             outcomes, artifact = await job.complete_all(), None
 
         if check is not None:
-            await run_blocking(_check_layers, store, manifest.layers, check)
+            await run_blocking(_check_layers, store, manifest.layers, check, job.indexes)
 
         plat = resolved.manifest.platform or config_doc.platform
         name = image_name(ref)
@@ -238,5 +240,6 @@ def _check_layers(
     store: Store,
     layers: Sequence[Descriptor],
     check: Callable[[Sequence[LayerIndex]], object],
+    known: Mapping[Digest, LayerIndex],
 ) -> None:
-    check([decode(store.layers.index(layer.digest)) for layer in layers])
+    check([known.get(d.digest) or decode(store.layers.index(d.digest)) for d in layers])

@@ -61,7 +61,8 @@ from fusesnap.index import (
 )
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
-from fusesnap.pull.indexing import ingest_layer_file, store_layer_index
+from fusesnap.pull.indexing import store_layer_index
+from fusesnap.pull.streaming import Restart, download_and_ingest
 from fusesnap.pull.tocs import Fetch, read_estargz_index, read_zstdchunked_index
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
@@ -84,8 +85,6 @@ log = logging.getLogger(__name__)
 
 # Another process may be ingesting the same blob; wait for it this often.
 _LOCKED_POLL = 0.5
-# Writes to the ingest file are batched so that a thread hop is not paid per packet.
-_FLUSH_SIZE = 1 << 20
 
 
 class PullProgress(Protocol):
@@ -318,36 +317,6 @@ def layer_complete(store: Store, digest: Digest) -> bool:
     return presence.present == presence.total
 
 
-class _IngestSink:
-    """Adapts the store's (blocking) ingest writer to the client's `BlobSink`."""
-
-    def __init__(self, writer: object, progress: PullProgress) -> None:
-        self._writer = writer
-        self._buffer = bytearray()
-        self._progress = progress
-        self.received = 0
-
-    @property
-    def offset(self) -> int:
-        return int(self._writer.offset) + len(self._buffer)  # type: ignore[attr-defined]
-
-    async def write(self, data: bytes) -> None:
-        self._buffer += data
-        self.received += len(data)
-        self._progress.advance(len(data))
-        if len(self._buffer) >= _FLUSH_SIZE:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._buffer:
-            data, self._buffer = bytes(self._buffer), bytearray()
-            await run_blocking(self._writer.write, data)  # type: ignore[attr-defined]
-
-    async def reset(self) -> None:
-        self._buffer.clear()
-        await run_blocking(self._writer.reset)  # type: ignore[attr-defined]
-
-
 async def stream_layer(
     store: Store,
     client: RegistryClient,
@@ -359,8 +328,9 @@ async def stream_layer(
     counter: FetchCounter | None = None,
     limits: Limits | None = None,
 ) -> LayerIndex:
-    """Download ``layer`` to a resumable ingest file, verify it, index it and store its
-    chunks and record (source ``built``); return its index.
+    """Download ``layer`` to a resumable ingest file and index it and store its chunks
+    and record as it arrives (source ``built``; `fusesnap.pull.streaming`); return its
+    index.
 
     A layer already complete in the store is not fetched. If another process is
     ingesting the same blob, wait for it. The caller holds the leases (module docstring).
@@ -383,16 +353,20 @@ async def stream_layer(
         try:
             if writer.offset:
                 progress.advance(writer.offset)
-            sink = _IngestSink(writer, progress)
-            await client.download_blob(ref, layer, sink)
-            await sink.flush()
-            path = await run_blocking(writer.verified_path)
-            counter.add(sink.received)
-            index = await run_blocking(
-                partial(ingest_layer_file, store, path, layer, diff_id=diff_id, limits=limits)
+            index, received = await download_and_ingest(
+                store,
+                client,
+                ref,
+                layer,
+                diff_id,
+                writer,
+                on_bytes=progress.advance,
+                limits=limits,
             )
-            await run_blocking(writer.abort)
+            counter.add(received)
             return index
+        except Restart as exc:
+            log.info("layer %s: %s", layer.digest.short, exc)
         finally:
             with trio.CancelScope(shield=True):
                 await run_blocking(writer.close)

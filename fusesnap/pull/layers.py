@@ -95,6 +95,8 @@ class LayerJob:
     limiter: trio.CapacityLimiter = field(init=False)
     unique: dict[Digest, tuple[Descriptor, Digest]] = field(init=False)
     done: dict[Digest, LayerOutcome] = field(default_factory=dict, init=False)
+    # The indexes of the layers streamed here, as stored (the check need not decode them).
+    indexes: dict[Digest, LayerIndex] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.limiter = trio.CapacityLimiter(max(1, self.concurrency))
@@ -214,7 +216,7 @@ class LayerJob:
                 await self._fetch_missing(fetcher, index, layer)
                 action, text = "ranges", "missing chunks fetched by range"
             else:
-                await stream_layer(
+                self.indexes[layer.digest] = await stream_layer(
                     self.store,
                     self.client,
                     self.ref,

@@ -112,7 +112,11 @@ class ChunkStore:
         self.level = level
 
     def put_many(
-        self, items: Iterable[tuple[bytes, bytes]], *, verified: bool = False
+        self,
+        items: Iterable[tuple[bytes, bytes]],
+        *,
+        verified: bool = False,
+        level: int | None = None,
     ) -> ChunkPutStats:
         """Store ``(digest, data)`` pairs that are not stored yet, in one
         write transaction.
@@ -120,8 +124,10 @@ class ChunkStore:
         Every chunk is hashed first: one that does not match its digest
         raises `DigestMismatchError` and nothing of the batch is stored.
         ``verified=True`` skips that for a caller that has just hashed each
-        chunk against its digest itself (the fetcher, `cut_span`): hashing it
-        twice proves nothing more. Only the missing chunks are compressed.
+        chunk against its digest itself (the fetcher, `cut_span`, a layer being
+        indexed): hashing it twice proves nothing more. Only the missing chunks
+        are compressed (a re-pull costs hashes), at zstd ``level`` (default: the
+        store's).
         """
         batch: dict[bytes, bytes] = {}
         repeated = 0
@@ -137,7 +143,8 @@ class ChunkStore:
             else:
                 batch[key] = data
         absent = self.missing(batch)
-        encoded = sorted((key, encode(batch[key], self.level, digest=key)) for key in absent)
+        zlevel = self.level if level is None else level
+        encoded = sorted((key, encode(batch[key], zlevel, digest=key)) for key in absent)
         new = raw = stored = 0
         if encoded:
             db = self._env.db(CHUNKS)

@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from fusesnap.errors import DigestMismatchError, ManifestError
-from fusesnap.index import EntryType, LayerIndex, build_index, decode, encode
+from fusesnap.index import EntryType, LayerIndex, build_index, decode, encode, gzipindex
 from fusesnap.oci import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 
 CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -276,12 +276,13 @@ def test_multi_member_gzip_and_multi_frame_zstd_with_skippable_frame():
     assert index(zst, OCI_LAYER_ZSTD).diff_id == sha(tar)
 
 
-def test_gzip_checkpoints_need_a_seekable_source():
+def test_gzip_checkpoints_come_from_the_one_pass_even_from_a_pipe():
     blob = gzip.compress(make_tar(SAMPLE))
-    idx = build_index(
-        io.BufferedReader(Unseekable(blob)), layer_digest=sha(blob), media_type=OCI_LAYER_GZIP
-    )
-    assert idx.checkpoints is None
+    source = Unseekable(blob)
+    idx = build_index(io.BufferedReader(source), layer_digest=sha(blob), media_type=OCI_LAYER_GZIP)
+    assert source.consumed == len(blob)  # read once
+    assert idx.checkpoints is not None
+    assert idx.checkpoints == gzipindex.build_checkpoints(io.BytesIO(blob))
     assert idx.entries == index(blob, OCI_LAYER_GZIP).entries
 
 

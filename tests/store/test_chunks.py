@@ -14,6 +14,7 @@ import zstandard
 
 from fusesnap.errors import DigestMismatchError, InvalidDigestError, NotFoundError, StoreError
 from fusesnap.store import ChunkPutStats, ChunkStats, Store
+from fusesnap.store.chunkformat import encode
 from fusesnap.store.chunks import FRAME_SIZE
 from fusesnap.store.schema import CHUNK_FRAMES, CHUNK_RAW, CHUNK_ZSTD, CHUNKS
 
@@ -115,6 +116,16 @@ def test_a_bad_chunk_fails_the_whole_batch(store: Store) -> None:
     assert str(exc.value).startswith(f"chunk {bad_digest.hex()[:12]}: digest mismatch")
     assert store.chunks.stats() == ChunkStats(0, 0)
     assert store.chunks.missing(d for d, _ in batch) == {d for d, _ in batch}
+
+
+def test_put_many_at_another_level_with_digests_the_caller_checked(store: Store) -> None:
+    digest, data = chunk(TEXT)
+    store.chunks.put_many([(digest, data)], level=1, verified=True)
+    fast = stored_value(store, digest)
+    assert fast[0] == CHUNK_FRAMES
+    assert store.chunks.get(digest) == TEXT
+    # the level was used
+    assert fast == encode(TEXT, 1, digest=digest) != encode(TEXT, store.chunks.level, digest=digest)
 
 
 def test_invalid_digests_are_rejected(store: Store) -> None:
