@@ -1,0 +1,159 @@
+"""Which host an operation goes to: mirrors first, the next on failure, the server last.
+
+One operation (a manifest, a blob, a range) runs against a registry's hosts
+(`fusesnap.registry.hosts`) that have the capability it needs, in their
+configured order, except that hosts which failed lately are put last::
+
+    run_on_hosts(hosts, health, retry, attempt)
+      host = first of health.order(hosts) not yet refused
+      attempt(host)            ok            -> health.succeeded(host); the result
+                               unavailable   -> health.failed(host): skipped for a while
+                               (connect/reset, timeout, 5xx, 429, a short body)
+                                             -> the next host at once; once every host
+                                                is down, wait as the retry policy says
+                               refused by a mirror (404, 401/403, a digest that does not
+                               match, an unexpected status)
+                                             -> the next host (a mismatch also marks
+                                                the mirror down: it is not trusted)
+                               refused by the last host (the server) -> raised
+
+A host that failed is skipped for `HostHealth.backoff` seconds, doubled with
+each failure in a row up to ``max_backoff``; after that one operation tries it
+again, and a success makes it first again. With one host (no hosts.toml) this
+is `with_retries` exactly. Every byte is still verified by the caller, whichever
+host sent it.
+
+Concurrency: `HostHealth` is shared by every task of one client (trio: no locks).
+Cancellation passes through; a cancelled attempt marks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fusesnap.errors import FusesnapError, RegistryNotFoundError, RegistryUnavailableError
+from fusesnap.registry.hosts import RegistryHost
+from fusesnap.registry.retry import RETRYABLE, RetryableError, RetryPolicy, describe, with_retries
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["HostHealth", "run_on_hosts"]
+
+
+@dataclass(slots=True)
+class _Down:
+    until: float
+    failures: int
+
+
+class HostHealth:
+    """Hosts that failed lately, and until when each is skipped.
+
+    ``backoff`` seconds after the first failure, doubling with each further one
+    in a row, at most ``max_backoff``. ``clock`` is monotonic seconds (tests pass
+    their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        backoff: float = 10.0,
+        max_backoff: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._clock = clock
+        self._down: dict[RegistryHost, _Down] = {}
+
+    def is_up(self, host: RegistryHost) -> bool:
+        down = self._down.get(host)
+        return down is None or down.until <= self._clock()
+
+    def order(self, hosts: Sequence[RegistryHost]) -> list[RegistryHost]:
+        """``hosts`` as configured, those being skipped moved last (soonest back first)."""
+        up = [h for h in hosts if self.is_up(h)]
+        down = sorted((h for h in hosts if not self.is_up(h)), key=lambda h: self._down[h].until)
+        return up + down
+
+    def failed(self, host: RegistryHost, cause: str) -> None:
+        """Skip ``host`` for a while; say so once per outage."""
+        previous = self._down.get(host)
+        failures = previous.failures + 1 if previous else 1
+        delay = min(self.backoff * 2 ** (failures - 1), self.max_backoff)
+        if previous is None or previous.until <= self._clock():
+            log.warning(
+                "registry host %s failed (%s); skipping it for %g s", host.name, cause, delay
+            )
+        self._down[host] = _Down(until=self._clock() + delay, failures=failures)
+
+    def succeeded(self, host: RegistryHost) -> None:
+        if self._down.pop(host, None) is not None:
+            log.warning("registry host %s answers again", host.name)
+
+    def skipped(self) -> list[str]:
+        """The hosts being skipped now (for stats and messages)."""
+        return [h.name for h in self._down if not self.is_up(h)]
+
+
+async def run_on_hosts(
+    hosts: Sequence[RegistryHost],
+    health: HostHealth,
+    policy: RetryPolicy,
+    attempt: Callable[[RegistryHost], Awaitable[T]],
+    *,
+    registry: str,
+    what: str,
+) -> T:
+    """``attempt(host)`` on the first host that does it (module docstring).
+
+    Raises what the last host (the server) raised, or `RegistryUnavailableError`
+    once ``policy.attempts + len(hosts) - 1`` attempts failed as unavailable.
+    """
+    if len(hosts) == 1:
+        host = hosts[0]
+        return await with_retries(policy, lambda: attempt(host), host=registry, what=what)
+    last = hosts[-1]
+    budget = policy.attempts + len(hosts) - 1
+    refused: set[RegistryHost] = set()
+    failures = 0
+    error: FusesnapError | None = None
+    while True:
+        candidates = [h for h in health.order(hosts) if h not in refused]
+        if not candidates:
+            assert error is not None
+            raise error
+        host = candidates[0]
+        try:
+            result = await attempt(host)
+        except RETRYABLE as exc:
+            cause = describe(exc)
+            health.failed(host, cause)
+            failures += 1
+            if failures >= budget:
+                raise RegistryUnavailableError(
+                    f"registry {registry}: {what}: giving up after {failures} attempts"
+                    f" on {len(hosts)} hosts ({host.name}: {cause})"
+                ) from exc
+            following = [h for h in health.order(hosts) if h not in refused]
+            if following and not health.is_up(following[0]):
+                retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+                await policy.sleep(policy.delay(failures, retry_after))
+            continue
+        except FusesnapError as exc:
+            if host == last:
+                raise
+            if not isinstance(exc, RegistryNotFoundError):
+                health.failed(host, str(exc))  # a mirror that lies or refuses us stays out
+            log.debug("registry %s: %s: host %s refused (%s)", registry, what, host.name, exc)
+            refused.add(host)
+            error = exc
+            continue
+        health.succeeded(host)
+        return result
