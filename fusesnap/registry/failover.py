@@ -17,9 +17,9 @@ configured order, except that hosts which failed lately are put last::
                                                 the mirror down: it is not trusted)
                                refused by the last host (the server) -> raised
 
-A host that failed is skipped for `HostHealth.backoff` seconds, doubled with
-each failure in a row up to ``max_backoff``; after that one operation tries it
-again, and a success makes it first again. With one host (no hosts.toml) this
+A host that failed is skipped for `HostHealth.backoff` seconds, doubled each
+time it fails again when tried after that, up to ``max_backoff``; a success
+makes it first again. With one host (no hosts.toml) this
 is `with_retries` exactly. Every byte is still verified by the caller, whichever
 host sent it.
 
@@ -83,15 +83,16 @@ class HostHealth:
         return up + down
 
     def failed(self, host: RegistryHost, cause: str) -> None:
-        """Skip ``host`` for a while; say so once per outage."""
+        """Skip ``host`` for a while; say so once per outage. Requests that were in flight
+        when it went down fail too: while it is skipped, they change nothing."""
+        now = self._clock()
         previous = self._down.get(host)
+        if previous is not None and previous.until > now:
+            return
         failures = previous.failures + 1 if previous else 1
         delay = min(self.backoff * 2 ** (failures - 1), self.max_backoff)
-        if previous is None or previous.until <= self._clock():
-            log.warning(
-                "registry host %s failed (%s); skipping it for %g s", host.name, cause, delay
-            )
-        self._down[host] = _Down(until=self._clock() + delay, failures=failures)
+        log.warning("registry host %s failed (%s); skipping it for %g s", host.name, cause, delay)
+        self._down[host] = _Down(until=now + delay, failures=failures)
 
     def succeeded(self, host: RegistryHost) -> None:
         if self._down.pop(host, None) is not None:
@@ -117,19 +118,24 @@ async def run_on_hosts(
     once ``policy.attempts + len(hosts) - 1`` attempts failed as unavailable.
     """
     if len(hosts) == 1:
-        host = hosts[0]
-        return await with_retries(policy, lambda: attempt(host), host=registry, what=what)
+        only = hosts[0]
+        return await with_retries(policy, lambda: attempt(only), host=registry, what=what)
     last = hosts[-1]
     budget = policy.attempts + len(hosts) - 1
     refused: set[RegistryHost] = set()
+    tries: dict[RegistryHost, int] = dict.fromkeys(hosts, 0)
     failures = 0
     error: FusesnapError | None = None
-    while True:
+
+    def pick() -> RegistryHost | None:
+        """The first host up; with all down, the least tried in this operation."""
         candidates = [h for h in health.order(hosts) if h not in refused]
-        if not candidates:
-            assert error is not None
-            raise error
-        host = candidates[0]
+        up = [h for h in candidates if health.is_up(h)]
+        return up[0] if up else min(candidates, key=tries.__getitem__, default=None)
+
+    host = pick()
+    while host is not None:
+        tries[host] += 1
         try:
             result = await attempt(host)
         except RETRYABLE as exc:
@@ -141,8 +147,8 @@ async def run_on_hosts(
                     f"registry {registry}: {what}: giving up after {failures} attempts"
                     f" on {len(hosts)} hosts ({host.name}: {cause})"
                 ) from exc
-            following = [h for h in health.order(hosts) if h not in refused]
-            if following and not health.is_up(following[0]):
+            host = pick()
+            if host is not None and not health.is_up(host):
                 retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
                 await policy.sleep(policy.delay(failures, retry_after))
             continue
@@ -154,6 +160,9 @@ async def run_on_hosts(
             log.debug("registry %s: %s: host %s refused (%s)", registry, what, host.name, exc)
             refused.add(host)
             error = exc
+            host = pick()
             continue
         health.succeeded(host)
         return result
+    assert error is not None  # every host refused: the last refusal says why
+    raise error

@@ -113,6 +113,20 @@ async def test_backoff_doubles_while_the_mirror_stays_down(
     assert waits == [10, 20, 40, 40]  # doubled, capped at max_backoff
 
 
+def test_requests_in_flight_when_a_host_dies_count_as_one_failure(
+    health: HostHealth, clock: Clock
+) -> None:
+    for _ in range(5):
+        health.failed(MIRROR, "reset")
+    clock.now += 10
+    assert health.is_up(MIRROR)
+    health.failed(MIRROR, "refused")
+    clock.now += 19
+    assert not health.is_up(MIRROR)  # the second outage: 20 s
+    clock.now += 1
+    assert health.is_up(MIRROR)
+
+
 @pytest.mark.parametrize(
     "failure",
     [
