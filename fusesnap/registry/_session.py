@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A mirror that stops answering is given up on well within a lazy read's own
+# deadline (60 s), so that the read can still be served by the next host.
+MIRROR_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+
 
 def where(ref: Reference, host: RegistryHost) -> str:
     """How messages name the registry an operation went to: ``registry R`` or, on a
@@ -220,9 +224,14 @@ class RegistrySession:
         content: bytes | None,
     ) -> httpx.Response:
         client = await self._clients.for_host(host)
-        timeout = client.timeout
+        timeout = MIRROR_TIMEOUT if host.mirror else client.timeout
         if host.dial_timeout is not None:
-            timeout = httpx.Timeout(timeout, connect=host.dial_timeout)
+            timeout = httpx.Timeout(
+                connect=host.dial_timeout,
+                read=timeout.read,
+                write=timeout.write,
+                pool=timeout.pool,
+            )
 
         def build(url: str) -> httpx.Request:
             return client.build_request(

@@ -404,3 +404,24 @@ async def test_a_download_cut_by_a_dying_mirror_resumes_on_the_origin(
     assert sink.resets == 0
     (resumed,) = pair.origin.api_requests("/blobs/")
     assert resumed.headers["range"] == "bytes=1000-"
+
+
+async def test_a_mirror_gets_short_timeouts_and_its_dial_timeout(
+    pair: Pair, hosts_dir: Path, health: HostHealth, sleeps: Sleeps
+) -> None:
+    """A mirror that hangs is given up on well within a lazy read's deadline (60 s)."""
+    pair.add_image()
+    async with connect(pair, hosts_dir, health, sleeps) as client:
+        await client.resolve(REF)
+        (hosts_dir / "registry.example" / "hosts.toml").write_text(
+            '[host."http://mirror.example"]\ndial_timeout = "1500ms"\n'
+        )
+    async with connect(pair, hosts_dir, health, sleeps) as client:
+        await client.resolve(REF)
+    first, second = (r.extensions["timeout"] for r in pair.mirror.requests)
+    assert (first["connect"], first["read"]) == (5.0, 20.0)
+    assert (second["connect"], second["read"]) == (1.5, 20.0)
+    pair.down = True
+    async with connect(pair, hosts_dir, health, sleeps) as client:
+        await client.resolve(REF)
+    assert pair.origin.requests[0].extensions["timeout"]["read"] == 60.0
