@@ -50,14 +50,17 @@ __all__ = ["HostHealth", "run_on_hosts"]
 class _Down:
     until: float
     failures: int
+    probing: bool = False  # one operation is trying it again; the others still skip it
 
 
 class HostHealth:
     """Hosts that failed lately, and until when each is skipped.
 
     ``backoff`` seconds after the first failure, doubling with each further one
-    in a row, at most ``max_backoff``. ``clock`` is monotonic seconds (tests pass
-    their own).
+    in a row, at most ``max_backoff``. When that runs out, one operation tries the
+    host again (`claim`) while the others go on skipping it: a host that hangs
+    stalls one operation per round, not every one. ``clock`` is monotonic seconds
+    (tests pass their own).
     """
 
     def __init__(
@@ -74,7 +77,21 @@ class HostHealth:
 
     def is_up(self, host: RegistryHost) -> bool:
         down = self._down.get(host)
-        return down is None or down.until <= self._clock()
+        return down is None or (down.until <= self._clock() and not down.probing)
+
+    def claim(self, host: RegistryHost) -> bool:
+        """Before an attempt on ``host``: True if it is the one that tries a host whose
+        skip ran out (give it back with `release` however the attempt ends)."""
+        down = self._down.get(host)
+        if down is None or down.probing or down.until > self._clock():
+            return False
+        down.probing = True
+        return True
+
+    def release(self, host: RegistryHost) -> None:
+        down = self._down.get(host)
+        if down is not None:
+            down.probing = False
 
     def order(self, hosts: Sequence[RegistryHost]) -> list[RegistryHost]:
         """``hosts`` as configured, those being skipped moved last (soonest back first)."""
@@ -136,6 +153,7 @@ async def run_on_hosts(
     host = pick()
     while host is not None:
         tries[host] += 1
+        probe = host if health.claim(host) else None
         try:
             result = await attempt(host)
         except RETRYABLE as exc:
@@ -162,6 +180,9 @@ async def run_on_hosts(
             error = exc
             host = pick()
             continue
+        finally:
+            if probe is not None:  # after failed(), succeeded() or a cancellation alike
+                health.release(probe)
         health.succeeded(host)
         return result
     assert error is not None  # every host refused: the last refusal says why

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from fusesnap.digest import Digest
 from fusesnap.errors import (
@@ -124,6 +126,61 @@ def test_requests_in_flight_when_a_host_dies_count_as_one_failure(
     clock.now += 19
     assert not health.is_up(MIRROR)  # the second outage: 20 s
     clock.now += 1
+    assert health.is_up(MIRROR)
+
+
+async def test_one_operation_tries_a_host_again_while_the_others_skip_it(
+    health: HostHealth, sleeps: Sleeps, clock: Clock
+) -> None:
+    health.failed(MIRROR, "refused")
+    clock.now += 11
+    hung = trio.Event()
+    calls: list[str] = []
+
+    async def attempt(host: RegistryHost) -> str:
+        calls.append(host.host)
+        if host == MIRROR:
+            await hung.wait()
+            raise httpx.ReadTimeout("timed out")
+        return "o"
+
+    results: list[str] = []
+
+    async def operation() -> None:
+        order = (MIRROR, ORIGIN)
+        results.append(
+            await run_on_hosts(order, health, policy(sleeps), attempt, registry="r", what="x")
+        )
+
+    # (Were the others to wait for the hung probe, fail instead of hanging.)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(operation)
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(3):  # while the probe hangs, the others go to the origin
+                with trio.move_on_after(5):
+                    await operation()
+            assert calls == ["mirror.example"] + ["origin.example"] * 3
+            hung.set()
+    assert results == ["o"] * 4
+    clock.now += 19
+    assert not health.is_up(MIRROR)  # the probe failed: skipped again, 20 s this time
+    clock.now += 1
+    assert health.is_up(MIRROR)
+
+
+async def test_a_cancelled_probe_leaves_the_host_to_the_next_operation(
+    health: HostHealth, sleeps: Sleeps, clock: Clock
+) -> None:
+    health.failed(MIRROR, "refused")
+    clock.now += 11
+
+    async def hang(host: RegistryHost) -> str:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    with trio.move_on_after(0.01):
+        await run_on_hosts((MIRROR, ORIGIN), health, policy(sleeps), hang, registry="r", what="x")
     assert health.is_up(MIRROR)
 
 
