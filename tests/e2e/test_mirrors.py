@@ -66,20 +66,41 @@ def mirror(registry: Registry, tmp_path: Path) -> Iterator[Registry]:
         yield reg
 
 
-@pytest.mark.slow
-def test_a_lazy_mount_keeps_serving_when_its_mirror_dies(
-    registry: Registry, faulty: FaultProxy, mirror: Registry, tmp_path: Path
-) -> None:
-    img: PushedImage = build_and_push("debian", registry)
-    run(tmp_path / "builder", "index", "--push", img.ref, timeout=600)  # another machine
-    rootfs = img.unpack(tmp_path / "unpacked")
+@pytest.fixture(scope="module")
+def indexed_debian(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PushedImage, Path]:
+    """The Debian image with an index artifact (a lazy mount fetches only what is read),
+    and its ``umoci unpack``."""
+    img = build_and_push("debian", registry)
+    work = tmp_path_factory.mktemp("debian")
+    run(work / "builder", "index", "--push", img.ref, timeout=600)  # another machine
+    return img, img.unpack(work / "unpacked")
+
+
+def mount_through(
+    img: PushedImage, mirror: Registry, origin: FaultProxy, tmp_path: Path
+) -> tuple[Path, Path, dict[str, str]]:
+    """Mount ``img`` lazily (no prefetch) with ``mirror`` first and ``origin`` as the server."""
     env = {
-        "FUSESNAP_HOSTS_DIR": str(write_hosts(tmp_path / "hosts", img.host, mirror, faulty.host))
+        "FUSESNAP_HOSTS_DIR": str(write_hosts(tmp_path / "hosts", img.host, mirror, origin.host))
     }
     root, mnt = tmp_path / "store", tmp_path / "mnt"
     mnt.mkdir()
-    faulty.reset()
+    origin.reset()
     run(root, "mount", "--prefetch", "none", img.ref, str(mnt), env=env, timeout=600)
+    return root, mnt, env
+
+
+@pytest.mark.slow
+def test_a_lazy_mount_keeps_serving_when_its_mirror_dies(
+    indexed_debian: tuple[PushedImage, Path],
+    faulty: FaultProxy,
+    mirror: Registry,
+    tmp_path: Path,
+) -> None:
+    img, rootfs = indexed_debian
+    root, mnt, env = mount_through(img, mirror, faulty, tmp_path)
     try:
         # 1. Through the mirror: the origin sees none of it.
         for rel in regular_files(rootfs, "etc") + regular_files(rootfs, "usr/bin")[:40]:
@@ -122,6 +143,32 @@ def test_a_lazy_mount_keeps_serving_when_its_mirror_dies(
         logs = "".join(p.read_text() for p in (root / "mounts").glob("*/daemon.log"))
         assert f"registry host {mirror.host} failed" in logs
     finally:
+        run(root, "umount", str(mnt), env=env)
+
+
+@pytest.mark.slow
+def test_a_hung_mirror_is_passed_over(
+    indexed_debian: tuple[PushedImage, Path],
+    faulty: FaultProxy,
+    mirror: Registry,
+    tmp_path: Path,
+) -> None:
+    """A mirror that takes connections and never answers (SIGSTOP): the read that meets
+    it waits out the mirror's 20 s read timeout and is served by the origin, right."""
+    img, rootfs = indexed_debian
+    root, mnt, env = mount_through(img, mirror, faulty, tmp_path)
+    assert mirror.pid is not None
+    try:
+        assert same(mnt, rootfs, "etc/os-release")
+        assert faulty.count(kind="blob") == 0
+        os.kill(mirror.pid, signal.SIGSTOP)
+        for rel in regular_files(rootfs, "usr/bin")[::10]:
+            assert same(mnt, rootfs, rel), rel
+        assert faulty.count(kind="blob") > 0
+        logs = "".join(p.read_text() for p in (root / "mounts").glob("*/daemon.log"))
+        assert f"registry host {mirror.host} failed (ReadTimeout" in logs
+    finally:
+        os.kill(mirror.pid, signal.SIGCONT)
         run(root, "umount", str(mnt), env=env)
 
 
