@@ -5,26 +5,28 @@ One operation (a manifest, a blob, a range) runs against a registry's hosts
 configured order, except that hosts which failed lately are put last::
 
     run_on_hosts(hosts, health, retry, attempt)
-      host = first of health.order(hosts) not yet refused
+      host = the first host up and not refused; all down: the least tried
       attempt(host)            ok            -> health.succeeded(host); the result
                                unavailable   -> health.failed(host): skipped for a while
                                (connect/reset, timeout, 5xx, 429, a short body)
                                              -> the next host at once; once every host
                                                 is down, wait as the retry policy says
                                refused by a mirror (404, 401/403, a digest that does not
-                               match, an unexpected status)
-                                             -> the next host (a mismatch also marks
-                                                the mirror down: it is not trusted)
+                               match, a bad manifest, an unexpected status)
+                                             -> the next host; all but a 404 also skip
+                                                the mirror (it is not trusted)
                                refused by the last host (the server) -> raised
 
 A host that failed is skipped for `HostHealth.backoff` seconds, doubled each
-time it fails again when tried after that, up to ``max_backoff``; a success
-makes it first again. With one host (no hosts.toml) this
-is `with_retries` exactly. Every byte is still verified by the caller, whichever
-host sent it.
+time it fails again when tried after that, up to ``max_backoff``; then one
+operation tries it again while the others go on skipping it; a success makes
+it first again. With one host (no hosts.toml) this is `with_retries` exactly.
+What the attempt checks (digests) decides what counts as a refusal; range
+bytes are verified by the caller, whichever host sent them.
 
 Concurrency: `HostHealth` is shared by every task of one client (trio: no locks).
-Cancellation passes through; a cancelled attempt marks nothing.
+Cancellation passes through; a cancelled attempt marks nothing and gives back
+its claim on the host.
 """
 
 from __future__ import annotations
