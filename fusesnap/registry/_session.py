@@ -224,7 +224,7 @@ class RegistrySession:
         content: bytes | None,
     ) -> httpx.Response:
         client = await self._clients.for_host(host)
-        timeout = MIRROR_TIMEOUT if host.mirror else client.timeout
+        timeout = client.timeout if host.server else MIRROR_TIMEOUT
         if host.dial_timeout is not None:
             timeout = httpx.Timeout(
                 connect=host.dial_timeout,

@@ -79,7 +79,9 @@ class RegistryHost:
 
     ``scheme`` None means the registry's own address with the client's rule for it
     (plain HTTP on loopback, HTTPS elsewhere, ``--insecure-registry``). ``mirror``: a
-    host other than the registry's, asked with ``?ns=REGISTRY`` as containerd does.
+    host other than the registry's, asked with ``?ns=REGISTRY`` as containerd does,
+    with credentials of its own. ``server``: the file's ``server`` (or the registry
+    itself), the last resort, which keeps the client's patient timeouts.
     """
 
     host: str  # host[:port]
@@ -92,6 +94,7 @@ class RegistryHost:
     headers: tuple[tuple[str, str], ...] = ()
     dial_timeout: float | None = None
     mirror: bool = False
+    server: bool = False
     source: str = field(default="", compare=False)  # the hosts.toml it came from
 
     @property
@@ -114,7 +117,7 @@ def api_host(registry: str) -> str:
 
 def default_host(registry: str) -> RegistryHost:
     """The registry itself, with every capability: what a registry without a hosts file uses."""
-    return RegistryHost(host=api_host(registry))
+    return RegistryHost(host=api_host(registry), server=True)
 
 
 def host_directory_names(registry: str) -> list[str]:
@@ -266,7 +269,13 @@ def parse_hosts_file(
         scheme, host, path = _endpoint(server, override_path=override, what=f"{what}: server")
         hosts.append(
             RegistryHost(
-                host=host, path=path, scheme=scheme, mirror=host != own, source=what, **kwargs
+                host=host,
+                path=path,
+                scheme=scheme,
+                mirror=host != own,
+                server=True,
+                source=what,
+                **kwargs,
             )
         )
     return tuple(hosts)

@@ -29,7 +29,7 @@ from tests.lazy.fakeregistry import BrokenStream, FakeRegistry
 
 MIRROR = RegistryHost(host="mirror.example", scheme="http", mirror=True)
 SECOND = RegistryHost(host="second.example", scheme="http", mirror=True)
-ORIGIN = RegistryHost(host="origin.example")
+ORIGIN = RegistryHost(host="origin.example", server=True)
 
 
 class Clock:
@@ -482,3 +482,12 @@ async def test_a_mirror_gets_short_timeouts_and_its_dial_timeout(
     async with connect(pair, hosts_dir, health, sleeps) as client:
         await client.resolve(REF)
     assert pair.origin.requests[0].extensions["timeout"]["read"] == 60.0
+    # A server other than the registry: asked with ?ns=, and as patiently.
+    (hosts_dir / "registry.example" / "hosts.toml").write_text(
+        'server = "http://origin2.example"\n[host."http://mirror.example"]\n'
+    )
+    async with connect(pair, hosts_dir, health, sleeps) as client:
+        await client.resolve(REF)
+    last = pair.origin.requests[-1]
+    assert (last.url.host, last.url.params["ns"]) == ("origin2.example", "registry.example")
+    assert last.extensions["timeout"]["read"] == 60.0

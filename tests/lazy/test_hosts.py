@@ -12,6 +12,7 @@ from fusesnap.registry.hosts import (
     CAPABILITIES,
     HostsConfig,
     RegistryHost,
+    default_host,
     host_directory_names,
     load_hosts,
     parse_duration,
@@ -50,6 +51,7 @@ def test_mirrors_in_file_order_then_the_server() -> None:
     assert internal.capabilities == {"pull", "resolve"}
     assert server.capabilities == CAPABILITIES
     assert (public.mirror, internal.mirror, server.mirror) == (True, True, False)
+    assert (public.server, internal.server, server.server) == (False, False, True)
     assert {h.scheme for h in (public, internal, server)} == {"https"}
     assert internal.ca == (str(BASE / "docker-mirror.crt"),)  # relative to the file
     assert internal.headers == (("x-team", "a"), ("x-team", "b"), ("x-one", "c"))
@@ -156,8 +158,8 @@ def test_lookup_order(tmp_path: Path) -> None:
     assert load_hosts("myreg:5000", dirs)[0].host == "underscored"
     assert load_hosts("other.example", [second])[0].host == "default-of-containerd"
     # Nothing configured: the registry alone.
-    assert load_hosts("other.example", [tmp_path / "none"]) == (RegistryHost(host="other.example"),)
-    assert load_hosts("other.example", []) == (RegistryHost(host="other.example"),)
+    assert load_hosts("other.example", [tmp_path / "none"]) == (default_host("other.example"),)
+    assert load_hosts("other.example", []) == (default_host("other.example"),)
 
 
 def test_a_directory_without_hosts_toml_is_read_the_docker_way(tmp_path: Path) -> None:
@@ -187,7 +189,7 @@ def test_config_is_reloaded_after_a_while(tmp_path: Path) -> None:
     assert config.load("myreg.example")[0].host == "myreg.example"
     write(tmp_path / "myreg.example", '[host."http://mirror"]\n')
     now[0] = 29
-    assert config.cached("myreg.example") == (RegistryHost(host="myreg.example"),)
+    assert config.cached("myreg.example") == (default_host("myreg.example"),)
     now[0] = 31
     assert config.cached("myreg.example") is None
     assert config.load("myreg.example")[0].host == "mirror"
