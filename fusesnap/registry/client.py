@@ -37,6 +37,7 @@ from fusesnap.errors import (
     ManifestError,
     PlatformNotFoundError,
     RegistryError,
+    RegistryNotFoundError,
 )
 from fusesnap.oci import (
     ACCEPT_MANIFESTS,
@@ -319,6 +320,10 @@ class RegistryClient:
                 ref, host, "GET", target, what=what, headers={"Accept": accept}, ok=ok
             ) as r:
                 if r.status_code == 404:
+                    if not host.server:
+                        # A mirror without the API (a Distribution pull-through cache)
+                        # says nothing of the origin's: ask the next host.
+                        raise RegistryNotFoundError(f"{what}: not found on {host.name}")
                     return None, False, None
                 body = await read_limited(r, MAX_PAGE_SIZE)
                 if len(body) > MAX_PAGE_SIZE:

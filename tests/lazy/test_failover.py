@@ -3,6 +3,7 @@ the client with a mirror and an origin behind one mock transport."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import (
     DigestMismatchError,
@@ -491,3 +493,28 @@ async def test_a_mirror_gets_short_timeouts_and_its_dial_timeout(
     last = pair.origin.requests[-1]
     assert (last.url.host, last.url.params["ns"]) == ("origin2.example", "registry.example")
     assert last.extensions["timeout"]["read"] == 60.0
+
+
+async def test_referrers_the_mirror_cannot_list_are_asked_of_the_origin(
+    pair: Pair, hosts_dir: Path, health: HostHealth, sleeps: Sleeps
+) -> None:
+    """A pull-through cache without the referrers API must not hide the origin's."""
+    subject = pair.origin.add_image("team/app", tags=("1.0",))
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "artifactType": "application/vnd.fusesnap.index.v1",
+        "config": {"mediaType": oci.OCI_EMPTY, "digest": Digest.of(b"{}"), "size": 2},
+        "layers": [],
+        "subject": subject.to_dict(),
+    }
+    pair.origin.add_manifest("team/app", json.dumps(doc).encode(), oci.OCI_MANIFEST)
+    pair.mirror.referrers_api = False
+    async with connect(pair, hosts_dir, health, sleeps) as client:
+        found = await client.get_referrers(REF, subject.digest)
+        assert found is not None
+        assert len(found.manifests) == 1
+        pair.origin.referrers_api = False
+        assert await client.get_referrers(REF, subject.digest) is None
+    assert len(pair.mirror.api_requests("/referrers/")) == 2
+    assert health.skipped() == []  # not knowing is not failing
