@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from tools._accesslog import AccessRecord, parse_access_log
 from tools._net import LOOPBACK, free_port, http_status, wait_until
 from tools._process import Started, stop_process
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from tools.tokenserver import TokenServer
 
 __all__ = [
+    "AccessRecord",
     "HtpasswdAuth",
     "Registry",
     "RegistryAuth",
@@ -183,6 +185,10 @@ class Registry(Started):
         port: the port to listen on; a free one when None.
         auth: None (anonymous push and pull), `HtpasswdAuth` or `TokenAuth`.
         start_timeout: seconds to wait for ``GET /v2/`` to answer.
+        proxy: a registry URL (``http://127.0.0.1:5000``) to be a pull-through cache
+            of (Distribution's ``proxy: remoteurl:``): what is asked for and not
+            stored is fetched from there, kept and served; pushes are refused.
+        access_log: write one line per request into the log (`requests` reads them).
     """
 
     def __init__(
@@ -192,6 +198,8 @@ class Registry(Started):
         port: int | None = None,
         auth: RegistryAuth | None = None,
         start_timeout: float = 20.0,
+        proxy: str | None = None,
+        access_log: bool = False,
     ) -> None:
         self._owns_dir = data_dir is None
         self._data_dir = Path(data_dir) if data_dir is not None else None
@@ -199,6 +207,8 @@ class Registry(Started):
         self._port: int | None = port
         self.auth = auth
         self.start_timeout = start_timeout
+        self.proxy = proxy
+        self.access_log = access_log
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- where things are ------------------------------------------------------------------
@@ -257,6 +267,14 @@ class Registry(Started):
             / "data"
         )
 
+    def requests(self) -> list[AccessRecord]:
+        """Every request the access log holds (``access_log=True``), oldest first; a
+        registry restarted on the same directory keeps adding to it."""
+        try:
+            return parse_access_log(self.log_path.read_text(errors="replace"))
+        except OSError:
+            return []
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -270,7 +288,7 @@ class Registry(Started):
         """Write ``config.yml`` for the current port and auth; return its path."""
         config: dict[str, object] = {
             "version": "0.1",
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "log": {"level": "warn", "accesslog": {"disabled": not self.access_log}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.storage_dir)},
                 "delete": {"enabled": True},
@@ -281,6 +299,8 @@ class Registry(Started):
         }
         if self.auth is not None:
             config["auth"] = self.auth.config_section(self.data_dir)
+        if self.proxy is not None:
+            config["proxy"] = {"remoteurl": self.proxy}
         self.config_path.write_text(_yaml(config))
         return self.config_path
 

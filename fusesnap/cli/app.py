@@ -22,6 +22,7 @@ import trio
 from fusesnap import __version__
 from fusesnap.errors import FusesnapError
 from fusesnap.groups import first_error
+from fusesnap.registry import DEFAULT_HOSTS_DIRS, RegistryOptions
 from fusesnap.store import Store, default_root, open_store
 
 T = TypeVar("T")
@@ -37,12 +38,17 @@ class Context:
     verbose: bool
     insecure_registries: tuple[str, ...] = ()
     ca_file: str | None = None
+    hosts_dirs: tuple[str, ...] = DEFAULT_HOSTS_DIRS
     _store: Store | None = field(default=None, repr=False)
 
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(self.root)
         return self._store
+
+    def registry_options(self) -> RegistryOptions:
+        """The global registry options, for whatever opens a registry client later."""
+        return RegistryOptions(self.insecure_registries, self.ca_file, self.hosts_dirs)
 
     def close(self) -> None:
         if self._store is not None:
@@ -144,6 +150,15 @@ class _LazyGroup(click.Group):
     help="Talk to HOST without TLS verification (loopback hosts always use plain HTTP).",
 )
 @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), help="Extra CA bundle.")
+@click.option(
+    "--hosts-dir",
+    "hosts_dir",
+    envvar="FUSESNAP_HOSTS_DIR",
+    metavar="DIR[:DIR...]",
+    default=None,
+    help="Where HOST/hosts.toml files name registry mirrors, containerd's format"
+    f" (default: {':'.join(DEFAULT_HOSTS_DIRS)}; empty: none).",
+)
 @click.version_option(__version__, prog_name="fusesnap")
 @click.pass_context
 def cli(
@@ -152,6 +167,7 @@ def cli(
     verbose: bool,
     insecure: tuple[str, ...],
     ca_file: str | None,
+    hosts_dir: str | None,
 ) -> None:
     """Mount OCI/Docker images straight from a registry, lazily."""
     logging.basicConfig(
@@ -161,8 +177,17 @@ def cli(
     if not verbose:
         # httpx logs every request at INFO; keep terminals quiet unless asked.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    hosts_dirs = (
+        DEFAULT_HOSTS_DIRS
+        if hosts_dir is None
+        else tuple(d for d in hosts_dir.split(os.pathsep) if d)
+    )
     obj = Context(
-        root=root or default_root(), verbose=verbose, insecure_registries=insecure, ca_file=ca_file
+        root=root or default_root(),
+        verbose=verbose,
+        insecure_registries=insecure,
+        ca_file=ca_file,
+        hosts_dirs=hosts_dirs,
     )
     ctx.obj = obj
     ctx.call_on_close(obj.close)

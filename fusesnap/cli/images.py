@@ -80,7 +80,9 @@ def pull_with_progress(
 
     async def main() -> PullResult:
         async with open_registry_client(
-            insecure_registries=c.insecure_registries, ca_file=c.ca_file
+            insecure_registries=c.insecure_registries,
+            ca_file=c.ca_file,
+            hosts_dirs=c.hosts_dirs,
         ) as client:
             return await pull_image(
                 store,

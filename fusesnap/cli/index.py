@@ -50,7 +50,9 @@ def index_cmd(
 
     async def main() -> tuple[PullResult, PushedArtifact | None]:
         async with open_registry_client(
-            insecure_registries=c.insecure_registries, ca_file=c.ca_file
+            insecure_registries=c.insecure_registries,
+            ca_file=c.ca_file,
+            hosts_dirs=c.hosts_dirs,
         ) as client:
             result = await pull_image(
                 store,

@@ -21,7 +21,6 @@ from fusesnap.image import ImageView, PathError
 from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
 from fusesnap.pull import open_registry_fetcher
 from fusesnap.reference import Reference
-from fusesnap.registry import RegistryOptions
 from fusesnap.termui import human_size, table
 
 _TYPE_BITS = {
@@ -160,7 +159,7 @@ def _fetch(c: Context, name: str, index: LayerIndex, refs: list[ChunkRef]) -> No
         async with open_registry_fetcher(
             Reference.parse(name),
             c.store().chunks,
-            registry=RegistryOptions(c.insecure_registries, c.ca_file),
+            registry=c.registry_options(),
         ) as fetcher:
             await fetcher.get_many(index, refs)
 

@@ -24,7 +24,6 @@ from fusesnap.mountd import (
     unmount,
 )
 from fusesnap.reference import Reference
-from fusesnap.registry import RegistryOptions
 from fusesnap.termui import human_size, table
 
 
@@ -80,7 +79,7 @@ def mount(
         cache_bytes=cache_size,
         prefetch=prefetch,
         record=record,
-        registry=RegistryOptions(c.insecure_registries, c.ca_file),
+        registry=c.registry_options(),
         verbose=c.verbose,
     )
     view = _pull_lazily_if_needed(c, ref)

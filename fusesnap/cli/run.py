@@ -22,7 +22,6 @@ from fusesnap.errors import AlreadyExistsError, NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.mountd import check_image
 from fusesnap.reference import Reference
-from fusesnap.registry import RegistryOptions
 from fusesnap.termui import table
 
 
@@ -118,7 +117,7 @@ def run(
         process,
         detached=detach,
         auto_remove=remove,
-        registry=RegistryOptions(c.insecure_registries, c.ca_file),
+        registry=c.registry_options(),
         verbose=c.verbose,
         view=view,
     )

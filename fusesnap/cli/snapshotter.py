@@ -9,7 +9,6 @@ import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx
 from fusesnap.containerd import DEFAULT_ADDRESS, SnapshotterOptions, serve
-from fusesnap.registry import RegistryOptions
 
 
 @cli.command()
@@ -45,7 +44,7 @@ def snapshotter(
         root=store_root or c.root,
         address=address,
         metrics_address=metrics_address,
-        registry=RegistryOptions(c.insecure_registries, c.ca_file),
+        registry=c.registry_options(),
         verbose=c.verbose,
     )
     serve(options)  # it logs where it serves

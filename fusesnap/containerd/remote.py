@@ -116,7 +116,9 @@ class RemoteImages:
 
         async def run() -> RemoteImage:
             async with open_registry_client(
-                insecure_registries=options.insecure_registries, ca_file=options.ca_file
+                insecure_registries=options.insecure_registries,
+                ca_file=options.ca_file,
+                hosts_dirs=options.hosts_dirs,
             ) as client:
                 result = await pull(
                     store, client, ref, lazy=True, build=False, record=False, lease_id=lease.id

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fusesnap.fuse import DEFAULT_MAX_BYTES
-from fusesnap.registry import RegistryOptions
+from fusesnap.registry import DEFAULT_HOSTS_DIRS, RegistryOptions
 
 __all__ = ["PREFETCH_MODES", "DaemonOptions", "ReadyPipe"]
 
@@ -59,6 +59,7 @@ class DaemonOptions:
         doc = asdict(self)
         doc["root"], doc["mountpoint"] = str(self.root), str(self.mountpoint)
         doc["registry"]["insecure_registries"] = list(self.registry.insecure_registries)
+        doc["registry"]["hosts_dirs"] = list(self.registry.hosts_dirs)
         return json.dumps(doc)
 
     @classmethod
@@ -70,7 +71,10 @@ class DaemonOptions:
             return cls(
                 **{**doc, "root": Path(doc["root"]), "mountpoint": Path(doc["mountpoint"])},
                 registry=RegistryOptions(
-                    tuple(registry["insecure_registries"]), registry["ca_file"]
+                    tuple(registry["insecure_registries"]),
+                    registry["ca_file"],
+                    # Options written before hosts.toml support have none.
+                    tuple(registry.get("hosts_dirs", DEFAULT_HOSTS_DIRS)),
                 ),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:

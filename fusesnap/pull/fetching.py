@@ -25,7 +25,9 @@ async def open_registry_fetcher(
     own, open as long as the block)."""
     options = registry or RegistryOptions()
     async with open_registry_client(
-        insecure_registries=options.insecure_registries, ca_file=options.ca_file
+        insecure_registries=options.insecure_registries,
+        ca_file=options.ca_file,
+        hosts_dirs=options.hosts_dirs,
     ) as client:
 
         async def fetch_range(digest: Digest, offset: int, length: int) -> bytes:

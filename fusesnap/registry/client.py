@@ -29,6 +29,7 @@ from urllib.parse import quote
 import httpx
 
 from fusesnap import __version__
+from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import (
     DigestMismatchError,
@@ -36,6 +37,7 @@ from fusesnap.errors import (
     ManifestError,
     PlatformNotFoundError,
     RegistryError,
+    RegistryNotFoundError,
 )
 from fusesnap.oci import (
     ACCEPT_MANIFESTS,
@@ -50,9 +52,12 @@ from fusesnap.oci import (
 )
 from fusesnap.reference import Reference
 from fusesnap.registry import transfer as blobs
+from fusesnap.registry._clients import HttpClients, tls_context
 from fusesnap.registry._http import content_type, next_link, read_limited
-from fusesnap.registry._session import RegistrySession
+from fusesnap.registry._session import RegistrySession, where
 from fusesnap.registry.credentials import Credentials, load_credentials
+from fusesnap.registry.failover import HostHealth
+from fusesnap.registry.hosts import DEFAULT_HOSTS_DIRS, HostsConfig, RegistryHost
 from fusesnap.registry.retry import RetryPolicy
 from fusesnap.registry.transfer import BlobSink
 
@@ -114,9 +119,10 @@ class RegistryClient:
             raise InvalidReferenceError(f"invalid tag {obj!r}")
         what = f"manifest {ref.name}@{digest}" if digest else f"manifest {ref.name}:{obj}"
 
-        async def attempt() -> tuple[bytes, str, str | None]:
+        async def attempt(host: RegistryHost) -> tuple[bytes, Digest, str]:
             async with self._session.open(
                 ref,
+                host,
                 "GET",
                 f"/v2/{ref.repository}/manifests/{obj}",
                 what=what,
@@ -128,17 +134,19 @@ class RegistryClient:
                 body = await read_limited(r, MAX_MANIFEST_SIZE)
                 if len(body) > MAX_MANIFEST_SIZE:
                     raise ManifestError(f"{what}: larger than {MAX_MANIFEST_SIZE} bytes")
-                return body, content_type(r), r.headers.get("docker-content-digest")
+                declared, header = content_type(r), r.headers.get("docker-content-digest")
+            # Checked inside the attempt: a mirror that sends other bytes is passed over.
+            if digest is not None:
+                digest.verify(body, what=f"manifest {ref.name}")
+            got = digest or Digest.of(body)
+            if header:
+                self._check_header_digest(header, got, body, what)
+            return body, got, detect_media_type(body, declared or None, what=what)
 
-        body, declared, header = await self._session.run(ref, what, attempt)
-        if digest is not None:
-            digest.verify(body, what=f"manifest {ref.name}")
-        else:
-            digest = Digest.of(body)
-        if header:
-            self._check_header_digest(header, digest, body, what)
-        media_type = detect_media_type(body, declared or None, what=what)
-        return Descriptor(media_type=media_type, digest=digest, size=len(body)), body
+        # A tag is trust (containerd's "resolve"); a digest is checked, any "pull" host will do.
+        capability = "pull" if digest is not None else "resolve"
+        body, found, media_type = await self._session.run(ref, what, attempt, capability=capability)
+        return Descriptor(media_type=media_type, digest=found, size=len(body)), body
 
     @staticmethod
     def _check_header_digest(header: str, digest: Digest, body: bytes, what: str) -> None:
@@ -241,9 +249,10 @@ class RegistryClient:
         obj = tag or str(digest)
         what = f"manifest {ref.name}:{tag}" if tag else f"manifest {ref.name}@{digest}"
 
-        async def attempt() -> str | None:
+        async def attempt(host: RegistryHost) -> str | None:
             async with self._session.open(
                 ref,
+                host,
                 "PUT",
                 f"/v2/{ref.repository}/manifests/{obj}",
                 what=what,
@@ -254,7 +263,7 @@ class RegistryClient:
             ) as r:
                 return r.headers.get("docker-content-digest")
 
-        header = await self._session.run(ref, what, attempt)
+        header = await self._session.run(ref, what, attempt, capability="push")
         if header:
             self._check_header_digest(header, digest, data, what)
         return digest
@@ -306,19 +315,24 @@ class RegistryClient:
         """One page of a paginated listing: (body or None on 404, filters applied, next)."""
         ok = (200, 404) if missing_ok else (200,)
 
-        async def attempt() -> tuple[bytes | None, bool, str | None]:
+        async def attempt(host: RegistryHost) -> tuple[bytes | None, bool, str | None]:
             async with self._session.open(
-                ref, "GET", target, what=what, headers={"Accept": accept}, ok=ok
+                ref, host, "GET", target, what=what, headers={"Accept": accept}, ok=ok
             ) as r:
                 if r.status_code == 404:
+                    if not host.server:
+                        # A mirror without the API (a Distribution pull-through cache)
+                        # says nothing of the origin's: ask the next host.
+                        raise RegistryNotFoundError(f"{what}: not found on {host.name}")
                     return None, False, None
                 body = await read_limited(r, MAX_PAGE_SIZE)
                 if len(body) > MAX_PAGE_SIZE:
-                    raise RegistryError(f"registry {ref.registry}: {what}: response too large")
+                    raise RegistryError(f"{where(ref, host)}: {what}: response too large")
                 filtered = "artifacttype" in r.headers.get("oci-filters-applied", "").lower()
                 return body, filtered, next_link(r)
 
-        return await self._session.run(ref, what, attempt)
+        # Listings name no digest to check them by: only hosts trusted to resolve.
+        return await self._session.run(ref, what, attempt, capability="resolve")
 
 
 def _parse_tags(body: bytes, what: str) -> list[str]:
@@ -336,11 +350,13 @@ def _parse_tags(body: bytes, what: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class RegistryOptions:
-    """How to reach registries: the global ``--insecure-registry`` and ``--ca-file``
-    options, passed to `open_registry_client` by everything that opens one later."""
+    """How to reach registries: the global ``--insecure-registry``, ``--ca-file`` and
+    ``--hosts-dir`` options, passed to `open_registry_client` by everything that opens
+    one later (the pull, a mount daemon, the containerd snapshotter)."""
 
     insecure_registries: tuple[str, ...] = ()
     ca_file: str | None = None
+    hosts_dirs: tuple[str, ...] = DEFAULT_HOSTS_DIRS
 
 
 @asynccontextmanager
@@ -348,8 +364,10 @@ async def open_registry_client(
     *,
     insecure_registries: Iterable[str] = (),
     ca_file: str | os.PathLike[str] | None = None,
+    hosts_dirs: Iterable[str | os.PathLike[str]] = DEFAULT_HOSTS_DIRS,
     platform: Platform | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    health: HostHealth | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     # The pool's per-phase timeouts (connect 10 s, read 60 s), not an operation deadline.
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,  # noqa: ASYNC109
@@ -359,24 +377,23 @@ async def open_registry_client(
 
     ``insecure_registries``: ``host[:port]`` names spoken to over HTTPS without
     verification, or plain HTTP if TLS fails (loopback hosts are always plain
-    HTTP). ``ca_file`` adds a CA bundle to the verified trust store. ``platform``
-    is the default for `RegistryClient.resolve`. ``transport`` replaces the network
-    (tests pass an ``httpx.MockTransport``). ``credentials`` maps a registry name
-    to its credentials (default: the docker config).
+    HTTP). ``ca_file`` adds a CA bundle to the verified trust store.
+    ``hosts_dirs``: where ``HOST/hosts.toml`` files name each registry's mirrors
+    (`fusesnap.registry.hosts`; empty: none). ``platform`` is the default for
+    `RegistryClient.resolve`. ``health``: which hosts failed lately (tests pass one
+    with their own clock). ``transport`` replaces the network (tests pass an
+    ``httpx.MockTransport``). ``credentials`` maps a registry name to its
+    credentials (default: the docker config).
     """
     insecure = tuple(insecure_registries)
     headers = {"User-Agent": USER_AGENT}
+    factory = None
     if transport is not None:
         client = httpx.AsyncClient(
             transport=transport, headers=headers, timeout=timeout, follow_redirects=True
         )
     else:
-        context = httpx.create_ssl_context()
-        if ca_file is not None:
-            try:
-                context.load_verify_locations(cafile=os.fspath(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise RegistryError(f"cannot load CA bundle {os.fspath(ca_file)}: {exc}") from exc
+        context = await run_blocking(lambda: tls_context(ca_file=ca_file))
         mounts: dict[str, httpx.AsyncBaseTransport | None] = {
             f"https://{host}": httpx.AsyncHTTPTransport(verify=False, limits=DEFAULT_LIMITS)
             for host in insecure
@@ -389,8 +406,27 @@ async def open_registry_client(
             timeout=timeout,
             follow_redirects=True,
         )
+
+        def factory(context: ssl.SSLContext) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                verify=context,
+                limits=DEFAULT_LIMITS,
+                headers=headers,
+                timeout=timeout,
+                follow_redirects=True,
+            )
+
     async with client:
-        session = RegistrySession(
-            client, insecure_registries=insecure, retry=retry, credentials=credentials
-        )
-        yield RegistryClient(session, platform=platform)
+        clients = HttpClients(client, factory, ca_file=ca_file)
+        try:
+            session = RegistrySession(
+                clients,
+                insecure_registries=insecure,
+                retry=retry,
+                credentials=credentials,
+                hosts=HostsConfig(tuple(hosts_dirs)),
+                health=health,
+            )
+            yield RegistryClient(session, platform=platform)
+        finally:
+            await clients.aclose()

@@ -49,7 +49,7 @@ class RetryableError(Exception):
         self.retry_after = retry_after
 
 
-_RETRYABLE: tuple[type[BaseException], ...] = (RetryableError, *RETRY_EXCEPTIONS)
+RETRYABLE: tuple[type[BaseException], ...] = (RetryableError, *RETRY_EXCEPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ async def with_retries(
     while True:
         try:
             return await attempt()
-        except _RETRYABLE as exc:
+        except RETRYABLE as exc:
             failures += 1
             cause = describe(exc)
             if failures >= policy.attempts:

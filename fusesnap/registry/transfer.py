@@ -21,7 +21,8 @@ from fusesnap.errors import DigestMismatchError, RegistryError
 from fusesnap.oci import Descriptor
 from fusesnap.reference import Reference
 from fusesnap.registry._http import iter_raw, read_limited
-from fusesnap.registry._session import RegistrySession
+from fusesnap.registry._session import RegistrySession, where
+from fusesnap.registry.hosts import RegistryHost
 from fusesnap.registry.retry import RetryableError
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,19 @@ def _path(ref: Reference, digest: Digest) -> str:
 async def get_blob(session: RegistrySession, ref: Reference, desc: Descriptor) -> bytes:
     what = f"blob {ref.name}@{desc.digest}"
 
-    async def attempt() -> bytes:
-        async with session.open(ref, "GET", _path(ref, desc.digest), what=what, headers=_RAW) as r:
+    async def attempt(host: RegistryHost) -> bytes:
+        async with session.open(
+            ref, host, "GET", _path(ref, desc.digest), what=what, headers=_RAW
+        ) as r:
             # One byte more than promised is enough to know it is too long.
-            return await read_limited(r, desc.size, raw=True)
+            data = await read_limited(r, desc.size, raw=True)
+        # Checked inside the attempt: a mirror that sends other bytes is passed over.
+        verifier = Verifier(desc.digest, desc.size)
+        verifier.update(data)
+        verifier.check(what=f"blob {ref.name}")
+        return data
 
-    data = await session.run(ref, what, attempt)
-    verifier = Verifier(desc.digest, desc.size)
-    verifier.update(data)
-    verifier.check(what=f"blob {ref.name}")
-    return data
+    return await session.run(ref, what, attempt)
 
 
 async def download_blob(
@@ -104,7 +108,7 @@ async def download_blob(
 ) -> None:
     what = f"blob {ref.name}@{desc.digest}"
 
-    async def attempt() -> None:
+    async def attempt(host: RegistryHost) -> None:
         offset = sink.offset
         if offset > desc.size:
             raise DigestMismatchError(
@@ -114,7 +118,7 @@ async def download_blob(
             return
         headers = {**_RAW, "Range": f"bytes={offset}-"} if offset else _RAW
         async with session.open(
-            ref, "GET", _path(ref, desc.digest), what=what, headers=headers, ok=(200, 206)
+            ref, host, "GET", _path(ref, desc.digest), what=what, headers=headers, ok=(200, 206)
         ) as r:
             if offset and r.status_code == 200:
                 log.debug("%s: server ignored Range; starting over", what)
@@ -127,12 +131,18 @@ async def download_blob(
                         f"{what}: asked for bytes from {offset}, server sent from {got[0]}"
                     )
             written = offset
+            # A mirror is not trusted: a whole blob from one is checked before the
+            # operation ends, so that another host can send it if it does not verify.
+            # (The sink checks every blob at its end in any case.)
+            verifier = Verifier(desc.digest, desc.size) if host.mirror and not offset else None
             async for chunk in iter_raw(r):
                 if written + len(chunk) > desc.size:
                     raise DigestMismatchError(
                         f"{what}: server sent more than the blob's {desc.size} bytes"
                     )
                 await sink.write(chunk)
+                if verifier is not None:
+                    verifier.update(chunk)
                 written += len(chunk)
                 if progress is not None:
                     progress(len(chunk))
@@ -141,6 +151,12 @@ async def download_blob(
             if written < desc.size:
                 # A clean end of a short body is a dropped connection in disguise.
                 raise RetryableError(f"body ended after {written} of {desc.size} bytes")
+            if verifier is not None:
+                try:
+                    verifier.check(what=f"blob {ref.name} from {host.name}")
+                except DigestMismatchError:
+                    await sink.reset()
+                    raise
 
     await session.run(ref, what, attempt)
 
@@ -155,25 +171,26 @@ async def read_range(
     end = offset + length - 1
     what = f"blob {ref.name}@{digest} bytes {offset}-{end}"
 
-    async def attempt() -> bytes:
+    async def attempt(host: RegistryHost) -> bytes:
         headers = {**_RAW, "Range": f"bytes={offset}-{end}"}
         async with session.open(
-            ref, "GET", _path(ref, digest), what=what, headers=headers, ok=(200, 206)
+            ref, host, "GET", _path(ref, digest), what=what, headers=headers, ok=(200, 206)
         ) as r:
             if r.status_code == 206:
                 got = _content_range(r)
                 if got is not None and (got[0], got[1]) != (offset, end):
                     raise RegistryError(
-                        f"{what}: server sent bytes {got[0]}-{got[1]}/{got[2] or '*'}"
+                        f"{where(ref, host)}: {what}: server sent bytes"
+                        f" {got[0]}-{got[1]}/{got[2] or '*'}"
                     )
                 data = await read_limited(r, length, raw=True)
                 if len(data) > length:
-                    raise RegistryError(f"{what}: server sent more than asked")
+                    raise RegistryError(f"{where(ref, host)}: {what}: server sent more than asked")
             else:
                 log.debug("%s: server ignored Range (HTTP 200); reading and slicing", what)
                 total = r.headers.get("content-length", "")
                 if total.isdigit() and int(total) < offset + length:
-                    raise RegistryError(f"{what}: blob has only {total} bytes")
+                    raise RegistryError(f"{where(ref, host)}: {what}: blob has only {total} bytes")
                 data = await _read_slice(r, offset, length)
             if len(data) < length:
                 raise RetryableError(f"body ended after {len(data)} of {length} bytes")
@@ -185,11 +202,14 @@ async def read_range(
 async def blob_exists(session: RegistrySession, ref: Reference, digest: Digest) -> bool:
     what = f"blob {ref.name}@{digest}"
 
-    async def attempt() -> bool:
-        async with session.open(ref, "HEAD", _path(ref, digest), what=what, ok=(200, 404)) as r:
+    async def attempt(host: RegistryHost) -> bool:
+        async with session.open(
+            ref, host, "HEAD", _path(ref, digest), what=what, ok=(200, 404)
+        ) as r:
             return r.status_code == 200
 
-    return await session.run(ref, what, attempt)
+    # Asked before a push: the answer that matters is the one of where the push goes.
+    return await session.run(ref, what, attempt, capability="push")
 
 
 async def put_blob(session: RegistrySession, ref: Reference, data: bytes, digest: Digest) -> None:
@@ -197,11 +217,12 @@ async def put_blob(session: RegistrySession, ref: Reference, data: bytes, digest
     digest.verify(data, what=f"blob {ref.name}")
     what = f"blob upload {ref.name}@{digest}"
 
-    async def attempt() -> None:
+    async def attempt(host: RegistryHost) -> None:
         # Both steps in one attempt: a failed PUT leaves an upload session that a
         # retry should not reuse.
         async with session.open(
             ref,
+            host,
             "POST",
             f"/v2/{ref.repository}/blobs/uploads/",
             what=what,
@@ -211,10 +232,11 @@ async def put_blob(session: RegistrySession, ref: Reference, data: bytes, digest
         ) as r:
             location = r.headers.get("location")
             if not location:
-                raise RegistryError(f"registry {ref.registry}: {what}: no upload Location")
+                raise RegistryError(f"{where(ref, host)}: {what}: no upload Location")
             upload = r.url.join(location).copy_merge_params({"digest": str(digest)})
         async with session.open(
             ref,
+            host,
             "PUT",
             str(upload),
             what=what,
@@ -225,4 +247,4 @@ async def put_blob(session: RegistrySession, ref: Reference, data: bytes, digest
         ):
             pass
 
-    await session.run(ref, what, attempt)
+    await session.run(ref, what, attempt, capability="push")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fusesnap.mountd import DaemonOptions
-from fusesnap.registry import RegistryOptions
+from fusesnap.registry import DEFAULT_HOSTS_DIRS, RegistryOptions
 
 
 def test_options_round_trip_through_json() -> None:
@@ -21,10 +22,20 @@ def test_options_round_trip_through_json() -> None:
         cache_bytes=1 << 20,
         prefetch="all",
         record=True,
-        registry=RegistryOptions(("localhost:5000", "10.0.0.1:5000"), "/etc/ca.pem"),
+        registry=RegistryOptions(
+            ("localhost:5000", "10.0.0.1:5000"), "/etc/ca.pem", ("/srv/certs.d", "/etc/x")
+        ),
         verbose=True,
     )
     assert DaemonOptions.from_json(options.to_json()) == options
+
+
+def test_options_without_hosts_dirs_take_the_default() -> None:
+    """A daemon's options written before ``--hosts-dir`` existed still start it."""
+    doc = json.loads(DaemonOptions(Path("/r"), "busybox", Path("/m")).to_json())
+    del doc["registry"]["hosts_dirs"]
+    options = DaemonOptions.from_json(json.dumps(doc))
+    assert options.registry.hosts_dirs == DEFAULT_HOSTS_DIRS
 
 
 def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

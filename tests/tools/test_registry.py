@@ -91,3 +91,33 @@ def test_cli_start_is_idempotent_and_stop_stops(tmp_path: Path) -> None:
     ).read_text(errors="replace")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{host}/v2/")
+
+
+def test_a_pull_through_cache_serves_what_its_origin_has(registry: Registry) -> None:
+    pushed = build_and_push("busybox", registry)
+    layer = pushed.layers[0]
+    with Registry(proxy=registry.url, access_log=True) as mirror:
+        url = f"{mirror.url}/v2/{pushed.repo}/blobs/{layer.digest}"
+        first = httpx.get(url)
+        assert first.status_code == 200
+        assert len(first.content) == layer.size
+        # Kept: a range of it now comes from the mirror's own storage.
+        part = httpx.get(url, headers={"Range": "bytes=10-19"})
+        assert (part.status_code, part.content) == (206, first.content[10:20])
+        assert httpx.put(f"{mirror.url}/v2/{pushed.repo}/manifests/x").status_code >= 400
+        path = url.removeprefix(mirror.url)
+        seen = [(r.path, r.status, r.agent[:12]) for r in mirror.requests() if "/blobs/" in r.path]
+        assert seen == [(path, 200, "python-httpx"), (path, 206, "python-httpx")]
+
+
+def test_access_lines_are_read_from_a_mixed_log() -> None:
+    from tools._accesslog import AccessRecord, parse_access_log
+
+    text = (
+        'time="2026-12-06T22:35:24Z" level=warning msg="x"\n'
+        '127.0.0.1 - - [06/Dec/2026:22:35:24 +0000] "GET /v2/a/blobs/sha256:00?ns=r HTTP/1.1"'
+        ' 206 10 "" "fusesnap/0.1.0"\n'
+    )
+    assert parse_access_log(text) == [
+        AccessRecord("GET", "/v2/a/blobs/sha256:00?ns=r", 206, "fusesnap/0.1.0")
+    ]
