@@ -106,6 +106,7 @@ COMMAND_MODULES = {
     "gc": "maintenance",
     "mount": "mount",
     "umount": "mount",
+    "remount": "mount",
     "stats": "mount",
     "run": "run",
     "ps": "run",
