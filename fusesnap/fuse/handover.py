@@ -142,6 +142,8 @@ def answer_eio(fd: int) -> None:
             if exc.errno != errno.ENODEV:
                 log.warning("reading the FUSE connection: %s", exc)
             return
+        if not message:
+            return  # not /dev/fuse after all (it never reads 0 bytes)
         if len(message) < _IN_HEADER.size:
             continue
         _, opcode, unique = _IN_HEADER.unpack_from(message)

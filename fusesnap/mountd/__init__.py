@@ -11,7 +11,7 @@ daemon's ``mount.json``; `mountpoint` reads /proc/self/mountinfo and unmounts;
 """
 
 from fusesnap.mountd.daemon import check_image, serve_image
-from fusesnap.mountd.holder import hand_over
+from fusesnap.mountd.holder import hand_over, wait_serving
 from fusesnap.mountd.mountpoint import MountError, mount_info
 from fusesnap.mountd.options import PREFETCH_MODES, DaemonOptions, ReadyPipe
 from fusesnap.mountd.start import mount_stats, start_mount, unmount
@@ -32,4 +32,5 @@ __all__ = [
     "serve_image",
     "start_mount",
     "unmount",
+    "wait_serving",
 ]

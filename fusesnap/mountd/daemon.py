@@ -189,6 +189,11 @@ def _mounted(
         yield
     finally:
         session.__exit__(None, None, None)
+        if takeover is not None and mount_info(target) is not None:
+            # libfuse unmounts only what it mounted: stopped by a signal, a daemon that
+            # took over leaves no mount whose connection dies with its holder.
+            with suppress(MountError):
+                detach(target, lazy=True)
 
 
 def serve_image(

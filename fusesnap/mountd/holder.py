@@ -42,10 +42,18 @@ from types import FrameType
 from fusesnap.errors import FusesnapError
 from fusesnap.fuse import FUSE_BUFFER, answer_eio
 from fusesnap.image import ImageView
+from fusesnap.mountd.control import query
 from fusesnap.mountd.daemon import serve_image
 from fusesnap.mountd.mountpoint import MountError, absolute_path
 from fusesnap.mountd.options import DaemonOptions, Supervision
-from fusesnap.mountd.state import MountState, make_state_dir, mark_failed, state_dir
+from fusesnap.mountd.state import (
+    CONTROL_SOCKET,
+    MountState,
+    failure,
+    make_state_dir,
+    mark_failed,
+    state_dir,
+)
 
 __all__ = [
     "MAX_RESTARTS",
@@ -54,6 +62,7 @@ __all__ = [
     "hand_over",
     "hold",
     "serve_logged",
+    "wait_serving",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,6 +136,23 @@ def hand_over(
             return now
         time.sleep(0.05)
     raise MountError(f"{target}: no new daemon within {timeout:.0f}s (see its log)")
+
+
+def wait_serving(root: Path, mountpoint: str | os.PathLike[str], *, timeout: float = 60.0) -> bool:
+    """Whether a daemon serves the mount at ``mountpoint``, waiting while its holder
+    brings one back; False at once if there is no holder or it gave up."""
+    directory = state_dir(root, absolute_path(mountpoint))
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(MountError):
+            query(directory / CONTROL_SOCKET)
+            return True
+        state = MountState.load(directory)
+        if state is None or not state.holder_alive() or failure(directory) is not None:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 class _Holder:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.mountd.mountpoint import mount_info
-from fusesnap.mountd.state import MountState, failure, state_dir
+from fusesnap.mountd.control import query
+from fusesnap.mountd.holder import MAX_RESTARTS
+from fusesnap.mountd.mountpoint import MountError, mount_info
+from fusesnap.mountd.state import CONTROL_SOCKET, MountState, failure, state_dir
 from fusesnap.store import open_store
 from tests.e2e.cli import mounted, run
 
@@ -86,8 +88,14 @@ def failures(log: Path) -> list[str]:
 
 
 def _replaced(root: Path, mountpoint: Path, old: int) -> MountState | None:
-    state = MountState.load(state_dir(root, mountpoint))
+    """The new daemon's state once it serves (its control socket answers)."""
+    directory = state_dir(root, mountpoint)
+    state = MountState.load(directory)
     if state is None or state.pid == old or not state.daemon_alive():
+        return None
+    try:
+        query(directory / CONTROL_SOCKET)
+    except MountError:
         return None
     return state
 
@@ -171,3 +179,33 @@ def pulled_busybox(busybox, tmp_path) -> tuple[Path, str]:
     root = tmp_path / "store"
     run(root, "pull", busybox.ref)
     return root, busybox.ref
+
+
+def test_a_daemon_that_took_over_unmounts_on_sigterm(pulled_busybox, tmp_path) -> None:
+    root, ref = pulled_busybox
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(root, "mount", ref, str(mnt))
+    _, after = kill_and_wait_for_the_next(root, mnt)
+    holder = after.holder_pid
+    assert holder is not None
+    os.kill(after.pid, signal.SIGTERM)
+    wait_for("the daemon to exit", lambda: not alive(after.pid))
+    wait_for("the holder to exit", lambda: not alive(holder))
+    assert mount_info(mnt) is None  # not left stale
+
+
+def test_a_daemon_that_keeps_dying_is_given_up_on(pulled_busybox, tmp_path) -> None:
+    root, ref = pulled_busybox
+    with mounted(root, ref, tmp_path / "mnt") as mnt:
+        for _ in range(MAX_RESTARTS):
+            kill_and_wait_for_the_next(root, mnt)
+        last = mount_state(root, mnt)
+        os.kill(last.pid, signal.SIGKILL)
+        reason = wait_for("the holder to give up", lambda: failure(state_dir(root, mnt)))
+        assert f"died {MAX_RESTARTS + 1} times" in reason
+        with pytest.raises(OSError, match="Input/output error"):
+            os.listdir(mnt / "bin")
+    assert mount_info(mnt) is None
+    assert last.holder_pid is not None
+    assert not alive(last.holder_pid)
