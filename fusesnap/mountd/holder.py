@@ -6,10 +6,10 @@ daemon (`serve_image`, the pid in ``mount.json``). The daemon mounts, then hands
 descriptor of the new ``/dev/fuse`` connection and the INIT request the kernel sent
 to the holder (`fusesnap.fuse.handover`). While the holder keeps that descriptor,
 the kernel keeps the mount connected whatever happens to the daemon: if it dies
-(``kill -9``, a crash), readers wait, and the holder starts a new daemon, a fresh
-``python -m fusesnap.mountd ... --takeover`` (so an upgraded fusesnap serves from
-then on), which takes the connection over, has the kernel send again the requests
-the dead one had read, and serves on: the processes reading see no error.
+(``kill -9``, a crash), readers wait, and the holder forks a new daemon (fusesnap's
+modules are loaded already: about a second), which opens the store, checks the
+image again, takes the connection over, has the kernel send again the requests the
+dead one had read, and serves on: the processes reading see no error.
 
 A restart that does not come up is tried again (`START_DELAYS`); a daemon that dies
 too often (`MAX_RESTARTS` within `RESTART_WINDOW` seconds) or cannot start at all
@@ -20,7 +20,9 @@ every request with EIO, so nothing waits forever, until the mount is taken down.
 The holder ends with its daemon when that ends by itself (exit status 0: unmounted,
 or stopped by a signal). Signals: SIGTERM, SIGINT and SIGHUP are passed on to the
 daemon; SIGUSR1 hands the mount to a new daemon (``fusesnap remount``: after an
-upgrade), by killing the running one and taking over as after a crash.
+upgrade), by killing the running one and taking over as after a crash, but in a
+fresh interpreter (``python -m fusesnap.mountd ... --takeover``), so that the
+fusesnap installed now serves from then on.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class _Holder:
         self.init = b""
         self.child = 0
         self.stopping = False
+        self.fresh = False  # the next daemon runs a new interpreter (remount: an upgrade)
 
     # Signal handlers: they run between the holder's system calls (which are retried).
 
@@ -172,6 +175,7 @@ class _Holder:
 
     def on_restart(self, signum: int, frame: FrameType | None) -> None:
         log.info("handing the mount to a new daemon")
+        self.fresh = True
         self._signal_child(signal.SIGKILL)
 
     def _signal_child(self, signum: int) -> None:
@@ -203,22 +207,30 @@ class _Holder:
             return message, self._reap()
         return message, 0
 
-    def _takeover(self) -> str:
-        """Start a fresh daemon on the held connection; its first line."""
+    def _takeover(self, *, fresh: bool) -> str:
+        """Start a daemon on the held connection; its first line. Forked from this
+        process, which has fusesnap's modules loaded (after a crash: back sooner), or
+        with ``fresh``, a new interpreter (which runs the fusesnap installed now)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         channel = theirs.fileno()
         cmd = [sys.executable, "-m", "fusesnap.mountd", self.options.to_json(), str(channel)]
         cmd += ["--takeover", str(self.fuse_fd), self.init.hex()]
         pid = os.fork()
         if pid == 0:
+            code = 127
             try:
-                os.set_inheritable(channel, True)
-                os.set_inheritable(self.fuse_fd, True)
+                ours.close()
                 for sig in (*_PASSED_ON, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
-                os.execv(sys.executable, cmd)
+                if fresh:
+                    os.set_inheritable(channel, True)
+                    os.set_inheritable(self.fuse_fd, True)
+                    os.execv(sys.executable, cmd)
+                takeover = (self.fuse_fd, self.init)
+                supervision = Supervision(channel, os.getppid(), takeover=takeover)
+                code = serve_logged(self.options, supervision=supervision)
             finally:
-                os._exit(127)
+                os._exit(code)
         theirs.close()
         self.child = pid
         with ours:
@@ -285,7 +297,8 @@ class _Holder:
             time.sleep(delay)
             if self.stopping:
                 return False
-            message = self._takeover()
+            fresh, self.fresh = self.fresh, False
+            message = self._takeover(fresh=fresh)
             if message == "ready":
                 log.info("daemon %d serves the mount", self.child)
                 return True
