@@ -112,6 +112,7 @@ COMMAND_MODULES = {
     "gc": "maintenance",
     "mount": "mount",
     "umount": "mount",
+    "remount": "mount",
     "stats": "mount",
     "run": "run",
     "ps": "run",

@@ -1,4 +1,4 @@
-"""Commands that serve an image as a filesystem: mount, umount, stats."""
+"""Commands that serve an image as a filesystem: mount, umount, remount, stats."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fusesnap.mountd import (
     PREFETCH_MODES,
     DaemonOptions,
     check_image,
+    hand_over,
     mount_stats,
     serve_image,
     start_mount,
@@ -117,6 +118,15 @@ def _pull_lazily_if_needed(c: Context, ref: str) -> ImageView:
 def umount(c: Context, directory: Path, lazy: bool) -> None:
     """Unmount a fusesnap mount (the daemon exits, its lease goes); clears a stale one."""
     click.echo(f"{unmount(c.root, directory, lazy=lazy)}: {os.path.abspath(directory)}")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_ctx
+def remount(c: Context, directory: Path) -> None:
+    """Hand a mount to a fresh daemon (after an upgrade); its readers see no error."""
+    state = hand_over(c.root, directory)
+    click.echo(f"served by daemon {state.pid}: {os.path.abspath(directory)}")
 
 
 def _stats_lines(s: dict[str, Any]) -> str:

@@ -11,7 +11,9 @@ Each mount is served by its own mount daemon (`fusesnap.mountd`), forked by the
 snapshotter's zygote (`fusesnap.mountd.Zygote`), a process of its own session:
 the snapshotter can stop, restart or crash while containers read through it.
 A restarted snapshotter *adopts* the mounts it finds live at their paths
-(`ensure` returns them as they are) and replaces dead ones.
+(`ensure` returns them as they are) and replaces dead ones. A mount whose daemon
+dies is the mount's holder's to bring back (`fusesnap.mountd.holder`): `ensure`
+waits for that, and replaces only a mount whose holder is gone or gave up.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fusesnap.mountd import (
     mount_stats,
     start_mount,
     unmount,
+    wait_serving,
 )
 from fusesnap.registry import RegistryOptions
 from fusesnap.store import SnapshotRecord
@@ -83,11 +86,11 @@ class LowerMounts:
         target = self.path(top.key)
         with self._holding(top.key):
             if self.is_live(top.key):
-                try:
-                    mount_stats(self.root, target)
+                if wait_serving(self.root, target):  # its holder may be restarting the daemon
                     return target  # adopted, or started before
-                except FusesnapError:
-                    log.warning("%s: the lower mount's daemon is gone; mounting again", target)
+                log.warning("%s: the lower mount has no daemon; mounting again", target)
+                with suppress(MountError):  # stale, or failed (EIO): detached
+                    unmount(self.root, target, lazy=True)
             target.mkdir(parents=True, exist_ok=True)
             options = DaemonOptions(
                 root=self.root,

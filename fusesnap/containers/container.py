@@ -59,6 +59,7 @@ from fusesnap.mountd import (
     DaemonOptions,
     MountError,
     check_image,
+    mount_failure,
     mount_info,
     start_mount,
     unmount,
@@ -365,4 +366,6 @@ def list_containers(root: Path) -> Iterator[ContainerInfo]:
                 status = "dead"  # its runner was killed: `reap` cleans up
             else:
                 status = record.status
+        elif mount_failure(root, directory / "lower") is not None:
+            status += " (image mount failed: reads get EIO)"
         yield ContainerInfo(record.name, record.image, status, record.created)

@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 class LookupCounts:
     """Per-inode reference counts held by the kernel."""
 
-    __slots__ = ("_counts",)
+    __slots__ = ("_counts", "inherited")
 
     def __init__(self) -> None:
         self._counts: dict[int, int] = {}
+        # Taken over from a daemon that died: the kernel holds references it counted.
+        self.inherited = False
 
     def add(self, ino: int, n: int = 1) -> None:
         self._counts[ino] = self._counts.get(ino, 0) + n
@@ -36,7 +38,7 @@ class LookupCounts:
             self._counts[ino] = left
             return
         self._counts.pop(ino, None)
-        if left < 0:
+        if left < 0 and not self.inherited:
             log.warning("forget(%d, %d): the kernel held only %d", ino, n, left + n)
 
     def count(self, ino: int) -> int:

@@ -49,6 +49,7 @@ import pyfuse3
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import Node
 from fusesnap.fuse.attrs import CACHE_TIMEOUT, entry_attributes, negative_entry, statvfs
+from fusesnap.fuse.handover import Handover, fuse_descriptors, take_init
 from fusesnap.fuse.lookups import LookupCounts
 from fusesnap.fuse.source import MountSource
 from fusesnap.index import EntryType
@@ -160,6 +161,12 @@ class FuseOperations(pyfuse3.Operations):
         self.lookups = LookupCounts()
         # Told of every regular file a process opens (a lazy mount fetches it ahead).
         self.on_open: Callable[[Node], None] | None = None
+        # Called when libfuse has the connection's INIT (`fusesnap.fuse.handover`).
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        if self.on_init is not None:
+            self.on_init()
 
     def _attributes(self, ino: int) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.source.node(ino), timeout=self.timeout)
@@ -348,14 +355,38 @@ def mount_options(*, allow_other: bool = False, fsname: str = "fusesnap") -> set
 
 
 @contextmanager
-def fuse_session(ops: FuseOperations, mountpoint: Path, options: set[str]) -> Iterator[None]:
+def fuse_session(
+    ops: FuseOperations,
+    mountpoint: Path,
+    options: set[str],
+    *,
+    hold: Callable[[int, bytes], None] | None = None,
+    takeover: Handover | None = None,
+) -> Iterator[None]:
     """Mount ``ops`` at ``mountpoint`` for the block, unmount (lazily) after it.
 
     Must be entered outside trio (``pyfuse3.init`` mounts synchronously);
     run `serve` inside the block. `RuntimeError` if the mount fails.
+
+    ``hold``: given a descriptor of the new connection and its INIT request
+    (`fusesnap.fuse.handover`), to keep for a daemon that takes over.
+    ``takeover``: serve that connection, already mounted at ``mountpoint``, instead
+    of mounting (the block's end does not unmount it).
     """
-    pyfuse3.init(ops, str(mountpoint), options)
+    if takeover is not None:
+        ops.on_init = takeover.swap
+        pyfuse3.init(ops, f"/dev/fd/{takeover.start()}", options)
+    else:
+        before = fuse_descriptors()
+        pyfuse3.init(ops, str(mountpoint), options)
     try:
+        if takeover is None and hold is not None:
+            (number,) = fuse_descriptors() - before
+            fuse_fd = os.dup(number)
+            handover = Handover(fuse_fd, take_init(fuse_fd))
+            hold(fuse_fd, handover.init)
+            handover.start(number)
+            ops.on_init = handover.swap
         yield
     finally:
         pyfuse3.close(unmount=True)

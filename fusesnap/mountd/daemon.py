@@ -20,6 +20,11 @@ In order:
    unmount, drop the lease, remove the state file; with ``record``, store the
    access profile of what was read (replacing the image's previous one).
 
+Under a holder (`fusesnap.mountd.holder`), step 4 hands the new connection to
+the holder; a daemon the holder starts after a crash skips step 1, takes the
+mounted connection over instead of mounting (`fusesnap.mountd.takeover`), and
+replaces the dead daemon's state and lease.
+
 Readiness: ``on_ready("ready")`` once the kernel can send requests, or
 ``on_ready("error: ...")`` if a step before that failed (then the error is
 raised too).
@@ -44,6 +49,7 @@ from fusesnap.fs import Node
 from fusesnap.fuse import (
     ChunkCache,
     FuseOperations,
+    Handover,
     ImageSource,
     fuse_session,
     mount_options,
@@ -56,9 +62,10 @@ from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
-from fusesnap.mountd.mountpoint import MountError, detach, is_stale, mount_info
-from fusesnap.mountd.options import DaemonOptions
+from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
+from fusesnap.mountd.options import DaemonOptions, ReadyPipe, Supervision
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
+from fusesnap.mountd.takeover import check_same_tree, hand_to
 from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
 from fusesnap.store import CHUNK_FRAME_SIZE, Resource, Store, open_store
@@ -157,10 +164,22 @@ def _reported(on_ready: Callable[[str], None]) -> Iterator[None]:
 
 @contextmanager
 def _mounted(
-    ops: FuseOperations, target: Path, *, allow_other: bool, on_ready: Callable[[str], None]
+    ops: FuseOperations,
+    target: Path,
+    *,
+    allow_other: bool,
+    on_ready: Callable[[str], None],
+    supervision: Supervision | None = None,
+    takeover: Handover | None = None,
 ) -> Iterator[None]:
     """`fuse_session`, with a failure to mount reported to the starter."""
-    session = fuse_session(ops, target, mount_options(allow_other=allow_other))
+    session = fuse_session(
+        ops,
+        target,
+        mount_options(allow_other=allow_other),
+        hold=None if supervision is None else hand_to(supervision.channel),
+        takeover=takeover,
+    )
     with _reported(on_ready):
         try:
             session.__enter__()
@@ -170,6 +189,11 @@ def _mounted(
         yield
     finally:
         session.__exit__(None, None, None)
+        if takeover is not None and mount_info(target) is not None:
+            # libfuse unmounts only what it mounted: stopped by a signal, a daemon that
+            # took over leaves no mount whose connection dies with its holder.
+            with suppress(MountError):
+                detach(target, lazy=True)
 
 
 def serve_image(
@@ -177,19 +201,33 @@ def serve_image(
     *,
     on_ready: Callable[[str], None] = lambda message: None,
     view: ImageView | None = None,
+    supervision: Supervision | None = None,
 ) -> None:
     """Serve the image of ``options`` until unmounted or signalled (module docstring).
     Blocks; runs its own trio loop.
 
     ``view``: the image as the starter checked it (from another handle on the same
-    store); without one, the image is opened and checked here.
+    store); without one, the image is opened and checked here. ``supervision``: this
+    daemon runs under a holder (`fusesnap.mountd.holder`), which is told readiness
+    instead of ``on_ready``; with its ``takeover``, the mount is up already and this
+    daemon takes its connection over.
     """
+    takeover = None
+    if supervision is not None:
+        on_ready = ReadyPipe(supervision.channel)
+        if supervision.takeover is not None:
+            takeover = Handover(*supervision.takeover, takeover=True)
     with _reported(on_ready):
-        target = prepare_mountpoint(options.mountpoint)
+        if takeover is None:
+            target = prepare_mountpoint(options.mountpoint)
+        else:  # mounted, and no one answers until this daemon does: do not touch it
+            target = Path(absolute_path(options.mountpoint))
         directory = make_state_dir(options.root, target)
         store = open_store(options.root)
     with store:
-        drop_stale_state(store, directory)
+        previous = MountState.load(directory)
+        if takeover is None:
+            drop_stale_state(store, directory)
         labels = {"fusesnap.mount": str(target), "fusesnap.image": options.ref}
         with store.leases.lease(owner_pid=os.getpid(), expires_in=None, labels=labels) as lease:
             with _reported(on_ready):
@@ -203,6 +241,9 @@ def serve_image(
                     piece_size=CHUNK_FRAME_SIZE,
                 )
                 ops = FuseOperations(ImageSource(view.tree(), cache))
+                if takeover is not None:
+                    check_same_tree(previous, ops)
+                    ops.lookups.inherited = True
                 recorder = profiles.Recorder() if options.record else None
                 if recorder is not None:
                     cache.on_access = recorder.note
@@ -219,13 +260,28 @@ def serve_image(
                 pid_start=process_start_time(os.getpid()),
                 lease_id=lease.id,
                 started=time.time(),
+                holder_pid=None if supervision is None else supervision.holder_pid,
+                holder_start=None
+                if supervision is None
+                else process_start_time(supervision.holder_pid),
+                inodes=ops.source.inode_count,
             )
             state.save(directory)
+            if takeover is not None and previous is not None:
+                with suppress(NotFoundError):  # the dead daemon's
+                    store.leases.delete(previous.lease_id)
             mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan)
             try:
                 with (
                     _signals_blocked(),
-                    _mounted(ops, target, allow_other=options.allow_other, on_ready=on_ready),
+                    _mounted(
+                        ops,
+                        target,
+                        allow_other=options.allow_other,
+                        on_ready=on_ready,
+                        supervision=supervision,
+                        takeover=takeover,
+                    ),
                 ):
                     trio.run(mounted.main, options)
                 log.info("%s: unmounted", target)

@@ -1,4 +1,5 @@
-"""What a mount daemon is told: one typed record, and the pipe it says "ready" on."""
+"""What a mount daemon is told: one typed record, the pipe it says "ready" on, and,
+under a holder (`fusesnap.mountd.holder`), how it reaches the holder."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from fusesnap.fuse import DEFAULT_MAX_BYTES
 from fusesnap.registry import DEFAULT_HOSTS_DIRS, RegistryOptions
 
-__all__ = ["PREFETCH_MODES", "DaemonOptions", "ReadyPipe"]
+__all__ = ["PREFETCH_MODES", "DaemonOptions", "ReadyPipe", "Supervision"]
 
 PREFETCH_MODES = ("none", "auto", "profile", "all")
 
@@ -97,3 +98,15 @@ class ReadyPipe:
             os.close(fd)
         except OSError:
             pass  # the starter is gone: serve anyway, umount still works
+
+
+@dataclass(frozen=True, slots=True)
+class Supervision:
+    """A daemon under a holder: ``channel`` is a unix socket (SOCK_SEQPACKET) to it, on
+    which a new mount's connection is handed over (descriptor and INIT request, one
+    message starting ``fuse``) and readiness is said (`ReadyPipe`); ``takeover`` is the
+    connection to serve instead of mounting (a descriptor of ``/dev/fuse`` and its INIT)."""
+
+    channel: int
+    holder_pid: int
+    takeover: tuple[int, bytes] | None = None

@@ -39,10 +39,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from fusesnap.errors import FusesnapError, NotFoundError
+from fusesnap.errors import NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.mountd.control import query
-from fusesnap.mountd.daemon import open_view, prepare_mountpoint, serve_image
+from fusesnap.mountd.daemon import open_view, prepare_mountpoint
+from fusesnap.mountd.holder import hold, serve_logged
 from fusesnap.mountd.mountpoint import (
     FSTYPE,
     MountError,
@@ -51,7 +52,7 @@ from fusesnap.mountd.mountpoint import (
     is_stale,
     mount_info,
 )
-from fusesnap.mountd.options import DaemonOptions, ReadyPipe
+from fusesnap.mountd.options import DaemonOptions, Supervision
 from fusesnap.mountd.state import (
     CONTROL_SOCKET,
     DAEMON_LOG,
@@ -63,7 +64,7 @@ from fusesnap.mountd.state import (
 from fusesnap.mountd.zygote import Zygote
 from fusesnap.store import any_open, open_store
 
-__all__ = ["mount_stats", "run_daemon", "start_mount", "unmount"]
+__all__ = ["mount_stats", "run_daemon", "run_takeover", "start_mount", "unmount"]
 
 log = logging.getLogger(__name__)
 
@@ -125,28 +126,28 @@ def start_mount(
 
 
 def run_daemon(options: DaemonOptions, ready_fd: int, view: ImageView | None = None) -> int:
-    """The daemon process's body: log to stderr, serve, and say what went wrong in one
-    line (``fusesnap: error: ...``, which the starter shows). The exit code."""
+    """The background mount's body: log to stderr, and hold the mount while a daemon
+    serves it (`fusesnap.mountd.holder`). The exit code."""
+    _log_to_stderr(options)
+    return hold(options, ready_fd, view)
+
+
+def run_takeover(options: DaemonOptions, channel: int, fuse_fd: int, init: bytes) -> int:
+    """A daemon started by a holder to take the mounted connection ``fuse_fd`` over."""
+    _log_to_stderr(options)
+    supervision = Supervision(channel, os.getppid(), takeover=(fuse_fd, init))
+    return serve_logged(options, supervision=supervision)
+
+
+def _log_to_stderr(options: DaemonOptions) -> None:
     top = logging.getLogger()
     for handler in top.handlers[:]:  # the starter's (not closed: they are not ours)
         top.removeHandler(handler)
     logging.basicConfig(
         level=logging.DEBUG if options.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.DEBUG if options.verbose else logging.WARNING)
-    try:
-        serve_image(options, on_ready=ReadyPipe(ready_fd), view=view)
-    except FusesnapError as exc:
-        if options.verbose:
-            traceback.print_exc()
-        print(f"fusesnap: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        traceback.print_exc()
-        print(f"fusesnap: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 class _Daemon(Protocol):
@@ -365,8 +366,26 @@ def unmount(root: Path, mountpoint: str | os.PathLike[str], *, lazy: bool = Fals
     else:
         detach(target, lazy=True)
         done = "cleared a stale mount (its daemon had died)"
+    if state is not None:
+        _stop_holder(state)
     _forget(root, directory, state)
     return done
+
+
+def _stop_holder(state: MountState) -> None:
+    """The holder ends once its daemon has (or, with no daemon, once the mount is gone);
+    one that does not is stopped: SIGTERM, then SIGKILL."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and state.holder_alive():
+            assert state.holder_pid is not None
+            log.warning("holder %d did not exit; sending %s", state.holder_pid, sig.name)
+            with suppress(ProcessLookupError):
+                os.kill(state.holder_pid, sig)
+        deadline = time.monotonic() + 5.0
+        while state.holder_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not state.holder_alive():
+            return
 
 
 def _forget(root: Path, directory: Path, state: MountState | None) -> None:

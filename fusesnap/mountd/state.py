@@ -7,9 +7,11 @@ Each mount point has a directory named after the hash of its absolute path, so
         mount.json      `MountState`: DIR, image, daemon pid (+ start time), lease id
         daemon.log      the daemon's stdout and stderr (truncated by each new mount)
         control.sock    the daemon's control socket (`fusesnap.mountd.control`)
+        failed          why the holder gave up restarting the daemon (reads get EIO)
 
 ``mount.json`` exists while the daemon runs (it removes it on its way out; a
-killed daemon leaves it, and the next ``mount`` or ``umount`` of DIR clears it).
+killed daemon leaves it, and the next ``mount`` or ``umount`` of DIR clears it,
+or a daemon that takes the mount over replaces it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ __all__ = [
     "CONTROL_SOCKET",
     "DAEMON_LOG",
     "MountState",
+    "failure",
     "make_state_dir",
+    "mark_failed",
+    "mount_failure",
     "state_dir",
 ]
 
@@ -36,6 +41,7 @@ MOUNTS = "mounts"
 STATE_FILE = "mount.json"
 DAEMON_LOG = "daemon.log"
 CONTROL_SOCKET = "control.sock"
+FAILED = "failed"
 
 
 def state_dir(root: Path, mountpoint: str | os.PathLike[str]) -> Path:
@@ -64,6 +70,9 @@ class MountState:
     pid_start: int | None
     lease_id: str
     started: float
+    holder_pid: int | None = None  # the process that keeps the connection (`holder`)
+    holder_start: int | None = None
+    inodes: int = 0  # of the tree served: a daemon taking over must number it alike
 
     def save(self, directory: Path) -> None:
         tmp = directory / f"{STATE_FILE}.tmp"
@@ -83,7 +92,33 @@ class MountState:
     def remove(directory: Path) -> None:
         (directory / STATE_FILE).unlink(missing_ok=True)
         (directory / CONTROL_SOCKET).unlink(missing_ok=True)
+        (directory / FAILED).unlink(missing_ok=True)
 
     def daemon_alive(self) -> bool:
-        start = process_start_time(self.pid)
-        return start is not None and (self.pid_start is None or start == self.pid_start)
+        return _alive(self.pid, self.pid_start)
+
+    def holder_alive(self) -> bool:
+        return self.holder_pid is not None and _alive(self.holder_pid, self.holder_start)
+
+
+def _alive(pid: int, pid_start: int | None) -> bool:
+    start = process_start_time(pid)
+    return start is not None and (pid_start is None or start == pid_start)
+
+
+def mark_failed(directory: Path, reason: str) -> None:
+    """Record that the mount of ``directory`` has no daemon and will get none."""
+    (directory / FAILED).write_text(reason + "\n")
+
+
+def failure(directory: Path) -> str | None:
+    """Why the mount of ``directory`` failed (`mark_failed`); None if it did not."""
+    try:
+        return (directory / FAILED).read_text().strip() or "no daemon"
+    except OSError:
+        return None
+
+
+def mount_failure(root: Path, mountpoint: str | os.PathLike[str]) -> str | None:
+    """Why the mount at ``mountpoint`` has no daemon any more (`failure`), or None."""
+    return failure(state_dir(root, mountpoint))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fusesnap.mountd.state import MountState, state_dir
 from tests.containerd.harness import (
     Daemon,
     eventually,
@@ -259,6 +262,45 @@ def test_a_snapshotter_restart_keeps_running_containers(node, registry, faulty) 
         assert _running(node, cid)
     finally:
         _kill(node, cid)
+
+
+@pytest.mark.slow
+def test_a_lower_mount_daemon_kill_and_a_snapshotter_restart_keep_containers_reading(
+    node, registry, faulty
+) -> None:
+    """Four containers read through one lower mount (each loop ends at its first failed
+    read, and the container with it); its daemon is killed, then the snapshotter is
+    restarted: all four run on, on the same mount."""
+    ref, first = _start_reader(node, registry, faulty)
+    ids = [first]
+    try:
+        for _ in range(3):
+            cid = unique_id()
+            node.ctrd.ctr(
+                "run", "-d", "--snapshotter", SNAPSHOTTER, ref, cid,
+                "sh", "-c", "while cat /etc/passwd >/dev/null; do sleep 0.1; done; echo broken",
+            )  # fmt: skip
+            ids.append(cid)
+        lowers = node.lower_mounts()
+        assert len(lowers) == 1, lowers
+        directory = state_dir(node.root, lowers[0])
+        before = MountState.load(directory)
+        assert before is not None
+        os.kill(before.pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = MountState.load(directory)
+            return now is not None and now.pid != before.pid and now.daemon_alive()
+
+        eventually(replaced, "a new daemon on the lower mount", timeout=60)
+        node.daemon.process.stop()
+        node.daemon.process.start()
+        eventually(lambda: _runs(node, ref), "containerd to reach the snapshotter again")
+        assert node.lower_mounts() == lowers
+        assert [cid for cid in ids if not _running(node, cid)] == []
+    finally:
+        for cid in ids:
+            _kill(node, cid)
 
 
 def _metrics(node: Node) -> dict[str, float]:

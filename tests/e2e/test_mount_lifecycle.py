@@ -35,6 +35,13 @@ def daemon_pid(root: Path, mountpoint: Path) -> int:
     return state.pid
 
 
+def holder_pid(root: Path, mountpoint: Path) -> int:
+    state = MountState.load(state_dir(root, mountpoint))
+    assert state is not None
+    assert state.holder_pid is not None
+    return state.holder_pid
+
+
 def wait_gone(pid: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
@@ -125,9 +132,10 @@ def test_stale_mount_is_cleared_by_umount_and_by_mount(pulled: Pulled, tmp_path:
         for clear in ("umount", "mount"):
             mnt.mkdir(exist_ok=True)
             run(pulled.root, "mount", img.ref, str(mnt))
-            pid = daemon_pid(pulled.root, mnt)
-            os.kill(pid, signal.SIGKILL)
-            wait_gone(pid)
+            # The holder first (else it starts a new daemon), then the daemon.
+            for pid in (holder_pid(pulled.root, mnt), daemon_pid(pulled.root, mnt)):
+                os.kill(pid, signal.SIGKILL)
+                wait_gone(pid)
             with pytest.raises(OSError, match=r"not connected|connection abort") as info:
                 os.listdir(mnt)
             # A dead FUSE daemon: ENOTCONN, or ECONNABORTED when the kernel was mid-request.

@@ -87,7 +87,7 @@ def test_a_failed_mount_is_reported_to_the_starter(monkeypatch, tmp_path: Path) 
     from fusesnap.mountd import daemon
 
     @contextmanager
-    def refuse(*args: object):
+    def refuse(*args: object, **kwargs: object):
         raise RuntimeError("fuse_session_mount failed")
         yield
 

@@ -1,0 +1,211 @@
+"""A mount daemon that dies (``kill -9``) while processes read: its holder starts a new
+one that takes the FUSE connection over, and the readers see no error; a daemon that
+cannot come back leaves reads failing with EIO, never hanging, until ``rm -f``/``umount``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fusesnap.mountd.control import query
+from fusesnap.mountd.holder import MAX_RESTARTS
+from fusesnap.mountd.mountpoint import MountError, mount_info
+from fusesnap.mountd.state import CONTROL_SOCKET, MountState, failure, state_dir
+from fusesnap.store import open_store
+from tests.e2e.cli import mounted, run
+
+pytestmark = pytest.mark.e2e
+
+# Reads every file under the mount in a loop, each open and read going to the daemon
+# (the page cache of the file is dropped after each read), checks the bytes against the
+# first pass, and says "pass N" after each pass and "FAIL ..." for anything wrong.
+_READER = r"""
+import hashlib, os, sys
+top, stop = sys.argv[1], sys.argv[2]
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs
+               if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f)))
+seen = {}
+n = 0
+while not os.path.exists(stop):
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            os.statvfs(top)
+        except OSError as exc:
+            print("FAIL", path, exc, flush=True)
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if seen.setdefault(path, digest) != digest:
+            print("FAIL", path, "changed", flush=True)
+    n += 1
+    print("pass", n, len(files), flush=True)
+"""
+
+
+def mount_state(root: Path, mountpoint: Path) -> MountState:
+    state = MountState.load(state_dir(root, mountpoint))
+    assert state is not None, f"no mount.json for {mountpoint}"
+    return state
+
+
+def wait_for(what: str, check, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def passes(log: Path) -> int:
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("pass ")]
+    return int(lines[-1].split()[1]) if lines else 0
+
+
+def failures(log: Path) -> list[str]:
+    return [ln for ln in log.read_text().splitlines() if "FAIL" in ln]
+
+
+def _replaced(root: Path, mountpoint: Path, old: int) -> MountState | None:
+    """The new daemon's state once it serves (its control socket answers)."""
+    directory = state_dir(root, mountpoint)
+    state = MountState.load(directory)
+    if state is None or state.pid == old or not state.daemon_alive():
+        return None
+    try:
+        query(directory / CONTROL_SOCKET)
+    except MountError:
+        return None
+    return state
+
+
+def kill_and_wait_for_the_next(root: Path, mnt: Path) -> tuple[MountState, MountState]:
+    before = mount_state(root, mnt)
+    os.kill(before.pid, signal.SIGKILL)
+    after = wait_for("a new daemon", lambda: _replaced(root, mnt, before.pid))
+    return before, after
+
+
+def test_killed_daemon_is_replaced_and_readers_see_no_error(registry, tmp_path) -> None:
+    from tools.images.catalog import build_and_push
+
+    img = build_and_push("crafted-big", registry, big_size=24 << 20, tag="big24m")
+    root = tmp_path / "store"
+    run(root, "pull", "--lazy", img.ref)
+    log, stop = tmp_path / "reader.log", tmp_path / "stop"
+    with mounted(root, img.ref, tmp_path / "mnt", "--prefetch", "none") as mnt:
+        with open(log, "w") as out:
+            reader = subprocess.Popen(
+                [sys.executable, "-c", _READER, str(mnt), str(stop)], stdout=out, stderr=out
+            )
+        try:
+            wait_for("the reader's first pass", lambda: passes(log) >= 1, timeout=300)
+            holder = mount_state(root, mnt).holder_pid
+            for _ in range(3):  # each time while the reader is at it
+                done = passes(log)
+                before, after = kill_and_wait_for_the_next(root, mnt)
+                assert after.holder_pid == holder == before.holder_pid
+                wait_for("two more passes", lambda p=done: passes(log) >= p + 2)
+        finally:
+            stop.touch()
+            reader.wait(timeout=120)
+        assert failures(log) == [], log.read_text()[-2000:]
+        stats = run(root, "stats", str(mnt)).stdout
+        assert "requests" in stats
+        with open_store(root) as store:
+            leases = store.leases.list()
+        assert [le.owner_pid for le in leases] == [after.pid]  # the dead daemons' went
+    assert mount_info(mnt) is None
+    assert holder is not None
+    assert not alive(holder)
+    assert not alive(after.pid)
+
+
+def test_remount_hands_the_mount_to_a_fresh_daemon(pulled_busybox, tmp_path) -> None:
+    root, ref = pulled_busybox
+    with mounted(root, ref, tmp_path / "mnt") as mnt:
+        before = mount_state(root, mnt)
+        out = run(root, "remount", str(mnt)).stdout
+        after = mount_state(root, mnt)
+        assert after.pid != before.pid
+        assert str(after.pid) in out
+        assert not alive(before.pid)
+        assert (mnt / "bin").is_dir()
+
+
+def test_a_daemon_that_cannot_come_back_makes_reads_fail_with_eio(pulled_busybox, tmp_path) -> None:
+    root, ref = pulled_busybox
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(root, "mount", ref, str(mnt))
+    state = mount_state(root, mnt)
+    run(root, "rmi", ref)  # a new daemon finds no image to serve
+    os.kill(state.pid, signal.SIGKILL)
+    reason = wait_for("the holder to give up", lambda: failure(state_dir(root, mnt)))
+    assert "no daemon could take the mount over" in reason
+    with pytest.raises(OSError, match="Input/output error") as info:
+        (mnt / "bin" / "busybox").read_bytes()
+    assert info.value.errno == errno.EIO
+    assert "cleared" in run(root, "umount", str(mnt)).stdout
+    assert mount_info(mnt) is None
+    assert state.holder_pid is not None
+    assert not alive(state.holder_pid)
+    assert failure(state_dir(root, mnt)) is None
+
+
+@pytest.fixture
+def pulled_busybox(busybox, tmp_path) -> tuple[Path, str]:
+    root = tmp_path / "store"
+    run(root, "pull", busybox.ref)
+    return root, busybox.ref
+
+
+def test_a_daemon_that_took_over_unmounts_on_sigterm(pulled_busybox, tmp_path) -> None:
+    root, ref = pulled_busybox
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(root, "mount", ref, str(mnt))
+    _, after = kill_and_wait_for_the_next(root, mnt)
+    holder = after.holder_pid
+    assert holder is not None
+    os.kill(after.pid, signal.SIGTERM)
+    wait_for("the daemon to exit", lambda: not alive(after.pid))
+    wait_for("the holder to exit", lambda: not alive(holder))
+    assert mount_info(mnt) is None  # not left stale
+
+
+def test_a_daemon_that_keeps_dying_is_given_up_on(pulled_busybox, tmp_path) -> None:
+    root, ref = pulled_busybox
+    with mounted(root, ref, tmp_path / "mnt") as mnt:
+        for _ in range(MAX_RESTARTS):
+            kill_and_wait_for_the_next(root, mnt)
+        last = mount_state(root, mnt)
+        os.kill(last.pid, signal.SIGKILL)
+        reason = wait_for("the holder to give up", lambda: failure(state_dir(root, mnt)))
+        assert f"died {MAX_RESTARTS + 1} times" in reason
+        with pytest.raises(OSError, match="Input/output error"):
+            os.listdir(mnt / "bin")
+    assert mount_info(mnt) is None
+    assert last.holder_pid is not None
+    assert not alive(last.holder_pid)
