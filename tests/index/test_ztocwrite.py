@@ -6,18 +6,17 @@ import gzip
 import hashlib
 import io
 import json
-import struct
 import tarfile
 from pathlib import Path
 
 import flatbuffers
 import pytest
-from flatbuffers.table import Table
 
 from fusesnap.errors import LayerError
 from fusesnap.index import ztocwrite
 from fusesnap.index.zinfo import build_zinfo
 from fusesnap.index.ztoctar import read_toc
+from tests.index.ztocparse import parse
 
 VECTORS = Path(__file__).parent.parent / "fixtures" / "soci-ztoc"
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
@@ -33,75 +32,6 @@ def test_byte_for_byte_as_soci_wrote_it(vector: dict) -> None:
         assert parse(ztoc.data) == parse(golden)
     assert ztoc.data == golden
     assert ztoc.digest == "sha256:" + hashlib.sha256(golden).hexdigest()
-
-
-# -- a minimal reading of the FlatBuffers table, enough to name a differing field --------
-
-
-def _table(buf: bytes, pos: int) -> Table:
-    return Table(bytearray(buf), pos)
-
-
-def _string(t: Table, slot: int) -> bytes:
-    o = t.Offset(4 + 2 * slot)
-    return bytes(t.String(o + t.Pos)) if o else b""
-
-
-def _scalar(t: Table, slot: int, fmt: str) -> int:
-    o = t.Offset(4 + 2 * slot)
-    return struct.unpack_from(fmt, t.Bytes, t.Pos + o)[0] if o else 0
-
-
-def _vector(t: Table, slot: int) -> list[int]:
-    o = t.Offset(4 + 2 * slot)
-    if not o:
-        return []
-    start = t.Vector(o)
-    return [t.Indirect(start + 4 * i) for i in range(t.VectorLen(o))]
-
-
-def parse(data: bytes) -> dict:
-    root = _table(data, struct.unpack_from("<I", data)[0])
-    toc = _table(data, root.Indirect(root.Pos + root.Offset(4 + 2 * 4)))
-    info = _table(data, root.Indirect(root.Pos + root.Offset(4 + 2 * 5)))
-    entries = []
-    for pos in _vector(toc, 0):
-        fm = _table(data, pos)
-        xattrs = {}
-        for xpos in _vector(fm, 13):
-            x = _table(data, xpos)
-            xattrs[_string(x, 0)] = _string(x, 1)
-        entries.append(
-            {
-                "name": _string(fm, 0),
-                "type": _string(fm, 1),
-                "offset": _scalar(fm, 2, "<q"),
-                "size": _scalar(fm, 3, "<q"),
-                "linkname": _string(fm, 4),
-                "mode": _scalar(fm, 5, "<q"),
-                "uid": _scalar(fm, 6, "<I"),
-                "gid": _scalar(fm, 7, "<I"),
-                "uname": _string(fm, 8),
-                "gname": _string(fm, 9),
-                "mod_time": _string(fm, 10),
-                "devmajor": _scalar(fm, 11, "<q"),
-                "devminor": _scalar(fm, 12, "<q"),
-                "xattrs": xattrs,
-            }
-        )
-    o = info.Offset(4 + 2 * 3)
-    checkpoints = bytes(info.Bytes[info.Vector(o) : info.Vector(o) + info.VectorLen(o)])
-    return {
-        "version": _string(root, 0),
-        "build_tool": _string(root, 1),
-        "compressed_size": _scalar(root, 2, "<q"),
-        "uncompressed_size": _scalar(root, 3, "<q"),
-        "entries": entries,
-        "max_span_id": _scalar(info, 1, "<i"),
-        "span_digests": [bytes(info.Bytes[p + 4 : p + 4 + 71]) for p in _vector(info, 2)],
-        "checkpoints_head": checkpoints[:12],
-        "checkpoints": checkpoints,
-    }
 
 
 # -- tars the vectors do not cover ------------------------------------------------------
