@@ -157,8 +157,8 @@ def index_cmd(
     )
     if isinstance(pushed, PushedSoci):
         click.echo(
-            f"pushed SOCI index {pushed.index.digest} ({pushed.ztocs} zTOCs, "
-            f"{human_size(pushed.ztoc_bytes)}; {pushed.skipped} layers without one); "
+            f"pushed SOCI index {pushed.index.digest} ({pushed.ztocs} zTOC(s), "
+            f"{human_size(pushed.ztoc_bytes)}; {pushed.skipped} layer(s) without one); "
             f"{reference.name}:{pushed.tag} is the SOCI-enabled image "
             f"{pushed.image_index.digest}"
         )

@@ -23,9 +23,12 @@ zTOC's ``checkpoints`` field holds: u32 count, u64 span size, then per
 checkpoint u64 compressed offset, u64 uncompressed offset, u8 bits and the
 32 KiB window, all little-endian.
 
-Speed: the inflating is zlib's; Python runs once per input read, output window
-and block boundary. Measured on this machine (``python -m tools.bench.zinfo``):
-see that tool's docstring.
+Speed: the inflating is zlib's; Python runs once per 16 KiB read, per filled
+output window and per block boundary. Measured on this machine (2 CPUs) on a
+149 MB gzip layer (450 MB of tar): 2.97 s, against 2.89 s for Python's
+``zlib`` inflating the same blob with nothing else; on a 113 MB layer (245 MB
+of tar, 6845 entries) 1.5 s, and the whole zTOC (`fusesnap.index.ztocwrite`:
+checkpoints, span digests, TOC, FlatBuffers) 6.6 s.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ async def push_soci_index(
         }
     )
     index_digest = await client.put_manifest(ref, index_body, OCI_MANIFEST, tag=None)
-    on_step(f"pushed SOCI index {index_digest.short} ({len(ztoc_descs)} zTOCs)")
+    on_step(f"pushed SOCI index {index_digest.short} ({_count(len(ztoc_descs), 'zTOC')})")
 
     doc = json.loads(resolved.manifest_bytes)
     doc["mediaType"] = OCI_MANIFEST

@@ -31,7 +31,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SOCI_V2 = "application/vnd.amazon.soci.index.v2+json"
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST))
-_INDEX_LINE = re.compile(r"pushed SOCI index (sha256:[0-9a-f]{64}) \((\d+) zTOCs")
+_INDEX_LINE = re.compile(r"pushed SOCI index (sha256:[0-9a-f]{64}) \((\d+) zTOC")
 
 
 class _Repo:
