@@ -91,6 +91,8 @@ def index_cmd(
     plat = Platform.parse(platform_text) if platform_text else None
     if span_size < 32 << 10:
         raise click.BadParameter("at least 32 KiB", param_hint="--span-size")
+    if push and fmt == "soci" and not (soci_tag or reference.tag):
+        raise click.UsageError(f"{ref} names no tag to push the SOCI-enabled image to; use --tag")
     store = c.store()
     progress = ProgressLine(f"indexing {reference}", unit="layers")
     started = time.monotonic()

@@ -204,6 +204,8 @@ async def push_soci_index(
     for layer in unique:
         if layer_compression(layer.media_type) != "gzip":
             on_step(f"layer {layer.digest.short}: no zTOC (not gzip: {layer.media_type})")
+        elif "nondistributable" in layer.media_type or "foreign" in layer.media_type:
+            on_step(f"layer {layer.digest.short}: no zTOC (not distributable)")
         elif layer.size < options.min_layer_size:
             on_step(
                 f"layer {layer.digest.short}: no zTOC ({human_size(layer.size)}, under "

@@ -209,3 +209,7 @@ def test_nothing_to_index_is_one_clear_error(registry, tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "no layer gets a zTOC" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+    by_digest = f"{img.ref.rsplit(':', 1)[0]}@{img.manifest_digest}"
+    proc = run(tmp_path / "a", "index", by_digest, "--push", "--format", "soci", check=False)
+    assert proc.returncode == 2
+    assert "names no tag" in proc.stderr, proc.stderr
