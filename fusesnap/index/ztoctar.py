@@ -50,7 +50,7 @@ _TYPES = {
     b"5": b"dir",
     b"6": b"fifo",
 }
-_HEADER_ONLY = frozenset(b"123456")
+_HEADER_ONLY = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})  # no data, whatever the size says
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 

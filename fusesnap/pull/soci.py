@@ -34,7 +34,6 @@ repository.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -43,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from fusesnap.blocking import run_blocking
-from fusesnap.digest import Digest
-from fusesnap.errors import DigestMismatchError, LayerError, ManifestError
+from fusesnap.digest import Digest, Verifier
+from fusesnap.errors import LayerError, ManifestError
 from fusesnap.index import ztocwrite
 from fusesnap.oci import (
     OCI_CONFIG,
@@ -115,33 +114,31 @@ def _json(doc: Any) -> bytes:
 
 
 class _FileSink:
-    """A `BlobSink` into a local file, hashing what it writes; `verify` checks it."""
+    """A `BlobSink` into a local file, verified (digest and size) by `check`."""
 
-    def __init__(self, path: Path, progress: PullProgress) -> None:
+    def __init__(self, path: Path, layer: Descriptor, progress: PullProgress) -> None:
         self._file = path.open("wb")
-        self._hash = hashlib.sha256()
+        self._layer = layer
+        self._verifier = Verifier(layer.digest, layer.size)
         self._progress = progress
-        self.offset = 0
+
+    @property
+    def offset(self) -> int:
+        return self._verifier.count
 
     async def write(self, data: bytes) -> None:
         await run_blocking(self._file.write, data)
-        self._hash.update(data)
-        self.offset += len(data)
+        self._verifier.update(data)
         self._progress.advance(len(data))
 
     async def reset(self) -> None:
         await run_blocking(self._file.truncate, 0)
         self._file.seek(0)
-        self._hash = hashlib.sha256()
-        self.offset = 0
+        self._verifier = Verifier(self._layer.digest, self._layer.size)
 
-    def verify(self, desc: Descriptor) -> None:
+    def check(self) -> None:
         self._file.close()
-        got = f"sha256:{self._hash.hexdigest()}"
-        if self.offset != desc.size or got != str(desc.digest):
-            raise DigestMismatchError(
-                f"layer {desc.digest.short}: downloaded {self.offset} bytes hashing to {got[:19]}…"
-            )
+        self._verifier.check(what="layer")
 
     def close(self) -> None:
         self._file.close()
@@ -156,10 +153,10 @@ async def _build_layer_ztoc(
     progress: PullProgress,
 ) -> ztocwrite.Ztoc:
     path = workdir / layer.digest.hex
-    sink = _FileSink(path, progress)
+    sink = _FileSink(path, layer, progress)
     try:
         await client.download_blob(ref, layer, sink)
-        sink.verify(layer)
+        sink.check()
     finally:
         sink.close()
     try:

@@ -151,3 +151,24 @@ def test_corrupt_or_truncated_gzip_is_a_layer_error(tmp_path: Path) -> None:
 
 def test_builder_is_the_flatbuffers_package() -> None:
     assert isinstance(ztocwrite._builder(), flatbuffers.Builder)
+
+
+def test_a_directory_has_no_data_whatever_its_size_field_says() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        d = tarfile.TarInfo("d")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        f = tarfile.TarInfo("d/f")
+        f.size = 3
+        tf.addfile(f, io.BytesIO(b"abc"))
+    raw = bytearray(buf.getvalue())
+    raw[124:136] = b"%011o\0" % 1024  # the directory claims 1 KiB of data
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    entries, _ = read_toc(io.BytesIO(bytes(raw)))
+    assert [(e.name, e.type, e.size) for e in entries] == [
+        (b"d/", b"dir", 1024),
+        (b"d/f", b"reg", 3),
+    ]
+    assert raw[entries[1].offset : entries[1].offset + 3] == b"abc"
