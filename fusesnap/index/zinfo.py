@@ -139,9 +139,17 @@ def _lib() -> ctypes.CDLL:
     return _libz
 
 
-def build_zinfo(fileobj: BinaryIO, *, span: int, what: str = "gzip blob") -> Zinfo:
+def build_zinfo(
+    fileobj: BinaryIO,
+    *,
+    span: int,
+    on_output: Callable[[bytes], None] | None = None,
+    what: str = "gzip blob",
+) -> Zinfo:
     """Read the gzip blob in ``fileobj`` (from its position to its end) once and
     return its checkpoints, placed as soci places them (module docstring).
+    ``on_output`` gets the uncompressed stream, in order, in pieces of up to 32 KiB;
+    an exception it raises ends the pass.
 
     Raise `LayerError` if the blob is not a gzip stream that inflates to its end
     (corrupt, truncated, or empty).
@@ -175,11 +183,15 @@ def build_zinfo(fileobj: BinaryIO, *, span: int, what: str = "gzip blob") -> Zin
                 if strm.avail_out == 0:
                     strm.avail_out = WINDOW_SIZE
                     strm.next_out = window_addr
+                room = strm.avail_out
                 totin += strm.avail_in
                 totout += strm.avail_out
                 ret = lib.inflate(ctypes.byref(strm), _Z_BLOCK)
                 totin -= strm.avail_in
                 totout -= strm.avail_out
+                if on_output is not None and room != strm.avail_out:
+                    at = window_addr + WINDOW_SIZE - room
+                    on_output(ctypes.string_at(at, room - strm.avail_out))
                 if ret in (_Z_NEED_DICT, _Z_DATA_ERROR, _Z_MEM_ERROR):
                     msg = strm.msg.decode(errors="replace") if strm.msg else f"zlib error {ret}"
                     raise LayerError(f"{what}: corrupt gzip stream at byte {totin} ({msg})")

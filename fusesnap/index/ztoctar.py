@@ -74,89 +74,92 @@ class TocEntry:
     pax: dict[bytes, bytes] = field(default_factory=dict)
 
 
-class _Reader:
-    """Exact reads from the uncompressed stream, counting the position."""
+class TocReader:
+    """Walks a tar stream fed to it in pieces of any size (`feed`), so that the pass
+    that inflates a layer for its checkpoints also reads its TOC; `finish` returns
+    the entries and the archive size. Raises `LayerError` where soci's builder fails
+    (module docstring). Bytes after the end of the archive are ignored."""
 
-    def __init__(self, fileobj: BinaryIO, what: str) -> None:
-        self._f = fileobj
-        self._what = what
-        self.pos = 0
+    def __init__(self, *, what: str = "layer") -> None:
+        self.what = what
+        self.entries: list[TocEntry] = []
+        self.pos = 0  # bytes of the stream taken
+        self._buf = bytearray()
+        self._need = BLOCK  # bytes _step wants next
+        self._state = "header"  # header | zero2 | special | done
+        self._skip = 0  # data and padding to pass over before the next _step
+        self._special: tuple[bytes, int] = (b"", 0)  # flag and padding of a PAX/long-name entry
+        self._pax: dict[bytes, bytes] | None = None
+        self._long_name = self._long_link = b""
 
-    def read(self, n: int) -> bytes:
-        parts = []
-        want = n
-        while want:
-            data = self._f.read(min(want, 1 << 20))
-            if not data:
-                break
-            parts.append(data)
-            want -= len(data)
-        out = b"".join(parts)
-        self.pos += len(out)
-        return out
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n and self._state != "done":
+            if self._skip:
+                step = min(self._skip, n - i)
+                self._skip -= step
+                self.pos += step
+                i += step
+                continue
+            take = min(self._need - len(self._buf), n - i)
+            self._buf += data[i : i + take]
+            self.pos += take
+            i += take
+            if len(self._buf) == self._need:
+                block = bytes(self._buf)
+                self._buf.clear()
+                self._step(block)
 
-    def exact(self, n: int) -> bytes:
-        data = self.read(n)
-        if len(data) != n:
-            raise LayerError(f"{self._what}: tar stream ends inside an entry at {self.pos}")
-        return data
+    def finish(self) -> tuple[list[TocEntry], int]:
+        """The entries and the size soci records: where Go's reader saw the end."""
+        if self._skip or self._buf or self._state == "special":
+            raise LayerError(f"{self.what}: tar stream ends inside an entry at {self.pos}")
+        return self.entries, self.pos
 
-    def skip(self, n: int) -> None:
-        while n:
-            step = min(n, 1 << 20)
-            self.exact(step)
-            n -= step
-
-
-def read_toc(fileobj: BinaryIO, *, what: str = "layer") -> tuple[list[TocEntry], int]:
-    """Walk the uncompressed tar stream in ``fileobj`` with Go's rules (module
-    docstring); return its entries in order and the archive size soci records.
-    Raise `LayerError` where soci's builder fails."""
-    r = _Reader(fileobj, what)
-    entries: list[TocEntry] = []
-    pax: dict[bytes, bytes] | None = None
-    long_name = long_link = b""
-    while True:
-        block = r.read(BLOCK)
-        if not block:
-            break
-        if len(block) != BLOCK:
-            raise LayerError(f"{what}: tar stream ends inside a header at {r.pos}")
+    def _step(self, block: bytes) -> None:
+        what = self.what
+        if self._state == "zero2":
+            if block != _ZERO:
+                raise LayerError(f"{what}: a zero block followed by a header at {self.pos}")
+            self._state = "done"
+            return
+        if self._state == "special":
+            flag, padding = self._special
+            self._state, self._need, self._skip = "header", BLOCK, padding
+            if flag in (b"x", b"g"):
+                self._pax = _parse_pax(block, what)
+                if flag == b"g":
+                    raise LayerError(f"{what}: a global PAX header (soci's builder refuses it)")
+            elif flag == b"L":
+                self._long_name = _cstr(block)
+            else:
+                self._long_link = _cstr(block)
+            return
         if block == _ZERO:
-            second = r.read(BLOCK)
-            if not second:
-                break
-            if second != _ZERO:
-                if len(second) != BLOCK:
-                    raise LayerError(f"{what}: tar stream ends inside a header at {r.pos}")
-                raise LayerError(f"{what}: a zero block followed by a header at {r.pos}")
-            break
+            self._state = "zero2"
+            return
         h = _parse_header(block, what)
         flag = h["type"]
-        data_size = 0 if flag in _HEADER_ONLY else h["size"]
-        if data_size < 0:
-            raise LayerError(f"{what}: negative size in the header at {r.pos - BLOCK}")
-        padding = -data_size % BLOCK
-        if flag in (b"x", b"g"):
-            pax = _parse_pax(_special(r, data_size, what), what)
-            r.skip(padding)
-            if flag == b"g":
-                raise LayerError(f"{what}: a global PAX header (soci's builder refuses it)")
-            continue
-        if flag in (b"L", b"K"):
-            value = _cstr(_special(r, data_size, what))
-            r.skip(padding)
-            if flag == b"L":
-                long_name = value
-            else:
-                long_link = value
-            continue
+        if flag in (b"x", b"g", b"L", b"K"):
+            size = h["size"]
+            if not 0 <= size <= _MAX_SPECIAL:
+                raise LayerError(f"{what}: a PAX or long-name header of {size} bytes")
+            self._special = (flag, -size % BLOCK)
+            self._state, self._need = "special", size
+            if size == 0:
+                self._step(b"")
+            return
+        self._entry(h)
+
+    def _entry(self, h: dict) -> None:
+        what, pax = self.what, self._pax
         if pax:
             _merge_pax(h, pax, what)
-        if long_name:
-            h["name"] = long_name
-        if long_link:
-            h["linkname"] = long_link
+        if self._long_name:
+            h["name"] = self._long_name
+        if self._long_link:
+            h["linkname"] = self._long_link
+        flag = h["type"]
         if flag == b"\0":
             flag = b"5" if h["name"].endswith(b"/") else b"0"
         kind = _TYPES.get(flag)
@@ -168,11 +171,14 @@ def read_toc(fileobj: BinaryIO, *, what: str = "layer") -> tuple[list[TocEntry],
         if pax and any(k.startswith(b"GNU.sparse.") for k in pax):
             raise LayerError(f"{what}: a sparse file (soci's builder refuses it)")
         size = h["size"]
-        entries.append(
+        data = 0 if flag in _HEADER_ONLY else size
+        if data < 0:
+            raise LayerError(f"{what}: negative size for {h['name']!r}")
+        self.entries.append(
             TocEntry(
                 name=h["name"],
                 type=kind,
-                offset=r.pos,
+                offset=self.pos,
                 size=size,
                 linkname=h["linkname"],
                 mode=h["mode"],
@@ -186,19 +192,18 @@ def read_toc(fileobj: BinaryIO, *, what: str = "layer") -> tuple[list[TocEntry],
                 pax=dict(pax or {}),
             )
         )
-        data_size = 0 if flag in _HEADER_ONLY else size
-        if data_size < 0:
-            raise LayerError(f"{what}: negative size for {h['name']!r}")
-        r.skip(data_size + (-data_size % BLOCK))
-        pax = None
-        long_name = long_link = b""
-    return entries, r.pos
+        self._skip = data + (-data % BLOCK)
+        self._pax = None
+        self._long_name = self._long_link = b""
 
 
-def _special(r: _Reader, size: int, what: str) -> bytes:
-    if size > _MAX_SPECIAL:
-        raise LayerError(f"{what}: a PAX or long-name header of {size} bytes")
-    return r.exact(size)
+def read_toc(fileobj: BinaryIO, *, what: str = "layer") -> tuple[list[TocEntry], int]:
+    """Walk the uncompressed tar stream in ``fileobj`` (module docstring); return its
+    entries in order and the archive size soci records."""
+    reader = TocReader(what=what)
+    while data := fileobj.read(1 << 20):
+        reader.feed(data)
+    return reader.finish()
 
 
 def _cstr(b: bytes) -> bytes:

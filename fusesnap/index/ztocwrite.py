@@ -17,7 +17,8 @@ digests from `fusesnap.index.zinfo`. `marshal_ztoc` builds the table in the
 order soci's Go marshaler does (strings, then the TOC with its file records
 last to first, the checkpoints, the span digest strings and vector, the
 compression info, the root), so the same zTOC gives the same bytes: the test
-vectors written by soci's own builder are checked byte for byte. One
+vectors written by soci's own builder are checked byte for byte. One pass of
+libz's inflate gives both the checkpoints and, fed to `TocReader`, the TOC. One
 difference between the FlatBuffers libraries is bridged here: Go's builder
 reuses an earlier vtable whose field offsets match, Python's only one whose
 object size matches too (`_GoVtables`).
@@ -27,18 +28,15 @@ Pure and blocking, like the rest of `fusesnap.index`.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import flatbuffers
 
-from fusesnap.errors import LayerError
 from fusesnap.index.zinfo import Zinfo, build_zinfo, span_digests
-from fusesnap.index.ztoctar import TocEntry, read_toc
+from fusesnap.index.ztoctar import TocEntry, TocReader
 
 ZTOC_VERSION = "0.9"
 DEFAULT_SPAN = 4 << 20
@@ -193,23 +191,19 @@ def build_ztoc(
     Raise `LayerError` if the layer is not a gzip tar that soci's builder
     accepts (module docstrings of `zinfo` and `ztoctar`).
 
-    Concurrency: blocking; reads the file three times (checkpoints, TOC, span
-    digests).
+    Concurrency: blocking; inflates the file once (checkpoints and TOC in one
+    pass) and reads it once more to hash the spans.
     """
+    toc = TocReader(what=what)
     with open(path, "rb") as f:
-        zinfo = build_zinfo(f, span=span, what=what)
+        zinfo = build_zinfo(f, span=span, on_output=toc.feed, what=what)
+        entries, usize = toc.finish()
 
-    def pread(offset: int, length: int) -> bytes:
-        f.seek(offset)
-        return f.read(length)
+        def pread(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
 
-    with open(path, "rb") as f:
         digests = span_digests(zinfo, pread)
-    with gzip.open(path, "rb") as gz:
-        try:
-            entries, usize = read_toc(gz, what=what)  # type: ignore[arg-type]
-        except (OSError, EOFError, zlib.error) as exc:
-            raise LayerError(f"{what}: cannot read its tar stream ({exc})") from None
     data = marshal_ztoc(
         entries,
         zinfo=zinfo.encode(),

@@ -15,7 +15,7 @@ import pytest
 from fusesnap.errors import LayerError
 from fusesnap.index import ztocwrite
 from fusesnap.index.zinfo import build_zinfo
-from fusesnap.index.ztoctar import read_toc
+from fusesnap.index.ztoctar import TocReader, read_toc
 from tests.index.ztocparse import parse
 
 VECTORS = Path(__file__).parent.parent / "fixtures" / "soci-ztoc"
@@ -172,3 +172,16 @@ def test_a_directory_has_no_data_whatever_its_size_field_says() -> None:
         (b"d/f", b"reg", 3),
     ]
     assert raw[entries[1].offset : entries[1].offset + 3] == b"abc"
+
+
+@pytest.mark.parametrize("piece", [1, 7, 512, 100_000])
+def test_the_toc_does_not_depend_on_how_the_stream_is_cut(piece: int) -> None:
+    raw = _rich_tar()
+    reader = TocReader()
+    for i in range(0, len(raw), piece):
+        reader.feed(raw[i : i + piece])
+    assert reader.finish() == read_toc(io.BytesIO(raw))
+    truncated = TocReader()
+    truncated.feed(raw[:700])
+    with pytest.raises(LayerError, match="ends inside an entry"):
+        truncated.finish()
