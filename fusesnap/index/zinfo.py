@@ -26,9 +26,11 @@ checkpoint u64 compressed offset, u64 uncompressed offset, u8 bits and the
 Speed: the inflating is zlib's; Python runs once per 16 KiB read, per filled
 output window and per block boundary. Measured on this machine (2 CPUs) on a
 149 MB gzip layer (450 MB of tar): 2.97 s, against 2.89 s for Python's
-``zlib`` inflating the same blob with nothing else; on a 113 MB layer (245 MB
-of tar, 6845 entries) 1.5 s, and the whole zTOC (`fusesnap.index.ztocwrite`:
-checkpoints, span digests, TOC, FlatBuffers) 6.6 s.
+``zlib`` inflating the same blob with nothing else. A whole zTOC
+(`fusesnap.index.ztocwrite`: this pass feeding the TOC reader, span digests,
+FlatBuffers) of a 113 MB layer (245 MB of tar, 6845 entries) takes about 2.1x
+what Python's ``zlib`` alone takes to inflate it (5.1 s against 2.4 s, on a
+loaded machine).
 """
 
 from __future__ import annotations
