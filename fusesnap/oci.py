@@ -196,11 +196,15 @@ class Index:
         return self.manifests
 
     def select(self, want: Platform) -> Descriptor:
-        """The first manifest for ``want``; raise `PlatformNotFoundError` if none."""
+        """The first image manifest for ``want``; raise `PlatformNotFoundError` if none.
+
+        An entry with an ``artifactType`` is not an image (a SOCI index v2 sits in an
+        image index with its image's platform) and is passed over."""
         for d in self.manifests:
             if (
                 d.platform is not None
                 and d.media_type in MANIFEST_TYPES
+                and not d.artifact_type
                 and want.matches(d.platform)
             ):
                 return d

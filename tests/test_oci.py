@@ -84,6 +84,31 @@ def test_index_platform_selection() -> None:
         idx.select(oci.Platform.parse("linux/s390x"))
 
 
+def test_index_selection_passes_over_artifacts() -> None:
+    """A SOCI index v2 sits in the image index with its image's platform, maybe first."""
+    amd64 = {"os": "linux", "architecture": "amd64"}
+    idx = oci.parse_manifest(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": oci.OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": oci.OCI_MANIFEST,
+                        "digest": D2,
+                        "size": 1,
+                        "platform": amd64,
+                        "artifactType": "application/vnd.amazon.soci.index.v2+json",
+                    },
+                    {"mediaType": oci.OCI_MANIFEST, "digest": D1, "size": 1, "platform": amd64},
+                ],
+            }
+        ).encode()
+    )
+    assert isinstance(idx, oci.Index)
+    assert idx.select(oci.Platform.parse("linux/amd64")).digest == D1
+
+
 def test_layer_compression() -> None:
     assert oci.layer_compression(oci.OCI_LAYER_GZIP) == "gzip"
     assert oci.layer_compression(oci.DOCKER_LAYER_GZIP) == "gzip"

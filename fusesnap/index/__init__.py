@@ -9,14 +9,16 @@ layer records (as opaque bytes).
 Formats that produce one, each a module: `tar` (scan a tar or tar+gzip stream,
 `stream` feeds it; `gzipindex` keeps gzip checkpoints), `toc` with `estargz` and
 `zstdchunked` (read a layer's own table of contents), `frames` (decompress a
-gzip member or zstd frame), `codec` (the stored encoding).
+gzip member or zstd frame), `codec` (the stored encoding). `ztocwrite` writes
+the other way: a SOCI zTOC of a gzip layer (with `zinfo` for its checkpoints and
+`ztoctar` for its table of contents).
 
 Pure and blocking: no network, no store, no trio; callers on a trio loop run
 these through `fusesnap.blocking.run_blocking`; the range reads around the TOC
 parsers are `fusesnap.pull`'s (module `tocs`).
 """
 
-from fusesnap.index import estargz, gzipindex, zstdchunked
+from fusesnap.index import estargz, gzipindex, zstdchunked, ztocwrite
 from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
 from fusesnap.index.frames import decompress_frame
 from fusesnap.index.model import (
@@ -54,4 +56,5 @@ __all__ = [
     "gzipindex",
     "is_zstdchunked",
     "zstdchunked",
+    "ztocwrite",
 ]

@@ -4,7 +4,8 @@
 for each layer finds an index (`indexsource`: in the store, an index artifact in
 the registry, the layer's own eStargz / zstd:chunked TOC, else a scan of the blob
 by `indexing`), then records the image. A lazy pull stops there; a full pull
-fetches every chunk. `artifact` finds and pushes index artifacts;
+fetches every chunk. `artifact` finds and pushes index artifacts; `soci` pushes
+SOCI indexes (v2) that soci-snapshotter reads;
 `open_registry_fetcher` (module `fetching`) wires a lazy fetcher to a registry.
 """
 
@@ -14,6 +15,7 @@ from fusesnap.pull.image import PullProgress, PullResult, pull
 from fusesnap.pull.indexing import ingest_layer_file
 from fusesnap.pull.indexsource import layer_complete
 from fusesnap.pull.layers import LayerOutcome
+from fusesnap.pull.soci import PushedSoci, SociOptions, push_soci_index
 from fusesnap.pull.tocs import Fetch, read_estargz_index, read_zstdchunked_index
 
 __all__ = [
@@ -22,11 +24,14 @@ __all__ = [
     "PullProgress",
     "PullResult",
     "PushedArtifact",
+    "PushedSoci",
+    "SociOptions",
     "ingest_layer_file",
     "layer_complete",
     "open_registry_fetcher",
     "pull",
     "push_index_artifact",
+    "push_soci_index",
     "read_estargz_index",
     "read_zstdchunked_index",
 ]
