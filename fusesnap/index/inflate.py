@@ -19,73 +19,30 @@ stream raise `StreamCorrupt`.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from fusesnap.index.libz import (
+    END_OF_BLOCK,
+    LAST_BLOCK,
+    WINDOW_SIZE,
+    Z_BLOCK,
+    Z_BUF_ERROR,
+    Z_OK,
+    Z_STREAM_END,
+    ZStream,
+    libz,
+)
 from fusesnap.index.model import Checkpoint
-
-WINDOW_SIZE = 32768
 
 _IN_BLOCK = 256 << 10
 _OUT_BLOCK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 31  # a gzip wrapper, a 32 KiB window
 
-_Z_OK, _Z_STREAM_END, _Z_BUF_ERROR = 0, 1, -5
-_Z_BLOCK = 5
-_END_OF_BLOCK = 128  # data_type: inflate stopped at a block boundary (or after the header)
-_LAST_BLOCK = 64  # data_type: the block being decoded is the member's last
-
 
 class StreamCorrupt(Exception):
     """The blob is not a valid (or an acceptable) compressed tar stream; tarindex maps it."""
-
-
-class _ZStream(ctypes.Structure):
-    _fields_ = (
-        ("next_in", ctypes.c_void_p),
-        ("avail_in", ctypes.c_uint),
-        ("total_in", ctypes.c_ulong),
-        ("next_out", ctypes.c_void_p),
-        ("avail_out", ctypes.c_uint),
-        ("total_out", ctypes.c_ulong),
-        ("msg", ctypes.c_char_p),
-        ("state", ctypes.c_void_p),
-        ("zalloc", ctypes.c_void_p),
-        ("zfree", ctypes.c_void_p),
-        ("opaque", ctypes.c_void_p),
-        ("data_type", ctypes.c_int),
-        ("adler", ctypes.c_ulong),
-        ("reserved", ctypes.c_ulong),
-    )
-
-
-def _load_zlib() -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL("libz.so.1")
-    except OSError:
-        name = ctypes.util.find_library("z")
-        if name is None:
-            raise
-        lib = ctypes.CDLL(name)
-    ptr = ctypes.POINTER(_ZStream)
-    lib.zlibVersion.restype = ctypes.c_char_p
-    lib.inflateInit2_.argtypes = (ptr, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
-    lib.inflate.argtypes = (ptr, ctypes.c_int)
-    lib.inflateReset.argtypes = (ptr,)
-    lib.inflateEnd.argtypes = (ptr,)
-    return lib
-
-
-_zlib: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _zlib
-    if _zlib is None:
-        _zlib = _load_zlib()
-    return _zlib
 
 
 class _Window:
@@ -141,12 +98,12 @@ def gzip_blocks(
 ) -> Iterator[bytes]:
     """The uncompressed stream of the gzip blob that ``read(n)`` returns, in pieces of at
     most 1 MiB; ``checkpointer`` (if given) gets the blob's checkpoints."""
-    lib = _lib()
-    strm = _ZStream()
+    lib = libz()
+    strm = ZStream()
     init = lib.inflateInit2_(
         ctypes.byref(strm), _GZIP_WBITS, lib.zlibVersion(), ctypes.sizeof(strm)
     )
-    if init != _Z_OK:
+    if init != Z_OK:
         raise MemoryError("zlib inflateInit2 failed")
     out = ctypes.create_string_buffer(_OUT_BLOCK)
     out_addr = ctypes.addressof(out)
@@ -168,24 +125,24 @@ def gzip_blocks(
                 strm.avail_in = len(data)
             strm.next_out = out_addr
             strm.avail_out = _OUT_BLOCK
-            ret = lib.inflate(ctypes.byref(strm), _Z_BLOCK)
+            ret = lib.inflate(ctypes.byref(strm), Z_BLOCK)
             n = _OUT_BLOCK - strm.avail_out
             if n:
                 piece = ctypes.string_at(out_addr, n)
                 window.add(piece)
                 yield piece
-            if ret == _Z_OK:
-                if strm.data_type & _END_OF_BLOCK and checkpointer is not None:
+            if ret == Z_OK:
+                if strm.data_type & END_OF_BLOCK and checkpointer is not None:
                     coffset, uoffset = in_base + strm.total_in, out_base + strm.total_out
                     if at_start:
                         checkpointer.member_start(coffset, uoffset)
-                    elif not strm.data_type & _LAST_BLOCK:
+                    elif not strm.data_type & LAST_BLOCK:
                         checkpointer.block_end(coffset, strm.data_type & 7, uoffset, window)
-                at_start = False if strm.data_type & _END_OF_BLOCK else at_start
+                at_start = False if strm.data_type & END_OF_BLOCK else at_start
                 continue
-            if ret == _Z_BUF_ERROR and strm.avail_in == 0:
+            if ret == Z_BUF_ERROR and strm.avail_in == 0:
                 continue  # needs more input
-            if ret != _Z_STREAM_END:
+            if ret != Z_STREAM_END:
                 msg = strm.msg.decode(errors="replace") if strm.msg else f"zlib error {ret}"
                 raise StreamCorrupt(f"corrupt gzip stream ({msg})")
             # The end of a member (CRC and length checked). Another may follow (pigz,

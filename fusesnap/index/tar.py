@@ -35,7 +35,8 @@ import zstandard
 
 from fusesnap.digest import Digest, Verifier
 from fusesnap.index import gzipindex
-from fusesnap.index.inflate import WINDOW_SIZE, GzipCheckpointer
+from fusesnap.index.inflate import GzipCheckpointer
+from fusesnap.index.libz import WINDOW_SIZE
 from fusesnap.index.model import (
     DEFAULT_CHUNK_SIZE,
     ChunkRef,

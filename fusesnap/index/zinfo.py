@@ -36,7 +36,6 @@ loaded machine).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import struct
 from collections.abc import Callable
@@ -44,33 +43,23 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fusesnap.errors import LayerError
+from fusesnap.index.libz import (
+    END_OF_BLOCK,
+    LAST_BLOCK,
+    WINDOW_SIZE,
+    Z_BLOCK,
+    Z_DATA_ERROR,
+    Z_MEM_ERROR,
+    Z_NEED_DICT,
+    Z_OK,
+    Z_STREAM_END,
+    ZStream,
+    libz,
+)
 
-WINDOW_SIZE = 32768
 _CHUNK = 16384  # soci's input buffer; where inflate returns depends on it
-_Z_OK, _Z_STREAM_END, _Z_NEED_DICT = 0, 1, 2
-_Z_DATA_ERROR, _Z_MEM_ERROR = -3, -4
-_Z_BLOCK = 5
 _HEADER = struct.Struct("<IQ")
 _POINT = struct.Struct("<QQB")
-
-
-class _ZStream(ctypes.Structure):
-    _fields_ = (
-        ("next_in", ctypes.c_void_p),
-        ("avail_in", ctypes.c_uint),
-        ("total_in", ctypes.c_ulong),
-        ("next_out", ctypes.c_void_p),
-        ("avail_out", ctypes.c_uint),
-        ("total_out", ctypes.c_ulong),
-        ("msg", ctypes.c_char_p),
-        ("state", ctypes.c_void_p),
-        ("zalloc", ctypes.c_void_p),
-        ("zfree", ctypes.c_void_p),
-        ("opaque", ctypes.c_void_p),
-        ("data_type", ctypes.c_int),
-        ("adler", ctypes.c_ulong),
-        ("reserved", ctypes.c_ulong),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,32 +104,6 @@ class Zinfo:
         return out
 
 
-def _load_libz() -> ctypes.CDLL:
-    name = ctypes.util.find_library("z") or "libz.so.1"
-    lib = ctypes.CDLL(name)
-    lib.zlibVersion.restype = ctypes.c_char_p
-    lib.inflateInit2_.argtypes = (
-        ctypes.POINTER(_ZStream),
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-    )
-    lib.inflate.argtypes = (ctypes.POINTER(_ZStream), ctypes.c_int)
-    lib.inflateEnd.argtypes = (ctypes.POINTER(_ZStream),)
-    lib.inflateReset.argtypes = (ctypes.POINTER(_ZStream),)
-    return lib
-
-
-_libz: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libz
-    if _libz is None:
-        _libz = _load_libz()
-    return _libz
-
-
 def build_zinfo(
     fileobj: BinaryIO,
     *,
@@ -160,20 +123,20 @@ def build_zinfo(
     """
     if span <= 0:
         raise ValueError("span must be positive")
-    lib = _lib()
-    strm = _ZStream()
+    lib = libz()
+    strm = ZStream()
     version = lib.zlibVersion()
     # 47: a zlib or gzip header, detected (soci's init_flate(&strm, 47)).
-    if lib.inflateInit2_(ctypes.byref(strm), 47, version, ctypes.sizeof(_ZStream)) != _Z_OK:
+    if lib.inflateInit2_(ctypes.byref(strm), 47, version, ctypes.sizeof(ZStream)) != Z_OK:
         raise LayerError(f"{what}: cannot start zlib's inflate")
     window = ctypes.create_string_buffer(WINDOW_SIZE)
     window_addr = ctypes.addressof(window)
     points: list[ZCheckpoint] = []
     totin = totout = last = 0
     consumed = 0
-    ret = _Z_OK
+    ret = Z_OK
     try:
-        while ret != _Z_STREAM_END:
+        while ret != Z_STREAM_END:
             chunk = fileobj.read(_CHUNK)
             consumed += len(chunk)
             if not chunk:
@@ -188,27 +151,31 @@ def build_zinfo(
                 room = strm.avail_out
                 totin += strm.avail_in
                 totout += strm.avail_out
-                ret = lib.inflate(ctypes.byref(strm), _Z_BLOCK)
+                ret = lib.inflate(ctypes.byref(strm), Z_BLOCK)
                 totin -= strm.avail_in
                 totout -= strm.avail_out
                 if on_output is not None and room != strm.avail_out:
                     at = window_addr + WINDOW_SIZE - room
                     on_output(ctypes.string_at(at, room - strm.avail_out))
-                if ret in (_Z_NEED_DICT, _Z_DATA_ERROR, _Z_MEM_ERROR):
+                if ret in (Z_NEED_DICT, Z_DATA_ERROR, Z_MEM_ERROR):
                     msg = strm.msg.decode(errors="replace") if strm.msg else f"zlib error {ret}"
                     raise LayerError(f"{what}: corrupt gzip stream at byte {totin} ({msg})")
-                if ret == _Z_STREAM_END:
+                if ret == Z_STREAM_END:
                     if not strm.avail_in and not _more(fileobj):
                         break
                     # Another gzip member follows: inflate goes on with it (zlib 1.3's zran).
-                    if lib.inflateReset(ctypes.byref(strm)) != _Z_OK:
+                    if lib.inflateReset(ctypes.byref(strm)) != Z_OK:
                         raise LayerError(f"{what}: cannot restart zlib's inflate")
-                    ret = _Z_OK
+                    ret = Z_OK
                     if strm.avail_in == 0:
                         break
                     continue
                 dt = strm.data_type
-                if dt & 128 and not dt & 64 and (totout == 0 or totout - last > span):
+                if (
+                    dt & END_OF_BLOCK
+                    and not dt & LAST_BLOCK
+                    and (totout == 0 or totout - last > span)
+                ):
                     left = strm.avail_out
                     raw = window.raw
                     # The window is circular: the oldest output starts where the next goes.
