@@ -229,6 +229,28 @@ def read_range(
     return bytes(data)
 
 
+def header_size(data: bytes) -> int | None:
+    """The length of the gzip member header at the start of ``data`` (RFC 1952: the fixed
+    ten bytes, then FEXTRA, FNAME, FCOMMENT and FHCRC as its flags say); None if ``data``
+    does not start with a whole, well-formed one."""
+    if len(data) < 10 or data[:3] != b"\x1f\x8b\x08" or data[3] & 0xE0:
+        return None
+    flags, pos = data[3], 10
+    if flags & 4:  # FEXTRA
+        if len(data) < pos + 2:
+            return None
+        pos += 2 + int.from_bytes(data[pos : pos + 2], "little")
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            end = data.find(b"\0", pos)
+            if end < 0:
+                return None
+            pos = end + 1
+    if flags & 2:  # FHCRC
+        pos += 2
+    return pos if pos <= len(data) else None
+
+
 def start_point(cp: GzipCheckpoints, offset: int, *, what: str = "gzip blob") -> int:
     """The index of the checkpoint that inflating uncompressed ``offset`` starts at."""
     i = bisect.bisect_right([p.uoffset for p in cp.points], offset) - 1

@@ -16,6 +16,9 @@ ask for but that the same bytes produce (the rest of the inflated gzip span,
 other frames in the range) are verified and stored too: they are what the
 next read wants, and cost no more network. A gzip span's window comes from the
 store or the index's windows blob, beside the span's request (`fusesnap.lazy.windows`).
+A span-verified layer's chunks (a SOCI zTOC's) are asked for by locator; once their
+span verifies, the fetcher stores them under their sha256 and remembers the name for
+the locator (``names``), so that the store answers for them from then on.
 
 Single flight and batching. Every chunk being fetched has a `Flight` keyed by
 its digest; a `get` of a chunk already on its way waits for that flight. A
@@ -138,6 +141,7 @@ class ChunkFetcher:
         self._stats = FetchStats()
         self._windows = WindowSource(fetch_range, chunks, self._stats, self._from_store)
         self._layouts: dict[Digest, LayerLayout] = {}  # by layer digest
+        self._names: dict[bytes, bytes] = {}  # span-verified chunks: locator -> sha256
 
     def _layout(self, index: LayerIndex) -> LayerLayout:
         """``index``'s layout, built once per layer; `LayerError` if it has no random access."""
@@ -224,7 +228,7 @@ class ChunkFetcher:
         for item in entries_or_refs:
             for ref in item.chunks if isinstance(item, Entry) else (item,):
                 want.setdefault(ref.digest, ref)
-        absent = await run_blocking(self._chunks.missing, list(want))
+        absent = await run_blocking(self._missing, list(want))
         todo = [r for d, r in want.items() if d in absent]
         if not todo:
             return PrefetchResult(chunks=len(want), already_stored=len(want), fetched=0, failed=0)
@@ -369,7 +373,7 @@ class ChunkFetcher:
         asked = {r.digest for r in span.refs}
         extra = [r for r in layout.within(span) if r.digest not in asked]
         if extra:
-            absent = self._chunks.missing(r.digest for r in extra)
+            absent = self._missing([r.digest for r in extra])
             extra = [r for r in extra if r.digest in absent]
 
         def read_before(offset: int, length: int) -> bytes:
@@ -378,9 +382,10 @@ class ChunkFetcher:
         cut = cut_span(
             layout, span, data, [*span.refs, *extra], read_before=read_before, window=window
         )
+        self._names.update(cut.names)
         if cut.chunks:
             try:
-                self._chunks.put_many(cut.chunks.items())
+                self._chunks.put_many(cut.stored())
             except (StoreError, ValueError) as exc:
                 # The bytes are verified; a read should not fail because the cache did.
                 log.warning("%s: cannot store fetched chunks: %s", layout.what, exc)
@@ -388,15 +393,22 @@ class ChunkFetcher:
             cut.errors.pop(ref.digest, None)
         return cut
 
-    def _from_store(self, digests: list[bytes]) -> dict[bytes, bytes]:
+    def _missing(self, keys: list[bytes]) -> set[bytes]:
+        """(worker thread) The keys (digests, or locators) whose chunk is not stored."""
+        absent = self._chunks.missing({self._names.get(k, k) for k in keys})
+        return {k for k in keys if self._names.get(k, k) in absent}
+
+    def _from_store(self, keys: list[bytes]) -> dict[bytes, bytes]:
         """(worker thread) The stored ones; a corrupt stored chunk counts as missing."""
+        digests = {k: self._names.get(k, k) for k in keys}
+        wanted = set(digests.values())
         try:
-            return self._chunks.get_many(digests)
+            found = self._chunks.get_many(wanted)
         except StoreError:
-            out: dict[bytes, bytes] = {}
-            for digest in digests:
+            found = {}
+            for digest in wanted:
                 try:
-                    out.update(self._chunks.get_many([digest]))
+                    found.update(self._chunks.get_many([digest]))
                 except StoreError as exc:
                     log.warning("%s; fetching it again", exc)
-            return out
+        return {k: found[d] for k, d in digests.items() if d in found}

@@ -14,7 +14,11 @@ be fetched to produce it depends on how the blob is encoded (`Access`):
   checkpoint after its end, so the blob range runs from the first checkpoint's
   byte (minus one when it starts mid-byte) to one byte past the second's. Only
   a plain gzip stream needs this; the range is the smallest that can be
-  known without inflating.
+  known without inflating. A span-verified index (a SOCI zTOC's,
+  `LayerIndex.span_verified`) fetches whole spans instead, exactly the bytes
+  each span digest covers: from the first checkpoint's byte (minus one when it
+  starts mid-byte) to the next one's; from the first checkpoint, the gzip
+  header before it too (zran reads it; `fusesnap.lazy.spandecode` checks it).
 
 Plain zstd has no random access at all (`LayerError`: the layer must be
 fetched whole, the local-index path).
@@ -112,6 +116,7 @@ class LayerLayout:
         self.index = index
         self.what = f"layer {index.layer_digest.short}"
         self.access = _access(index, self.what)
+        self.span_verified = index.span_verified
         self._uoffs: list[int] = []
         if self.access is Access.GZIP:
             assert index.checkpoints is not None
@@ -177,6 +182,8 @@ class LayerLayout:
         size = self.index.compressed_size
         if point >= len(self._uoffs):
             return size
+        if self.span_verified:
+            return self._points[point].coffset  # where the digest of the span before ends
         return min(size, self._points[point].coffset + 1)
 
     @property

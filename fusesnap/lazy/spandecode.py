@@ -10,10 +10,17 @@ below), and no unverified byte is ever returned.
 
 Decompression is bounded: a frame is inflated only as far as the furthest
 chunk it is asked for; a gzip region only up to its planned end.
+
+A span-verified layer (a SOCI zTOC's, `LayerIndex.span_verified`) has no chunk
+digests to check: every span of the fetched range is checked against its span
+digest *before* anything is inflated, nothing before the range may be read, and
+each chunk is then accepted under its locator with the sha256 of its bytes
+(`Cut.names`), the name it is stored under.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -23,7 +30,7 @@ from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError
 from fusesnap.index import ChunkRef, decompress_frame, gzipindex
 from fusesnap.lazy.ranges import Access, LayerLayout, Span, clength, coffset, inner
 
-__all__ = ["Cut", "ReadBefore", "cut_span"]
+__all__ = ["Cut", "ReadBefore", "cut_span", "verify_spans"]
 
 ReadBefore = Callable[[int, int], bytes]
 
@@ -35,6 +42,11 @@ class Cut:
     chunks: dict[bytes, bytes] = field(default_factory=dict)
     errors: dict[bytes, FusesnapError] = field(default_factory=dict)
     verify_failures: int = 0
+    names: dict[bytes, bytes] = field(default_factory=dict)  # locator -> sha256 (span-verified)
+
+    def stored(self) -> list[tuple[bytes, bytes]]:
+        """``(sha256, bytes)`` of every chunk produced: what the chunk store takes."""
+        return [(self.names.get(key, key), data) for key, data in self.chunks.items()]
 
 
 def cut_span(
@@ -67,14 +79,58 @@ def cut_span(
         _cut_frames(cut, layout, span, data, refs)
     else:
         try:
+            if layout.span_verified:
+                verify_spans(layout, span, data)
+                read_before = None
             plain = _inflate(layout, span, data, read_before, window)
         except FusesnapError as exc:
+            if isinstance(exc, DigestMismatchError):
+                cut.verify_failures += 1
             cut.errors = dict.fromkeys((r.digest for r in refs), exc)
             return cut
         for ref in refs:
             lo = ref.offset - span.ustart
-            _accept(cut, layout, ref, plain[lo : lo + ref.length])
+            chunk = plain[lo : lo + ref.length]
+            if layout.span_verified and len(chunk) == ref.length:
+                cut.chunks[ref.digest] = chunk
+                cut.names[ref.digest] = hashlib.sha256(chunk).digest()
+            else:
+                _accept(cut, layout, ref, chunk)
     return cut
+
+
+def verify_spans(layout: LayerLayout, span: Span, data: bytes) -> None:
+    """Check every zTOC span that ``span``'s inflation reads against its digest; raise
+    `DigestMismatchError` (or `LayerError` if the range does not hold them whole).
+
+    From checkpoint 0, zran parses the gzip header before it, which no digest covers:
+    it must be a well-formed header that ends exactly where span 0 starts, so that
+    inflation starts on verified bytes whatever the header says.
+    """
+    cp = layout.index.checkpoints
+    assert cp is not None
+    points = cp.points
+    if span.point == 0 and gzipindex.header_size(data[: points[0].coffset]) != points[0].coffset:
+        raise DigestMismatchError(
+            f"{layout.what}: the gzip header does not end where the zTOC's first span starts "
+            f"({points[0].coffset})"
+        )
+    last = bisect.bisect_right([p.uoffset for p in points], span.uend) - 1
+    for i in range(span.point, max(last, span.point) + 1):
+        p = points[i]
+        start = p.coffset - (1 if p.bits else 0)
+        end = points[i + 1].coffset if i + 1 < len(points) else cp.compressed_size
+        if not span.start <= start <= end <= span.end:
+            raise LayerError(
+                f"{layout.what}: range [{span.start}, {span.end}) does not hold "
+                f"span {i} [{start}, {end}) whole"
+            )
+        got = hashlib.sha256(data[start - span.start : end - span.start]).digest()
+        if got != cp.span_digests[i]:
+            raise DigestMismatchError(
+                f"{layout.what}: zTOC span {i} [{start}, {end}): digest mismatch "
+                f"(got sha256:{got.hex()[:12]}, want sha256:{cp.span_digests[i].hex()[:12]})"
+            )
 
 
 def _accept(cut: Cut, layout: LayerLayout, ref: ChunkRef, data: bytes) -> None:
