@@ -279,6 +279,11 @@ class LayerIndex:
         """The raw sha256 of every gzip window the index names (kept in the chunk store)."""
         return frozenset() if self.checkpoints is None else self.checkpoints.window_digests()
 
+    def span_digests(self) -> frozenset[bytes]:
+        """The span digests of a span-verified index (its verified spans are kept in the
+        chunk store under them)."""
+        return frozenset() if self.checkpoints is None else frozenset(self.checkpoints.span_digests)
+
     @property
     def span_verified(self) -> bool:
         """True for an index whose gzip spans carry digests (a SOCI zTOC's): its blob is

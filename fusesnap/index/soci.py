@@ -111,8 +111,8 @@ def _checkpoints(ztoc: Ztoc, layer: Descriptor, what: str) -> GzipCheckpoints:
     points = []
     last_c, last_u = 0, -1
     for i, p in enumerate(ztoc.points):
-        if i == 0 and p.uoffset != 0:
-            raise LayerError(f"{what}: the first checkpoint is not at offset 0")
+        if i == 0 and (p.uoffset != 0 or p.bits or p.coffset < 10):
+            raise LayerError(f"{what}: the first checkpoint is not after a gzip header")
         if not 0 <= p.bits <= 7 or (p.bits and p.coffset < 1):
             raise LayerError(f"{what}: checkpoint {i} has a bad bit offset")
         if not last_c <= p.coffset < layer.size or not last_u < p.uoffset <= ztoc.uncompressed_size:

@@ -18,7 +18,9 @@ next read wants, and cost no more network. A gzip span's window comes from the
 store or the index's windows blob, beside the span's request (`fusesnap.lazy.windows`).
 A span-verified layer's chunks (a SOCI zTOC's) are asked for by locator; once their
 span verifies, the fetcher stores them under their sha256 and remembers the name for
-the locator (``names``), so that the store answers for them from then on.
+the locator (``names``), so that the store answers for them from then on. The verified
+zTOC spans are stored too, under their digests: a later fetcher inflates a span from
+the store rather than the registry (`fusesnap.lazy.spanstore`).
 
 Single flight and batching. Every chunk being fetched has a `Flight` keyed by
 its digest; a `get` of a chunk already on its way waits for that flight. A
@@ -65,6 +67,7 @@ from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.limits import FetchLimits, FetchStats, Pace, PrefetchResult, Tally
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.spandecode import Cut, cut_span
+from fusesnap.lazy.spanstore import stored_or_fetched
 from fusesnap.lazy.windows import WindowSource
 from fusesnap.singleflight import Flight, SingleFlight
 
@@ -354,6 +357,8 @@ class ChunkFetcher:
 
     async def _fetch_span(self, layout: LayerLayout, span: Span) -> tuple[bytes | None, bytes]:
         fetch = partial(self._fetch, layout, span.start, span.size)
+        if layout.span_verified:
+            fetch = partial(stored_or_fetched, layout, span, self._from_store, fetch, self._stats)
         return await self._windows.with_span(layout, span, fetch)
 
     async def _fetch(self, layout: LayerLayout, offset: int, length: int) -> bytes:

@@ -12,15 +12,17 @@ Decompression is bounded: a frame is inflated only as far as the furthest
 chunk it is asked for; a gzip region only up to its planned end.
 
 A span-verified layer (a SOCI zTOC's, `LayerIndex.span_verified`) has no chunk
-digests to check: every span of the fetched range is checked against its span
-digest *before* anything is inflated, nothing before the range may be read, and
-each chunk is then accepted under its locator with the sha256 of its bytes
-(`Cut.names`), the name it is stored under.
+digests to check: every zTOC span of the range is checked against its span
+digest *before* anything is inflated, and nothing else of the blob is read
+(from checkpoint 0, zran parses a gzip header: it gets `gzipindex.plain_header`
+of the real one's length, so the real one is neither fetched nor trusted). Each
+chunk is then accepted under its locator with the sha256 of its bytes
+(`Cut.names`), the name it is stored under; the verified spans are kept too
+(`Cut.spans`, stored under their digests).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -43,10 +45,12 @@ class Cut:
     errors: dict[bytes, FusesnapError] = field(default_factory=dict)
     verify_failures: int = 0
     names: dict[bytes, bytes] = field(default_factory=dict)  # locator -> sha256 (span-verified)
+    spans: list[tuple[bytes, bytes]] = field(default_factory=list)  # (digest, bytes), verified
 
     def stored(self) -> list[tuple[bytes, bytes]]:
-        """``(sha256, bytes)`` of every chunk produced: what the chunk store takes."""
-        return [(self.names.get(key, key), data) for key, data in self.chunks.items()]
+        """``(sha256, bytes)`` of every chunk and zTOC span produced: what the store takes."""
+        chunks = [(self.names.get(key, key), data) for key, data in self.chunks.items()]
+        return chunks + self.spans
 
 
 def cut_span(
@@ -80,8 +84,8 @@ def cut_span(
     else:
         try:
             if layout.span_verified:
-                verify_spans(layout, span, data)
-                read_before = None
+                cut.spans = verify_spans(layout, span, data)
+                read_before = _plain_header(layout) if span.point == 0 else None
             plain = _inflate(layout, span, data, read_before, window)
         except FusesnapError as exc:
             if isinstance(exc, DigestMismatchError):
@@ -99,38 +103,40 @@ def cut_span(
     return cut
 
 
-def verify_spans(layout: LayerLayout, span: Span, data: bytes) -> None:
-    """Check every zTOC span that ``span``'s inflation reads against its digest; raise
-    `DigestMismatchError` (or `LayerError` if the range does not hold them whole).
-
-    From checkpoint 0, zran parses the gzip header before it, which no digest covers:
-    it must be a well-formed header that ends exactly where span 0 starts, so that
-    inflation starts on verified bytes whatever the header says.
-    """
-    cp = layout.index.checkpoints
-    assert cp is not None
-    points = cp.points
-    if span.point == 0 and gzipindex.header_size(data[: points[0].coffset]) != points[0].coffset:
-        raise DigestMismatchError(
-            f"{layout.what}: the gzip header does not end where the zTOC's first span starts "
-            f"({points[0].coffset})"
-        )
-    last = bisect.bisect_right([p.uoffset for p in points], span.uend) - 1
-    for i in range(span.point, max(last, span.point) + 1):
-        p = points[i]
-        start = p.coffset - (1 if p.bits else 0)
-        end = points[i + 1].coffset if i + 1 < len(points) else cp.compressed_size
-        if not span.start <= start <= end <= span.end:
+def verify_spans(layout: LayerLayout, span: Span, data: bytes) -> list[tuple[bytes, bytes]]:
+    """Check every zTOC span that ``span``'s inflation reads (`LayerLayout.zspans`)
+    against its digest; return them as ``(digest, bytes)``. Raise `DigestMismatchError`
+    (or `LayerError` if the range does not hold them whole)."""
+    out = []
+    for z in layout.zspans(span):
+        if not span.start <= z.start <= z.end <= span.end:
             raise LayerError(
                 f"{layout.what}: range [{span.start}, {span.end}) does not hold "
-                f"span {i} [{start}, {end}) whole"
+                f"span {z.number} [{z.start}, {z.end}) whole"
             )
-        got = hashlib.sha256(data[start - span.start : end - span.start]).digest()
-        if got != cp.span_digests[i]:
+        piece = data[z.start - span.start : z.end - span.start]
+        got = hashlib.sha256(piece).digest()
+        if got != z.digest:
             raise DigestMismatchError(
-                f"{layout.what}: zTOC span {i} [{start}, {end}): digest mismatch "
-                f"(got sha256:{got.hex()[:12]}, want sha256:{cp.span_digests[i].hex()[:12]})"
+                f"{layout.what}: zTOC span {z.number} [{z.start}, {z.end}): digest mismatch "
+                f"(got sha256:{got.hex()[:12]}, want sha256:{z.digest.hex()[:12]})"
             )
+        out.append((z.digest, piece))
+    return out
+
+
+def _plain_header(layout: LayerLayout) -> ReadBefore:
+    """What zran reads before the first span: a stand-in gzip header (module docstring)."""
+    cp = layout.index.checkpoints
+    assert cp is not None
+    header = gzipindex.plain_header(cp.points[0].coffset)
+
+    def read(offset: int, length: int) -> bytes:
+        if offset + length > len(header):
+            raise LayerError(f"{layout.what}: gzip read before the first zTOC span at {offset}")
+        return header[offset : offset + length]
+
+    return read
 
 
 def _accept(cut: Cut, layout: LayerLayout, ref: ChunkRef, data: bytes) -> None:

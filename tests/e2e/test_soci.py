@@ -87,6 +87,11 @@ def test_a_soci_index_mounts_lazily_and_matches_umoci(registry, faulty, tmp_path
         assert data == (rootfs / "big/part-0.log").read_bytes()
         assert 0 < moved < int(big["size"]) * 3 // 4  # one 4 MiB span of three
         assert _differences(mnt, rootfs) == []
+    # A new mount inflates the spans the first one stored: no layer bytes move.
+    faulty.reset()
+    with mounted(root, ref, tmp_path / "mnt") as mnt:
+        assert (mnt / "big/part-0.log").read_bytes() == (rootfs / "big/part-0.log").read_bytes()
+    assert _blob_bytes(faulty, str(big["digest"])) == 0
 
 
 def test_a_broken_ztoc_falls_back_and_a_bad_span_is_eio(registry, faulty, tmp_path) -> None:

@@ -1,0 +1,42 @@
+"""A span-verified layer's range from the zTOC spans the chunk store holds, else the registry.
+
+`fusesnap.lazy.spandecode` keeps every zTOC span it verified in the chunk store, under
+its span digest (the sha256 of its compressed bytes, so the store checks it on every
+read as it checks a chunk). A range whose spans are all there is put together from
+them and costs no request; if one is missing, the whole range is fetched. Either way
+the bytes are verified span by span again before they are inflated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fusesnap.blocking import run_blocking
+from fusesnap.lazy.limits import FetchStats
+from fusesnap.lazy.ranges import LayerLayout, Span
+
+__all__ = ["stored_or_fetched"]
+
+
+async def stored_or_fetched(
+    layout: LayerLayout,
+    span: Span,
+    from_store: Callable[[list[bytes]], dict[bytes, bytes]],
+    fetch: Callable[[], Awaitable[bytes]],
+    stats: FetchStats,
+) -> bytes:
+    """The blob bytes ``[span.start, span.end)``: from the stored zTOC spans, else
+    ``fetch()``. ``from_store(digests)`` is the fetcher's (blocking) store read."""
+    zspans = layout.zspans(span)
+    inside = all(span.start <= z.start <= z.end <= span.end for z in zspans)
+    covered = zspans and zspans[0].start == span.start and zspans[-1].end == span.end
+    if not inside or not covered:
+        return await fetch()
+    found = await run_blocking(from_store, [z.digest for z in zspans])
+    if len(found) < len({z.digest for z in zspans}):
+        return await fetch()
+    out = bytearray(span.size)
+    for z in zspans:  # neighbours share a byte where a span starts mid-byte
+        out[z.start - span.start : z.end - span.start] = found[z.digest]
+    stats.spans_from_store += len(zspans)
+    return bytes(out)
