@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import random
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from tests.lazy.sociztoc import (
     with_file_name,
     with_file_offset,
     with_span_digest,
+    write_ztoc,
 )
 
 VECTORS = vectors()
@@ -317,3 +319,78 @@ def test_a_toc_that_points_past_the_archive_is_refused() -> None:
     v = vector("basic-l9")
     with pytest.raises(LayerError, match="past the end of the archive"):
         _index(v, with_file_offset(v.ztoc, 1, 5120 - 4))
+
+
+# -- entry types the vectors lack, in a zTOC written here ----------------------------------------
+
+
+def _every_kind_of_entry() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+
+        def add(name: str, kind: bytes, data: bytes = b"", **attrs: object) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mtime, info.mode = kind, len(data), 1_700_000_000, 0o644
+            for key, value in attrs.items():
+                setattr(info, key, value)
+            tf.addfile(info, io.BytesIO(data) if data else None)
+
+        add("./", tarfile.DIRTYPE, mode=0o755, mtime=1_600_000_000)
+        add("etc", tarfile.DIRTYPE, mode=0o755, uid=7, gid=8, uname="u", gname="g")
+        big = random.Random(1).randbytes(300_000)  # several spans of 64 KiB
+        pax = {"SCHILY.xattr.user.note": "hi", "mtime": "1700000000.123456789"}
+        add("etc/big", tarfile.REGTYPE, big, mode=0o4755, pax_headers=pax)
+        add("etc/link", tarfile.SYMTYPE, linkname="../etc/big")
+        add("etc/hard", tarfile.LNKTYPE, linkname="etc/big")
+        add("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3)
+        add("dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0)
+        add("run/fifo", tarfile.FIFOTYPE)
+        add("long/" + "n" * 150, tarfile.REGTYPE, b"long name\n")
+        add("tmp", tarfile.DIRTYPE, mode=0o1777)
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+async def test_every_entry_type_reads_as_a_tar_scan_would(store: Store) -> None:
+    blob = _every_kind_of_entry()
+    v = Vector("written", blob, write_ztoc(blob), 64 << 10)
+    index = _index(v, chunk_size=32 << 10)
+    built = build_index(io.BytesIO(blob), layer_digest=v.layer.digest, media_type=OCI_LAYER_GZIP)
+    assert [dataclasses.replace(e, chunks=()) for e in index.entries] == [
+        dataclasses.replace(e, chunks=()) for e in built.entries
+    ]
+    assert index.root == built.root
+    assert index.root is not None
+    assert {e.type for e in index.entries} == set(EntryType)
+    big = index.by_path["etc/big"]
+    assert (big.mode, big.mtime_nsec, dict(big.xattrs)) == (0o4755, 123456789, {"user.note": b"hi"})
+    assert len(index.checkpoints.points) > 3  # type: ignore[union-attr]
+    async with open_chunk_fetcher(_Ranges(blob), store.chunks) as fetcher:
+        for path in ("etc/big", "long/" + "n" * 150):
+            e = index.by_path[path]
+            got = await fetcher.get_many(index, e.chunks)
+            assert b"".join(got[c.digest] for c in e.chunks) == _tar_file(blob, path)
+
+
+def _tar_file(blob: bytes, path: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+        f = tf.extractfile(path)
+        assert f is not None
+        return f.read()
+
+
+def test_a_hardlink_to_a_directory_is_refused() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(_dir("d"))
+        link = tarfile.TarInfo("l")
+        link.type, link.linkname = tarfile.LNKTYPE, "d"
+        tf.addfile(link)
+    blob = gzip.compress(buf.getvalue(), mtime=0)
+    with pytest.raises(LayerError, match="is not a file"):
+        _index(Vector("x", blob, write_ztoc(blob), 64 << 10))
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
