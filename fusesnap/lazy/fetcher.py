@@ -67,7 +67,7 @@ from fusesnap.index import ChunkRef, Entry, LayerIndex
 from fusesnap.lazy.limits import FetchLimits, FetchStats, Pace, PrefetchResult, Tally
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.spandecode import Cut, cut_span
-from fusesnap.lazy.spanstore import stored_or_fetched
+from fusesnap.lazy.spanstore import RangeLocks, stored_or_fetched
 from fusesnap.lazy.windows import WindowSource
 from fusesnap.singleflight import Flight, SingleFlight
 
@@ -145,6 +145,7 @@ class ChunkFetcher:
         self._windows = WindowSource(fetch_range, chunks, self._stats, self._from_store)
         self._layouts: dict[Digest, LayerLayout] = {}  # by layer digest
         self._names: dict[bytes, bytes] = {}  # span-verified chunks: locator -> sha256
+        self._ranges = RangeLocks()
 
     def _layout(self, index: LayerIndex) -> LayerLayout:
         """``index``'s layout, built once per layer; `LayerError` if it has no random access."""
@@ -325,7 +326,7 @@ class ChunkFetcher:
     ) -> None:
         what = f"{layout.what}: range [{span.start}, {span.end})"
         try:
-            async with self._slots:
+            async with self._slots, self._ranges.hold(layout, span):
                 with trio.fail_after(self.limits.timeout):
                     window, data = await self._fetch_span(layout, span)
                     cut = await run_blocking(self._decode_and_store, layout, span, data, window)

@@ -5,17 +5,48 @@ its span digest (the sha256 of its compressed bytes, so the store checks it on e
 read as it checks a chunk). A range whose spans are all there is put together from
 them and costs no request; if one is missing, the whole range is fetched. Either way
 the bytes are verified span by span again before they are inflated.
+
+A SOCI span is large (4 MiB of output by default) and the kernel reads a file in
+several requests at once: `RangeLocks` lets one request at a time fetch, decode and
+store a given range, so the others find its spans in the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.lazy.limits import FetchStats
 from fusesnap.lazy.ranges import LayerLayout, Span
 
-__all__ = ["stored_or_fetched"]
+__all__ = ["RangeLocks", "stored_or_fetched"]
+
+
+class RangeLocks:
+    """One task at a time per blob range of a span-verified layer (module docstring)."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[object, int, int], tuple[trio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, layout: LayerLayout, span: Span) -> AsyncIterator[None]:
+        """Hold ``span``'s range for the block (at once for a layer that is not span-verified)."""
+        if not layout.span_verified:
+            yield
+            return
+        key = (layout.index.layer_digest, span.start, span.end)
+        lock, users = self._held.setdefault(key, (trio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._held[key]
 
 
 async def stored_or_fetched(

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+import trio
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
@@ -241,6 +242,17 @@ async def test_a_later_fetcher_inflates_the_stored_spans(store: Store) -> None:
         assert await fetcher.get_many(index, part0.chunks) == want
         assert fetcher.stats.spans_from_store == 1
     assert again.calls == []
+
+
+async def test_concurrent_reads_in_one_span_fetch_it_once(store: Store) -> None:
+    v = vector("large-compressible-l1")
+    index = _index(v, chunk_size=256 << 10)
+    part0 = next(e for e in index.entries if e.path == "big/part-0.log")
+    ranges = _Ranges(v.blob)
+    async with open_chunk_fetcher(ranges, store.chunks) as fetcher, trio.open_nursery() as n:
+        for ref in part0.chunks:  # each its own batch, as the kernel's parallel reads are
+            n.start_soon(fetcher.get, index, ref)
+    assert len(ranges.calls) == 1, ranges.calls
 
 
 def test_a_plain_header_stands_in_for_any_length() -> None:
