@@ -15,11 +15,11 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import FusesnapError, LayerError
+from fusesnap.errors import FusesnapError, LayerError, ManifestError
 from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.lazy import AccessProfile, ChunkFetcher, FetchLimits, layout_of, open_chunk_fetcher
 from fusesnap.lazy import profile as profiles
-from fusesnap.oci import Descriptor
+from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
 from fusesnap.pull.artifactfind import find_index_artifact
 from fusesnap.pull.indexsource import (
@@ -123,7 +123,8 @@ class LayerJob:
         wanted = [d for d in self.unique if d not in have]
         artifact = await self._find_artifact(resolved.manifest, wanted) if wanted else None
         found = set(artifact.indexes) if artifact is not None else set()
-        rest = [d for d in wanted if d not in found]
+        # SOCI indexes gzip layers only: an image with none is not looked up.
+        rest = [d for d in wanted if d not in found and _is_gzip(self.unique[d][0])]
         soci_index = await self._find_soci(resolved, rest) if rest else None
         if soci_index is not None:
             found.update(d for d in rest if d in soci_index.ztocs)
@@ -260,6 +261,13 @@ class LayerJob:
             raise result.first_error
         if not await run_blocking(layer_complete, self.store, layer.digest):
             raise LayerError(f"{what}: chunks still missing after fetching them all")
+
+
+def _is_gzip(layer: Descriptor) -> bool:
+    try:
+        return layer_compression(layer.media_type) == "gzip"
+    except ManifestError:
+        return False
 
 
 def _keep_profile(store: Store, profile: AccessProfile) -> None:
