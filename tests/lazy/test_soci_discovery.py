@@ -130,3 +130,26 @@ async def test_a_v1_index_of_another_image_is_ignored(fake, connect: Connect) ->
     _soci_index(fake, layers, V1_TYPE, subject=other)
     async with connect() as client:
         assert await find_soci_index(client, REF, await client.resolve(REF)) is None
+
+
+async def test_a_corrupt_ztoc_blob_falls_back_to_streaming_the_layer(
+    fake, connect: Connect, tmp_path, caplog
+) -> None:
+    layers = _layers(fake)
+    index = _soci_index(fake, layers, V2_TYPE)
+    _image(fake, layers, {INDEX_DIGEST_ANNOTATION: str(index.digest)})
+    async with connect() as client:
+        found = await find_soci_index(client, REF, await client.resolve(REF))
+        assert found is not None
+        ztoc = found.ztocs[layers[1].digest]
+        fake.blobs[ztoc.digest] = bytes(ztoc.size)  # the registry serves other bytes
+        diff_id = Digest.of(gzip.decompress(vector(VECTORS[1]).blob))
+        with open_store(tmp_path / "root") as store:
+            got = await resolve_layer_index(
+                client, REF, layers[1], diff_id, store, artifact=None, soci_index=found
+            )
+    assert got.source is IndexSource.BUILT
+    assert "digest mismatch" in got.skipped[0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert layers[1].digest.short in warnings[0]
