@@ -37,6 +37,7 @@ from flatbuffers import number_types as fbtypes
 from flatbuffers.table import Table
 
 from fusesnap.errors import LayerError
+from fusesnap.index.stream import Limits
 
 __all__ = [
     "GZIP",
@@ -55,6 +56,8 @@ _HEADER = struct.Struct("<iq")
 _POINT = struct.Struct("<qqB")
 _POINT_SIZE = _POINT.size + WINDOW_SIZE
 _V1_FIRST_IN = 10
+# As for a tar scan (`Limits.max_entries`): a small zTOC can repeat one entry's offset.
+_MAX_ENTRIES = Limits().max_entries
 
 # Field slots (vtable offsets): 4 + 2 * field number, in schema order.
 _ZTOC = {"version": 4, "tool": 6, "csize": 8, "usize": 10, "toc": 12, "info": 14}
@@ -242,6 +245,8 @@ class _Reader:
         if not start:
             return []
         n, first = self._vector(start, 4)
+        if n > _MAX_ENTRIES:
+            raise self._fail(f"{n} entries, over the limit of {_MAX_ENTRIES}")
         return [self._table(first + 4 * k + self._u32(first + 4 * k)) for k in range(n)]
 
     def ztoc(self) -> Ztoc:
