@@ -67,7 +67,7 @@ THIRD_PARTY = {
     "grpc": {"containerd"},
     "google": {"containerd"},  # protobuf
     "prometheus_client": {"containerd"},
-    "flatbuffers": {"index"},  # zTOCs (SOCI indexes) are FlatBuffers tables
+    "flatbuffers": {"index"},  # SOCI zTOCs are FlatBuffers tables (index.ztoc, index.ztocwrite)
 }
 # Pure units: no event loop in them (callers run them through fusesnap.blocking).
 NO_TRIO = {"index", "store", "fs", "image", "oci", "digest", "reference", "errors"}

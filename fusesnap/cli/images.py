@@ -39,9 +39,9 @@ MAX_LAYER_SIZE = click.option(
 @click.option(
     "--lazy/--all",
     default=False,
-    help="--lazy: store each layer's index only (from an index artifact, an eStargz or "
-    "zstd:chunked TOC, else built by streaming the layer once); file contents are fetched "
-    "when read. --all (default): every layer complete; after --lazy, only what is missing.",
+    help="--lazy: store each layer's index only (from an index artifact, a SOCI zTOC, an "
+    "eStargz or zstd:chunked TOC, else built by streaming the layer once); file contents are "
+    "fetched when read. --all (default): every layer complete; after --lazy, only what is missing.",
 )
 @pass_ctx
 def pull(c: Context, ref: str, platform_text: str | None, max_layer_size: int, lazy: bool) -> None:

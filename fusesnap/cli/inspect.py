@@ -19,7 +19,7 @@ from fusesnap.cli.app import Context, cli, pass_ctx, run_async
 from fusesnap.fs import MergedTree, Node, diff_trees
 from fusesnap.image import ImageView, PathError
 from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
-from fusesnap.pull import open_registry_fetcher
+from fusesnap.pull import describe_source, open_registry_fetcher
 from fusesnap.reference import Reference
 from fusesnap.termui import human_size, table
 
@@ -51,8 +51,9 @@ def layers(c: Context, ref: str) -> None:
     for state in view.layer_states():
         desc = state.descriptor
         if state.info is None or state.presence is None:
-            unpacked, entries, here = "-", "-", "not indexed"
+            unpacked, entries, here, source = "-", "-", "not indexed", "-"
         else:
+            source = describe_source(state.info.source)
             unpacked = human_size(state.info.uncompressed_size)
             entries = str(state.info.entry_count)
             p = state.presence
@@ -67,9 +68,11 @@ def layers(c: Context, ref: str) -> None:
                 unpacked,
                 entries,
                 here,
+                source,
             ]
         )
-    click.echo(table(rows, ["#", "DIGEST", "TYPE", "SIZE", "UNPACKED", "ENTRIES", "IN STORE"]))
+    header = ["#", "DIGEST", "TYPE", "SIZE", "UNPACKED", "ENTRIES", "IN STORE", "INDEX"]
+    click.echo(table(rows, header))
     stats = c.store().chunks.stats()
     click.echo(f"chunk store: {stats.count} chunks, {human_size(stats.stored_bytes)} stored")
 

@@ -149,11 +149,13 @@ def _stats_lines(s: dict[str, Any]) -> str:
     ]
     fetch = s.get("fetch")
     if fetch is not None:
+        spans = fetch.get("spans_from_store", 0)
         head.append(
             f"fetched:   {human_size(fetch['bytes_fetched'])} in {fetch['requests']} range "
             f"requests: {fetch['chunks_fetched']} chunks asked for (+{fetch['chunks_extra']} "
-            f"neighbours), {fetch['chunks_from_store']} already local, "
-            f"{fetch['failures']} failed requests, {fetch['verify_failures']} bad chunks"
+            f"neighbours), {fetch['chunks_from_store']} already local"
+            + (f" (+{spans} SOCI spans inflated from the store)" if spans else "")
+            + f", {fetch['failures']} failed requests, {fetch['verify_failures']} bad chunks"
         )
         head.append(
             f"stored:    {fetch['chunks_stored']} fetched chunks in {fetch['store_batches']} "

@@ -8,7 +8,8 @@ layer records (as opaque bytes).
 
 Formats that produce one, each a module: `tar` (scan a tar or tar+gzip stream,
 `stream` feeds it; `gzipindex` keeps gzip checkpoints), `toc` with `estargz` and
-`zstdchunked` (read a layer's own table of contents), `frames` (decompress a
+`zstdchunked` (read a layer's own table of contents), `ztoc` and `soci` (a SOCI
+zTOC, parsed, and the span-verified index it becomes), `frames` (decompress a
 gzip member or zstd frame), `codec` (the stored encoding). `ztocwrite` writes
 the other way: a SOCI zTOC of a gzip layer (with `zinfo` for its checkpoints and
 `ztoctar` for its table of contents).
@@ -18,7 +19,7 @@ these through `fusesnap.blocking.run_blocking`; the range reads around the TOC
 parsers are `fusesnap.pull`'s (module `tocs`).
 """
 
-from fusesnap.index import estargz, gzipindex, zstdchunked, ztocwrite
+from fusesnap.index import estargz, gzipindex, soci, zstdchunked, ztoc, ztocwrite
 from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
 from fusesnap.index.frames import decompress_frame
 from fusesnap.index.model import (
@@ -55,6 +56,8 @@ __all__ = [
     "estargz",
     "gzipindex",
     "is_zstdchunked",
+    "soci",
     "zstdchunked",
+    "ztoc",
     "ztocwrite",
 ]

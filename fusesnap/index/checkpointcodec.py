@@ -1,7 +1,8 @@
 """The ``gz`` field of an encoded layer index: a gzip layer's checkpoints, column by column.
 
 See `fusesnap.index.codec` for the whole format; this is its one nested record
-with its own versions (windows inline in 1 and 2, named by digest in 3).
+with its own versions (windows inline in 1 and 2, named by digest in 3; in 3 a
+tenth field, the concatenated span digests of a SOCI zTOC, when there are any).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = ["decode_checkpoints", "encode_checkpoints"]
 
 
 def encode_checkpoints(cp: GzipCheckpoints) -> list[Any]:
+    spans = [b"".join(cp.span_digests)] if cp.span_digests else []
     return [
         cp.spacing,
         cp.window_size,
@@ -26,11 +28,13 @@ def encode_checkpoints(cp: GzipCheckpoints) -> list[Any]:
         [p.digest for p in cp.points],
         [p.wclength for p in cp.points],
         None if cp.windows_blob is None else str(cp.windows_blob),
+        *spans,
     ]
 
 
 def decode_checkpoints(raw: Any, csize: int, usize: int, version: int) -> GzipCheckpoints:
-    f = Fields(raw, 6 if version < 3 else 9, "checkpoints")
+    with_spans = version >= 3 and isinstance(raw, list) and len(raw) == 10
+    f = Fields(raw, 6 if version < 3 else 10 if with_spans else 9, "checkpoints")
     spacing, window_size = f.uint(), f.uint()
     coffs, bits, uoffs, windows = f.array(), f.array(), f.array(), f.array()
     n = len(coffs)
@@ -41,6 +45,12 @@ def decode_checkpoints(raw: Any, csize: int, usize: int, version: int) -> GzipCh
         digests, wclengths, raw_blob = f.array(), f.array(), f.any()
         if raw_blob is not None:
             windows_blob = Fields([raw_blob], 1, "checkpoints windows blob").digest()
+    spans: tuple[bytes, ...] = ()
+    if with_spans:
+        packed = f.blob()
+        if len(packed) != SHA256_SIZE * len(coffs) or not packed:
+            raise Corrupt("checkpoints: want one 32-byte span digest per point")
+        spans = tuple(packed[i : i + SHA256_SIZE] for i in range(0, len(packed), SHA256_SIZE))
     if not n == len(bits) == len(uoffs) == len(windows) == len(digests) == len(wclengths):
         raise Corrupt("checkpoints: columns differ in length")
     points = []
@@ -62,4 +72,6 @@ def decode_checkpoints(raw: Any, csize: int, usize: int, version: int) -> GzipCh
             raise Corrupt("checkpoints: window without a digest")
         last_c, last_u = c, u
         points.append(Checkpoint(c, b, u, w, d, wl))
-    return GzipCheckpoints(csize, usize, spacing, window_size, tuple(points), windows_blob)
+    return GzipCheckpoints(
+        csize, usize, spacing, window_size, tuple(points), windows_blob, span_digests=spans
+    )

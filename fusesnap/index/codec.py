@@ -18,13 +18,14 @@ Format version 3 (`encode` writes it; `decode` reads versions 1 to 3)::
     inners  = nil (all 0) | [inner, ...]
     gz      = nil | [spacing, window_size, [coffset, ...], [bits, ...],
                      [uoffset, ...], [window, ...],
-                     [window_sha256, ...], [wclength, ...], windows_blob]
+                     [window_sha256, ...], [wclength, ...], windows_blob(, spans)]
                                         (versions 1, 2: the first 6 only)
     window  = b"" (none inline, or none at all) | the 32 KiB window
     window_sha256 = b"" (no window: a gzip member start) | 32 bytes
     windows_blob  = nil | digest of the blob of the windows' zstd frames
+    spans   = the 32-byte sha256 of each span, concatenated (SOCI zTOC indexes only)
     root    = nil | row (the "./" entry: empty path, a dir, no chunks)
-    source  = "built" | "estargz" | "zstd:chunked"
+    source  = "built" | "estargz" | "zstd:chunked" | "soci"
     prefetch = [path, ...]                    (eStargz prioritized files, blob order)
 
 Rows are arrays, not maps. A path is stored as the number of bytes it shares

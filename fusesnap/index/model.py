@@ -180,6 +180,12 @@ class GzipCheckpoints:
     ``windows_blob`` is the digest of the blob (in the image's repository, pushed
     beside an index artifact) that holds the windows the points do not carry
     inline: each one's zstd frame, in point order (`window_range`).
+
+    ``span_digests`` (a SOCI zTOC's, `fusesnap.index.soci`): the sha256 of each span's
+    compressed bytes, from point ``i``'s byte (the one before it when ``bits``) to
+    point ``i + 1``'s (the last to the end of the blob). When there are any, the
+    blob bytes are verified span by span before they are inflated, and the index's
+    chunks are named by place, not by content (`LayerIndex.span_verified`).
     """
 
     compressed_size: int
@@ -188,6 +194,7 @@ class GzipCheckpoints:
     window_size: int
     points: tuple[Checkpoint, ...]
     windows_blob: Digest | None = None
+    span_digests: tuple[bytes, ...] = ()
     _window_offsets: tuple[int, ...] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
@@ -227,8 +234,9 @@ class LayerIndex:
     layer has a ``./`` entry, its attributes are ``root`` (path ``""``).
 
     ``source`` says where the index came from: ``built`` (streamed from the
-    layer), ``estargz`` or ``zstd:chunked`` (the layer's own TOC, in which
-    case ``diff_id`` was taken from the image config, not computed).
+    layer), ``estargz`` or ``zstd:chunked`` (the layer's own TOC), ``soci`` (a
+    SOCI zTOC, `span_verified`); for the last three ``diff_id`` was taken from
+    the image config, not computed.
     ``prefetch`` lists the files the producer marked as likely read at start
     (eStargz's ``.prefetch.landmark``), in blob order. ``uncompressed_size``
     is 0 when the format does not say it.
@@ -270,6 +278,18 @@ class LayerIndex:
     def window_digests(self) -> frozenset[bytes]:
         """The raw sha256 of every gzip window the index names (kept in the chunk store)."""
         return frozenset() if self.checkpoints is None else self.checkpoints.window_digests()
+
+    def span_digests(self) -> frozenset[bytes]:
+        """The span digests of a span-verified index (its verified spans are kept in the
+        chunk store under them)."""
+        return frozenset() if self.checkpoints is None else frozenset(self.checkpoints.span_digests)
+
+    @property
+    def span_verified(self) -> bool:
+        """True for an index whose gzip spans carry digests (a SOCI zTOC's): its blob is
+        verified span by span, and a `ChunkRef.digest` is a name for the chunk's place in
+        the layer, not the sha256 of its bytes, which are learned when its span is read."""
+        return self.checkpoints is not None and bool(self.checkpoints.span_digests)
 
     def without_windows(self) -> LayerIndex:
         """This index with its gzip windows named by digest only (see `Checkpoint`)."""

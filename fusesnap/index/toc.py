@@ -65,6 +65,7 @@ __all__ = [
     "extract_chunk",
     "index_from_toc",
     "load_toc_json",
+    "parse_rfc3339",
 ]
 
 # A TOC lists metadata only: 64 MiB of JSON is several million entries.
@@ -87,6 +88,25 @@ _RFC3339 = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$"
 )
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def parse_rfc3339(raw: object) -> tuple[int, int]:
+    """Seconds and nanoseconds since the epoch of an RFC 3339 time (Go's ``RFC3339Nano``);
+    `ValueError` (saying which text) if it is not one."""
+    m = _RFC3339.match(raw) if isinstance(raw, str) else None
+    if m is None:
+        raise ValueError(f"{raw!r} is not an RFC 3339 time")
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    offset = 0
+    if zone not in ("Z", "z"):
+        offset = (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (-1 if zone[0] == "-" else 1)
+    try:
+        fields = (int(year), int(month), int(day), int(hour), int(minute), int(second))
+        when = datetime.datetime(*fields, tzinfo=datetime.UTC)
+    except ValueError as exc:
+        raise ValueError(f"{raw!r}: {exc}") from None
+    seconds = (when - _EPOCH) // datetime.timedelta(seconds=1) - offset
+    return seconds, int((frac or "").ljust(9, "0"))
 
 
 def load_toc_json(data: bytes, *, what: str) -> list[Any]:
@@ -338,27 +358,10 @@ class _TocReader:
         """Seconds and nanoseconds of an RFC 3339 time; empty or absent means 0 (eStargz)."""
         if not raw:
             return 0, 0
-        m = _RFC3339.match(raw) if isinstance(raw, str) else None
-        if m is None:
-            raise self._fail(i, f"modtime {raw!r} is not an RFC 3339 time")
-        year, month, day, hour, minute, second, frac, zone = m.groups()
-        offset = 0
-        if zone not in ("Z", "z"):
-            offset = (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (-1 if zone[0] == "-" else 1)
         try:
-            when = datetime.datetime(
-                int(year),
-                int(month),
-                int(day),
-                int(hour),
-                int(minute),
-                int(second),
-                tzinfo=datetime.UTC,
-            )
+            return parse_rfc3339(raw)
         except ValueError as exc:
-            raise self._fail(i, f"modtime {raw!r}: {exc}") from None
-        seconds = (when - _EPOCH) // datetime.timedelta(seconds=1) - offset
-        return seconds, int((frac or "").ljust(9, "0"))
+            raise self._fail(i, f"modtime {exc}") from None
 
     def _xattrs(self, i: int, raw: Any) -> dict[str, bytes]:
         if not raw:

@@ -26,6 +26,13 @@ The store is asked once per chunk before a fetch (flights and the writer's
 queue are asked first, in memory); a stored chunk that is corrupt counts as
 missing and is fetched again.
 
+A span-verified layer's chunks (a SOCI zTOC's) are asked for by locator: their
+zTOC spans are checked against the span digests before anything is inflated, and
+each chunk is queued under the sha256 of its bytes, which `LocalChunks` remembers
+for its locator (so the queue and the store answer for it from then on). The
+verified spans are queued too, under their digests: a later read inflates a span
+from the store rather than the registry (`fusesnap.lazy.spanstore`).
+
 Single flight and batching. Every chunk being fetched has a `Flight` keyed by
 its digest; a `get` of a chunk already on its way waits for that flight. A
 batch of needs (`get_many`) is planned into as few requests as the limits
@@ -71,6 +78,7 @@ from fusesnap.lazy.limits import FetchLimits, FetchStats, Pace, PrefetchResult, 
 from fusesnap.lazy.local import ChunkStorage, LocalChunks
 from fusesnap.lazy.ranges import LayerLayout, Span, layout_of
 from fusesnap.lazy.spandecode import Cut, cut_span
+from fusesnap.lazy.spanstore import RangeLocks, stored_or_fetched
 from fusesnap.lazy.windows import WindowSource
 from fusesnap.lazy.writer import ChunkWriter
 from fusesnap.singleflight import Flight, SingleFlight
@@ -147,6 +155,7 @@ class ChunkFetcher:
         self._local = LocalChunks(chunks, self._writer)
         self._windows = WindowSource(fetch_range, chunks, self._stats, self._local.get_many)
         self._layouts: dict[Digest, LayerLayout] = {}  # by layer digest
+        self._ranges = RangeLocks()
 
     def _layout(self, index: LayerIndex) -> LayerLayout:
         """``index``'s layout, built once per layer; `LayerError` if it has no random access."""
@@ -213,7 +222,7 @@ class ChunkFetcher:
         ``joined_count`` of them when they were asked); join the flights already out."""
         out: dict[bytes, bytes] = {}
         for digest in list(want):
-            queued = self._writer.get(digest)  # fetched while the store was asked
+            queued = self._local.queued(digest)  # fetched while the store was asked
             if queued is not None:
                 out[digest] = queued
                 del want[digest]
@@ -258,8 +267,8 @@ class ChunkFetcher:
         for item in entries_or_refs:
             for ref in item.chunks if isinstance(item, Entry) else (item,):
                 want.setdefault(ref.digest, ref)
-        absent = await run_blocking(self._chunks.missing, list(want))
-        todo = [r for d, r in want.items() if d in absent and d not in self._writer]
+        absent = await run_blocking(self._local.missing, list(want))
+        todo = [r for d, r in want.items() if d in absent]
         if not todo:
             return PrefetchResult(chunks=len(want), already_stored=len(want), fetched=0, failed=0)
         layout = self._layout(index)
@@ -280,7 +289,7 @@ class ChunkFetcher:
                 await slots.acquire()
                 nursery.start_soon(one, span)
         # "Stored now", as the result says (a pull checks the layer complete next).
-        await self._writer.flush(r.digest for r in todo)
+        await self._writer.flush(self._local.digest(r.digest) for r in todo)
         return PrefetchResult(
             chunks=len(want),
             already_stored=len(want) - len(todo),
@@ -349,7 +358,7 @@ class ChunkFetcher:
     ) -> None:
         what = f"{layout.what}: range [{span.start}, {span.end})"
         try:
-            async with self._slots:
+            async with self._slots, self._ranges.hold(layout, span):
                 with trio.fail_after(self.limits.timeout):
                     window, data = await self._fetch_span(layout, span)
                     cut = await run_blocking(self._decode, layout, span, data, window)
@@ -367,7 +376,8 @@ class ChunkFetcher:
                 flights[ref.digest].fail(exc)
             return
         self._stats.verify_failures += cut.verify_failures
-        self._writer.add(cut.chunks)
+        self._local.name(cut.names)
+        self._writer.add(dict(cut.stored()))
         asked = 0
         for ref in span.refs:
             chunk = cut.chunks.get(ref.digest)
@@ -383,6 +393,10 @@ class ChunkFetcher:
 
     async def _fetch_span(self, layout: LayerLayout, span: Span) -> tuple[bytes | None, bytes]:
         fetch = partial(self._fetch, layout, span.start, span.size)
+        if layout.span_verified:
+            fetch = partial(
+                stored_or_fetched, layout, span, self._local.get_many, fetch, self._stats
+            )
         return await self._windows.with_span(layout, span, fetch)
 
     async def _fetch(self, layout: LayerLayout, offset: int, length: int) -> bytes:
@@ -400,8 +414,8 @@ class ChunkFetcher:
         asked = {r.digest for r in span.refs}
         extra = [r for r in layout.within(span) if r.digest not in asked]
         if extra:
-            absent = self._chunks.missing(r.digest for r in extra)
-            extra = [r for r in extra if r.digest in absent and r.digest not in self._writer]
+            absent = self._local.missing(r.digest for r in extra)
+            extra = [r for r in extra if r.digest in absent]
 
         def read_before(offset: int, length: int) -> bytes:
             return trio.from_thread.run(self._fetch, layout, offset, length)

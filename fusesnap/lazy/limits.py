@@ -46,6 +46,7 @@ class FetchStats:
     chunks_extra: int = 0  # neighbours verified from the same requests, unasked
     windows_fetched: int = 0  # gzip windows fetched from a windows blob
     chunks_from_store: int = 0  # chunks asked for that the store already had
+    spans_from_store: int = 0  # zTOC spans (SOCI layers) read from the store, not fetched
     single_flight_waits: int = 0  # chunks asked for while already on their way
     verify_failures: int = 0  # chunks whose bytes did not match their digest
     failures: int = 0  # requests that failed or timed out

@@ -14,7 +14,11 @@ be fetched to produce it depends on how the blob is encoded (`Access`):
   checkpoint after its end, so the blob range runs from the first checkpoint's
   byte (minus one when it starts mid-byte) to one byte past the second's. Only
   a plain gzip stream needs this; the range is the smallest that can be
-  known without inflating.
+  known without inflating. A span-verified index (a SOCI zTOC's,
+  `LayerIndex.span_verified`) fetches whole spans instead, exactly the bytes
+  each span digest covers (`LayerLayout.zspans`): from the first checkpoint's
+  byte (minus one when it starts mid-byte; checkpoint 0 too, which follows the
+  gzip header, not fetched) to the next one's.
 
 Plain zstd has no random access at all (`LayerError`: the layer must be
 fetched whole, the local-index path).
@@ -44,6 +48,7 @@ __all__ = [
     "Access",
     "LayerLayout",
     "Span",
+    "ZSpan",
     "clength",
     "coffset",
     "inner",
@@ -91,6 +96,16 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
+class ZSpan:
+    """zTOC span ``number``: compressed bytes ``[start, end)`` whose sha256 is ``digest``."""
+
+    number: int
+    start: int
+    end: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class _Piece:
     start: int
     end: int
@@ -112,6 +127,7 @@ class LayerLayout:
         self.index = index
         self.what = f"layer {index.layer_digest.short}"
         self.access = _access(index, self.what)
+        self.span_verified = index.span_verified
         self._uoffs: list[int] = []
         if self.access is Access.GZIP:
             assert index.checkpoints is not None
@@ -163,7 +179,7 @@ class LayerLayout:
         )
 
     def _cstart(self, point: int) -> int:
-        if point == 0:
+        if point == 0 and not self.span_verified:
             return 0  # zran re-reads the gzip header for the first point
         p = self._points[point]
         return p.coffset - (1 if p.bits else 0)
@@ -177,6 +193,8 @@ class LayerLayout:
         size = self.index.compressed_size
         if point >= len(self._uoffs):
             return size
+        if self.span_verified:
+            return self._points[point].coffset  # where the digest of the span before ends
         return min(size, self._points[point].coffset + 1)
 
     @property
@@ -223,6 +241,21 @@ class LayerLayout:
         first = min(p.first for p in group)
         last = max(p.last for p in group)
         return Span(start, end, refs, first, self._uoffs[first], self._uend(last))
+
+    def zspans(self, span: Span) -> list[ZSpan]:
+        """The zTOC spans (span-verified layers) whose bytes ``span``'s inflation reads:
+        from its start point to the one holding its last uncompressed byte."""
+        cp = self.index.checkpoints
+        assert cp is not None
+        assert cp.span_digests
+        points = cp.points
+        last = max(bisect.bisect_right(self._uoffs, span.uend) - 1, span.point)
+        out = []
+        for i in range(span.point, last + 1):
+            p = points[i]
+            end = points[i + 1].coffset if i + 1 < len(points) else cp.compressed_size
+            out.append(ZSpan(i, p.coffset - (1 if p.bits else 0), end, cp.span_digests[i]))
+        return out
 
     def within(self, span: Span) -> list[ChunkRef]:
         """Every chunk of the layer (one per digest) that ``span``'s bytes produce."""

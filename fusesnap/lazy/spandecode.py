@@ -10,6 +10,15 @@ below), and no unverified byte is ever returned.
 
 Decompression is bounded: a frame is inflated only as far as the furthest
 chunk it is asked for; a gzip region only up to its planned end.
+
+A span-verified layer (a SOCI zTOC's, `LayerIndex.span_verified`) has no chunk
+digests to check: every zTOC span of the range is checked against its span
+digest *before* anything is inflated, and nothing else of the blob is read
+(from checkpoint 0, zran parses a gzip header: it gets `gzipindex.plain_header`
+of the real one's length, so the real one is neither fetched nor trusted). Each
+chunk is then accepted under its locator with the sha256 of its bytes
+(`Cut.names`), the name it is stored under; the verified spans are kept too
+(`Cut.spans`, stored under their digests).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError
 from fusesnap.index import ChunkRef, decompress_frame, gzipindex
 from fusesnap.lazy.ranges import Access, LayerLayout, Span, clength, coffset, inner
 
-__all__ = ["Cut", "ReadBefore", "cut_span"]
+__all__ = ["Cut", "ReadBefore", "cut_span", "verify_spans"]
 
 ReadBefore = Callable[[int, int], bytes]
 
@@ -35,6 +44,13 @@ class Cut:
     chunks: dict[bytes, bytes] = field(default_factory=dict)
     errors: dict[bytes, FusesnapError] = field(default_factory=dict)
     verify_failures: int = 0
+    names: dict[bytes, bytes] = field(default_factory=dict)  # locator -> sha256 (span-verified)
+    spans: list[tuple[bytes, bytes]] = field(default_factory=list)  # (digest, bytes), verified
+
+    def stored(self) -> list[tuple[bytes, bytes]]:
+        """``(sha256, bytes)`` of every chunk and zTOC span produced: what the store takes."""
+        chunks = [(self.names.get(key, key), data) for key, data in self.chunks.items()]
+        return chunks + self.spans
 
 
 def cut_span(
@@ -67,14 +83,60 @@ def cut_span(
         _cut_frames(cut, layout, span, data, refs)
     else:
         try:
+            if layout.span_verified:
+                cut.spans = verify_spans(layout, span, data)
+                read_before = _plain_header(layout) if span.point == 0 else None
             plain = _inflate(layout, span, data, read_before, window)
         except FusesnapError as exc:
+            if isinstance(exc, DigestMismatchError):
+                cut.verify_failures += 1
             cut.errors = dict.fromkeys((r.digest for r in refs), exc)
             return cut
         for ref in refs:
             lo = ref.offset - span.ustart
-            _accept(cut, layout, ref, plain[lo : lo + ref.length])
+            chunk = plain[lo : lo + ref.length]
+            if layout.span_verified and len(chunk) == ref.length:
+                cut.chunks[ref.digest] = chunk
+                cut.names[ref.digest] = hashlib.sha256(chunk).digest()
+            else:
+                _accept(cut, layout, ref, chunk)
     return cut
+
+
+def verify_spans(layout: LayerLayout, span: Span, data: bytes) -> list[tuple[bytes, bytes]]:
+    """Check every zTOC span that ``span``'s inflation reads (`LayerLayout.zspans`)
+    against its digest; return them as ``(digest, bytes)``. Raise `DigestMismatchError`
+    (or `LayerError` if the range does not hold them whole)."""
+    out = []
+    for z in layout.zspans(span):
+        if not span.start <= z.start <= z.end <= span.end:
+            raise LayerError(
+                f"{layout.what}: range [{span.start}, {span.end}) does not hold "
+                f"span {z.number} [{z.start}, {z.end}) whole"
+            )
+        piece = data[z.start - span.start : z.end - span.start]
+        got = hashlib.sha256(piece).digest()
+        if got != z.digest:
+            raise DigestMismatchError(
+                f"{layout.what}: zTOC span {z.number} [{z.start}, {z.end}): digest mismatch "
+                f"(got sha256:{got.hex()[:12]}, want sha256:{z.digest.hex()[:12]})"
+            )
+        out.append((z.digest, piece))
+    return out
+
+
+def _plain_header(layout: LayerLayout) -> ReadBefore:
+    """What zran reads before the first span: a stand-in gzip header (module docstring)."""
+    cp = layout.index.checkpoints
+    assert cp is not None
+    header = gzipindex.plain_header(cp.points[0].coffset)
+
+    def read(offset: int, length: int) -> bytes:
+        if offset + length > len(header):
+            raise LayerError(f"{layout.what}: gzip read before the first zTOC span at {offset}")
+        return header[offset : offset + length]
+
+    return read
 
 
 def _accept(cut: Cut, layout: LayerLayout, ref: ChunkRef, data: bytes) -> None:

@@ -165,7 +165,7 @@ async def pull(
                 for i, (layer, _) in enumerate(layers)
             )
         elif lazy:
-            outcomes, artifact = await job.index_all(resolved.manifest, build=build)
+            outcomes, artifact = await job.index_all(resolved, build=build)
         else:
             outcomes, artifact = await job.complete_all(), None
 

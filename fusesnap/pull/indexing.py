@@ -183,7 +183,8 @@ def store_layer_index(
             source=source,
             index=encode(index) if encoded is None else encoded,
             chunks=pack_chunk_digests(index.chunk_digests()),
-            windows=pack_chunk_digests(index.window_digests()),
+            # gc keeps what the chunk store holds for the index: windows, and SOCI spans.
+            windows=pack_chunk_digests(index.window_digests() | index.span_digests()),
         )
     )
     return index

@@ -10,6 +10,8 @@ Sources, best first:
     store          the layer is indexed here already                    nothing fetched
     artifact       a fusesnap index artifact of the image               found once per image
                    (`fusesnap.pull.artifact`), for this very layer       (one small blob a layer)
+    soci           a zTOC in the image's SOCI index (v2, else v1;       found once per image
+                   `fusesnap.pull.socifind`), for this very layer        (one blob a layer)
     estargz        the TOC that ``containerd.io/snapshot/stargz/toc.digest`` vouches for
                                                                          two range requests
     zstd:chunked   the TOC at ``(io.github.)containers.zstd-chunked.manifest-position``
@@ -51,6 +53,7 @@ from fusesnap.errors import (
     LayerError,
     ManifestError,
     NotFoundError,
+    RegistryNotFoundError,
 )
 from fusesnap.index import (
     TOC_DIGEST_ANNOTATION,
@@ -62,6 +65,7 @@ from fusesnap.index import (
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
 from fusesnap.pull.indexing import store_layer_index
+from fusesnap.pull.socifind import SociIndex, read_soci_index
 from fusesnap.pull.streaming import Restart, download_and_ingest
 from fusesnap.pull.tocs import Fetch, read_estargz_index, read_zstdchunked_index
 from fusesnap.reference import Reference
@@ -75,6 +79,7 @@ __all__ = [
     "NoProgress",
     "PullProgress",
     "ResolvedIndex",
+    "describe_source",
     "layer_complete",
     "resolve_layer_index",
     "stream_layer",
@@ -129,6 +134,7 @@ class IndexSource(enum.StrEnum):
 
     STORE = "store"
     ARTIFACT = "artifact"
+    SOCI = "soci"
     ESTARGZ = "estargz"
     ZSTD_CHUNKED = "zstd:chunked"
     BUILT = "built"
@@ -137,6 +143,7 @@ class IndexSource(enum.StrEnum):
 _DESCRIPTIONS = {
     IndexSource.STORE: "index in the local store",
     IndexSource.ARTIFACT: "index from the index artifact",
+    IndexSource.SOCI: "index from SOCI zTOC",
     IndexSource.ESTARGZ: "index from eStargz TOC",
     IndexSource.ZSTD_CHUNKED: "index from zstd:chunked TOC",
     IndexSource.BUILT: "index built by streaming the layer",
@@ -172,6 +179,7 @@ async def resolve_layer_index(
     store: Store,
     *,
     artifact: ArtifactIndexes | None,
+    soci_index: SociIndex | None = None,
     progress: PullProgress | None = None,
     counter: FetchCounter | None = None,
     limits: Limits | None = None,
@@ -181,7 +189,8 @@ async def resolve_layer_index(
     """The index of ``layer`` from the best source (see the module docstring), stored;
     with ``build=False``, `NoIndexError` where the only source left is streaming it.
 
-    ``artifact``: the indexes of an index artifact found for the image, if any.
+    ``artifact``: the indexes of an index artifact found for the image, if any;
+    ``soci_index``: its SOCI index, if any.
     ``progress``, ``counter`` and ``limits`` are for the streaming build (bytes
     received, bounds on what the layer may unpack to). ``announce(text)`` is called
     once the source is known, before a streaming build starts ("building index:
@@ -216,6 +225,19 @@ async def resolve_layer_index(
             return found
         skipped.append(f"index artifact {artifact.digest.short}: {problem}")
         log.warning("%s: ignoring the index artifact's index: %s", what, problem)
+    ztoc = soci_index.ztocs.get(layer.digest) if soci_index is not None else None
+    if ztoc is not None:
+        try:
+            index, nbytes = await read_soci_index(client, ref, ztoc, layer, diff_id)
+        except (LayerError, DigestMismatchError, RegistryNotFoundError) as exc:
+            skipped.append(f"SOCI zTOC {ztoc.digest.short}: {exc}")
+            log.warning("cannot use the SOCI zTOC of %s: %s", what, exc)
+        else:
+            counter.add(nbytes)
+            index = await run_blocking(store_layer_index, store, layer, index, "soci")
+            found = ResolvedIndex(index, IndexSource.SOCI, nbytes, tuple(skipped))
+            say(found.describe())
+            return found
     for source, applies, read in _TOC_READERS:
         if not applies(layer):
             continue
@@ -233,7 +255,9 @@ async def resolve_layer_index(
         say(found.describe())
         return found
     if not build:
-        raise NoIndexError(f"{what}: no index in the store, an index artifact or a TOC")
+        raise NoIndexError(
+            f"{what}: no index in the store, an index artifact, a SOCI zTOC or a TOC"
+        )
     say(f"building index: streaming {human_size(layer.size)}")
     before = counter.bytes
     index = await stream_layer(
@@ -244,6 +268,14 @@ async def resolve_layer_index(
 
 class NoIndexError(NotFoundError):
     """A layer has no index but the one a streaming build would make."""
+
+
+def describe_source(source: str) -> str:
+    """What a layer record's ``source`` means, for people ("index from SOCI zTOC")."""
+    try:
+        return _DESCRIPTIONS[IndexSource(source)]
+    except ValueError:
+        return f"index from {source}"
 
 
 def toc_source(layer: Descriptor) -> IndexSource | None:

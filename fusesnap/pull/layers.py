@@ -15,11 +15,11 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import FusesnapError, LayerError
+from fusesnap.errors import FusesnapError, LayerError, ManifestError
 from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.lazy import AccessProfile, ChunkFetcher, FetchLimits, layout_of, open_chunk_fetcher
 from fusesnap.lazy import profile as profiles
-from fusesnap.oci import Descriptor
+from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
 from fusesnap.pull.artifactfind import find_index_artifact
 from fusesnap.pull.indexsource import (
@@ -33,8 +33,9 @@ from fusesnap.pull.indexsource import (
     stream_layer,
     toc_source,
 )
+from fusesnap.pull.socifind import SociIndex, find_soci_index
 from fusesnap.reference import Reference
-from fusesnap.registry import RegistryClient
+from fusesnap.registry import RegistryClient, Resolved
 from fusesnap.store import Store
 from fusesnap.termui import human_size
 
@@ -73,6 +74,8 @@ def _random_access_index(store: Store, digest: Digest) -> LayerIndex | None:
     if not store.layers.exists(digest):
         return None
     index = decode(store.layers.index(digest))
+    if index.span_verified:
+        return None  # a SOCI zTOC's: its chunks are not named by content, so never "complete"
     try:
         layout_of(index)
     except LayerError:
@@ -114,14 +117,19 @@ class LayerJob:
     # -- lazy: indexes only -------------------------------------------------------------------
 
     async def index_all(
-        self, manifest: Descriptor, *, build: bool = True
+        self, resolved: Resolved, *, build: bool = True
     ) -> tuple[tuple[LayerOutcome, ...], ArtifactIndexes | None]:
         """Each layer's index from its best source; ``build=False``: none is built by
         streaming a layer (its outcome is ``none``)."""
         have = {d for d in self.unique if await run_blocking(self.store.layers.exists, d)}
         wanted = [d for d in self.unique if d not in have]
-        artifact = await self._find_artifact(manifest, wanted) if wanted else None
-        found = artifact.indexes if artifact is not None else {}
+        artifact = await self._find_artifact(resolved.manifest, wanted) if wanted else None
+        found = set(artifact.indexes) if artifact is not None else set()
+        # SOCI indexes gzip layers only: an image with none is not looked up.
+        rest = [d for d in wanted if d not in found and _is_gzip(self.unique[d][0])]
+        soci_index = await self._find_soci(resolved, rest) if rest else None
+        if soci_index is not None:
+            found.update(d for d in rest if d in soci_index.ztocs)
         # What will be streamed, as far as can be told before trying the sources.
         streamed = build * sum(
             layer.size
@@ -141,6 +149,7 @@ class LayerJob:
                         diff_id,
                         self.store,
                         artifact=artifact,
+                        soci_index=soci_index,
                         progress=self.progress,
                         counter=self.counter,
                         limits=self.limits,
@@ -179,6 +188,18 @@ class LayerJob:
             if artifact.profile is not None:
                 await run_blocking(_keep_profile, self.store, artifact.profile)
         return artifact
+
+    async def _find_soci(self, resolved: Resolved, layers: list[Digest]) -> SociIndex | None:
+        try:
+            found = await find_soci_index(self.client, self.ref, resolved)
+        except FusesnapError as exc:
+            log.warning("%s: looking for a SOCI index failed: %s", self.ref, exc)
+            return None
+        if found is not None:
+            self.counter.add(found.fetched_bytes)
+            have = sum(1 for d in layers if d in found.ztocs)
+            self.progress.note(f"{found.describe()}: zTOCs for {have} of {len(layers)} layers")
+        return found
 
     # -- full: every chunk --------------------------------------------------------------------
 
@@ -242,6 +263,13 @@ class LayerJob:
             raise result.first_error
         if not await run_blocking(layer_complete, self.store, layer.digest):
             raise LayerError(f"{what}: chunks still missing after fetching them all")
+
+
+def _is_gzip(layer: Descriptor) -> bool:
+    try:
+        return layer_compression(layer.media_type) == "gzip"
+    except ManifestError:
+        return False
 
 
 def _keep_profile(store: Store, profile: AccessProfile) -> None:

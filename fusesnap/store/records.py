@@ -281,7 +281,7 @@ class IngestInfo:
 
 
 # Where a layer's index came from: built here, a TOC in the blob, or an index artifact.
-LAYER_SOURCES = frozenset({"built", "estargz", "zstd:chunked", "artifact"})
+LAYER_SOURCES = frozenset({"built", "estargz", "zstd:chunked", "artifact", "soci"})
 
 
 @dataclass(frozen=True, slots=True)

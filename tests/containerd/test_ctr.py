@@ -6,6 +6,7 @@ state and socket; `tools.containerd`) with ``[proxy_plugins.fusesnap]`` pointing
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -29,6 +30,8 @@ from tests.containerd.harness import (
     via_proxy,
 )
 from tests.e2e.cli import run
+from tests.e2e.sociimage import push_soci_image
+from tests.lazy.sociztoc import Vector, vector
 from tools._net import free_port
 from tools.containerd import CtrError, PrivateContainerd, pull_args, unique_id
 from tools.faultproxy import FaultProxy
@@ -373,3 +376,44 @@ def test_a_containerd_restart_keeps_running_containers(node, registry, faulty) -
         assert lower_mounts(node.root) == lowers
     finally:
         _kill(node, cid)
+
+
+def test_layers_with_a_soci_index_are_remote_and_read_by_span(
+    node, registry, faulty, tmp_path
+) -> None:
+    """The zTOC test vectors' layers under busybox's, with a SOCI v2 index of the golden
+    zTOCs: containerd leaves those layers to fusesnap (remote snapshots) and a container
+    reads a file of one through a verified span, not the whole layer."""
+    box = build_and_push("busybox", registry)
+    (shell,) = box.layers
+    blob = (box.layout_dir / "blobs" / "sha256" / shell.digest[7:]).read_bytes()
+    layers: list[tuple[Vector, bytes | None]] = [
+        (vector(n), vector(n).ztoc) for n in ("large-compressible-l1", "many-l0")
+    ]
+    layers.append((Vector("busybox", blob, b"", 0), None))  # on top, unpacked by containerd
+    img = push_soci_image(
+        registry.host, "soci/ctr", "v2", layers, version="v2", layout_dir=tmp_path / "layout"
+    )
+    ref = img.ref.replace(registry.host, faulty.host)
+    faulty.reset()
+    node.rpull(ref)
+    kinds = list(node.fusesnap_snapshots().values())
+    assert kinds.count("committed (remote)") == 2, kinds
+    big = vector("large-compressible-l1")
+    digest = "sha256:" + hashlib.sha256(big.blob).hexdigest()
+    before = _blob_bytes(faulty, digest)
+    assert before == 0, "containerd or fusesnap fetched the SOCI layer at pull"
+    out = node.run(ref, "md5sum", "/big/part-0.log")
+    rootfs = img.unpack(tmp_path / "unpacked")
+    want = hashlib.md5((rootfs / "big/part-0.log").read_bytes()).hexdigest()
+    assert out.split()[0] == want, out
+    moved = _blob_bytes(faulty, digest)
+    assert 0 < moved < len(big.blob) * 3 // 4, (moved, len(big.blob))
+
+
+def _blob_bytes(proxy: FaultProxy, digest: str) -> int:
+    return sum(
+        r.bytes_sent
+        for r in proxy.records
+        if r.kind == "blob" and r.path.split("?")[0].endswith(digest)
+    )

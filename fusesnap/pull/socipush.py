@@ -55,26 +55,26 @@ from fusesnap.oci import (
     layer_compression,
 )
 from fusesnap.pull.indexsource import NoProgress, PullProgress
+from fusesnap.pull.socispec import (
+    BUILD_TOOL_ANNOTATION,
+    INDEX_DIGEST_ANNOTATION,
+    LAYER_DIGEST_ANNOTATION,
+    LAYER_MEDIA_TYPE_ANNOTATION,
+    MANIFEST_DIGEST_ANNOTATION,
+    SOCI_INDEX_V2,
+    ZTOC_MEDIA_TYPE,
+)
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient, Resolved
 from fusesnap.termui import human_size
 
 __all__ = [
     "DEFAULT_MIN_LAYER_SIZE",
-    "INDEX_DIGEST_ANNOTATION",
-    "SOCI_INDEX_V2",
     "PushedSoci",
     "SociOptions",
     "push_soci_index",
 ]
 
-SOCI_INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
-ZTOC_MEDIA_TYPE = "application/octet-stream"
-LAYER_DIGEST_ANNOTATION = "com.amazon.soci.image-layer-digest"
-LAYER_MEDIA_TYPE_ANNOTATION = "com.amazon.soci.image-layer-mediaType"
-INDEX_DIGEST_ANNOTATION = "com.amazon.soci.index-digest"
-MANIFEST_DIGEST_ANNOTATION = "com.amazon.soci.image-manifest-digest"
-BUILD_TOOL_ANNOTATION = "com.amazon.soci.build-tool-identifier"
 DEFAULT_MIN_LAYER_SIZE = 10 << 20
 _EMPTY = b"{}"
 _EMPTY_DIGEST = Digest.of(_EMPTY)

@@ -15,7 +15,7 @@ from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError, ManifestError
 from fusesnap.pull import SociOptions, push_soci_index
-from fusesnap.pull.soci import INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V2
+from fusesnap.pull.socispec import INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V2
 from fusesnap.reference import Reference
 from fusesnap.registry import Resolved
 from tests.index.ztocparse import checkpoints, parse
