@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fusesnap.index.ztoc import parse_ztoc
 from tests.e2e.cli import run
-from tests.index.ztocparse import checkpoints, parse
 from tools.images.catalog import build_and_push
 
 pytestmark = pytest.mark.e2e
@@ -55,10 +55,10 @@ class _Repo:
 
 
 _KINDS = {
-    tarfile.REGTYPE: b"reg",
-    tarfile.DIRTYPE: b"dir",
-    tarfile.SYMTYPE: b"symlink",
-    tarfile.LNKTYPE: b"hardlink",
+    tarfile.REGTYPE: "reg",
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
 }
 
 
@@ -71,41 +71,40 @@ def _data(tar: bytes, m: tarfile.TarInfo) -> bytes:
 
 def _check_ztoc(ztoc: bytes, layer: bytes, span: int) -> int:
     """The zTOC describes ``layer``; return how many checkpoints were inflated from."""
-    z = parse(ztoc)
+    z = parse_ztoc(ztoc)
     tar = gzip.decompress(layer)
-    assert z["compressed_size"] == len(layer)
-    assert z["build_tool"] == b"fusesnap"
+    assert z.compressed_size == len(layer)
+    assert z.build_tool == "fusesnap"
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         members = tf.getmembers()
-    assert len(z["entries"]) == len(members)
-    for e, m in zip(z["entries"], members, strict=True):
-        name = e["name"].decode()
+    assert len(z.files) == len(members)
+    for e, m in zip(z.files, members, strict=True):
+        name = e.name.decode()
         assert name.rstrip("/") == m.name, (name, m.name)
-        assert e["offset"] == m.offset_data, name
-        assert e["size"] == (m.size if m.isreg() else e["size"]), name
-        assert e["mode"] & 0o7777 == m.mode, name
-        assert (e["uid"], e["gid"]) == (m.uid, m.gid), name
-        assert e["linkname"].decode() == m.linkname, name
-        assert e["type"] == _KINDS.get(m.type, e["type"]), name
+        assert e.offset == m.offset_data, name
+        assert e.size == (m.size if m.isreg() else e.size), name
+        assert e.mode & 0o7777 == m.mode, name
+        assert (e.uid, e.gid) == (m.uid, m.gid), name
+        assert e.linkname.decode() == m.linkname, name
+        assert e.type == _KINDS.get(m.type, e.type), name
         if m.isreg():
-            assert tar[e["offset"] : e["offset"] + e["size"]] == _data(tar, m), name
-    assert z["uncompressed_size"] <= len(tar)
-    got_span, points = checkpoints(z["checkpoints"])
-    assert got_span == span
-    assert z["max_span_id"] == len(points) - 1 == len(z["span_digests"]) - 1
-    assert points[0][1] == 0
+            assert tar[e.offset : e.offset + e.size] == _data(tar, m), name
+    assert z.uncompressed_size <= len(tar)
+    assert z.span_size == span
+    assert len(z.points) == len(z.span_digests)
+    assert z.points[0].uoffset == 0
     inflated = 0
-    for i, (coffset, uoffset, bits, window) in enumerate(points):
-        start = coffset - (1 if bits else 0)
-        end = points[i + 1][0] if i + 1 < len(points) else len(layer)
-        want = "sha256:" + hashlib.sha256(layer[start:end]).hexdigest()
-        assert z["span_digests"][i].decode() == want, f"span {i}"
-        assert window == bytes(max(0, 32768 - uoffset)) + tar[max(0, uoffset - 32768) : uoffset]
-        if i and not bits:  # Python's zlib cannot prime the odd bits; byte-aligned ones inflate
-            d = zlib.decompressobj(-15, zdict=window)
-            out = d.decompress(layer[coffset : coffset + 65536], 32768)
+    for i, p in enumerate(z.points):
+        start = p.coffset - (1 if p.bits else 0)
+        end = z.points[i + 1].coffset if i + 1 < len(z.points) else len(layer)
+        assert z.span_digests[i] == hashlib.sha256(layer[start:end]).digest(), f"span {i}"
+        want_window = bytes(max(0, 32768 - p.uoffset)) + tar[max(0, p.uoffset - 32768) : p.uoffset]
+        assert p.window == want_window
+        if i and not p.bits:  # Python's zlib cannot prime the odd bits; byte-aligned ones inflate
+            d = zlib.decompressobj(-15, zdict=p.window)
+            out = d.decompress(layer[p.coffset : p.coffset + 65536], 32768)
             assert out, f"checkpoint {i}"
-            assert out == tar[uoffset : uoffset + len(out)], f"checkpoint {i}"
+            assert out == tar[p.uoffset : p.uoffset + len(out)], f"checkpoint {i}"
             inflated += 1
     return inflated
 

@@ -14,11 +14,11 @@ import pytest
 from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError, ManifestError
+from fusesnap.index.ztoc import parse_ztoc
 from fusesnap.pull import SociOptions, push_soci_index
 from fusesnap.pull.socispec import INDEX_DIGEST_ANNOTATION, SOCI_INDEX_V2
 from fusesnap.reference import Reference
 from fusesnap.registry import Resolved
-from tests.index.ztocparse import checkpoints, parse
 
 VECTORS = Path(__file__).parent.parent / "fixtures" / "soci-ztoc"
 REF = Reference.parse("127.0.0.1:5000/app:v1")
@@ -113,12 +113,11 @@ async def test_layers_over_the_threshold_get_a_ztoc_and_the_image_is_bound() -> 
     assert ztoc_desc["annotations"]["com.amazon.soci.image-layer-mediaType"] == (
         oci.DOCKER_LAYER_GZIP
     )
-    z = parse(reg.blobs[ztoc_desc["digest"]])
-    assert z["compressed_size"] == len(big)
-    assert z["build_tool"] == b"t"
-    span, points = checkpoints(z["checkpoints"])
-    assert span == 1 << 20
-    assert len(points) == len(z["span_digests"]) > 1  # ~8 MiB of tar
+    z = parse_ztoc(reg.blobs[ztoc_desc["digest"]])
+    assert z.compressed_size == len(big)
+    assert z.build_tool == "t"
+    assert z.span_size == 1 << 20
+    assert len(z.points) == len(z.span_digests) > 1  # ~8 MiB of tar
 
 
 async def test_a_layer_soci_would_refuse_is_skipped_with_a_line() -> None:
