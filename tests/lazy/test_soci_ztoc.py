@@ -333,7 +333,7 @@ def test_a_toc_that_points_past_the_archive_is_refused() -> None:
         _index(v, with_file_offset(v.ztoc, 1, 5120 - 4))
 
 
-# -- entry types the vectors lack, in a zTOC written here ----------------------------------------
+# -- entry types the vectors lack, in a zTOC fusesnap writes --------------------------------------
 
 
 def _every_kind_of_entry() -> bytes:
