@@ -296,8 +296,24 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
     # checked in bulk rather than through `Fields`, with the same rules.
     if type(row) is not list or len(row) != 16:
         raise Corrupt(f"entry {i}: want an array of 16")
-    (plen, suffix, code, mode, uid, gid, mtime, nsec, size,
-     link_b, devmajor, devminor, raw_x, uname_b, gname_b, raw_c) = row  # fmt: skip
+    (
+        plen,
+        suffix,
+        code,
+        mode,
+        uid,
+        gid,
+        mtime,
+        nsec,
+        size,
+        link_b,
+        devmajor,
+        devminor,
+        raw_x,
+        uname_b,
+        gname_b,
+        raw_c,
+    ) = row
     for v in (plen, code, mode, uid, gid, mtime, nsec, size, devmajor, devminor):
         if type(v) is not int:
             raise Corrupt(f"entry {i}: want an integer, got {type(v).__name__}")
