@@ -40,7 +40,7 @@ from fusesnap.index.model import (
     LayerIndex,
     normalize_path,
 )
-from fusesnap.index.toc import parse_rfc3339
+from fusesnap.index.toc import ENTRY_TYPES, MAX_ID, parse_rfc3339
 from fusesnap.index.ztoc import GZIP, WINDOW_SIZE, Ztoc, ZtocFile, parse_ztoc
 from fusesnap.oci import Descriptor
 
@@ -48,16 +48,6 @@ __all__ = ["SOURCE", "index_from_ztoc", "locator"]
 
 SOURCE = "soci"
 _LOCATOR_PREFIX = b"fusesnap soci chunk\0"
-_MAX_ID = 1 << 63
-_TYPES = {
-    "reg": EntryType.FILE,
-    "dir": EntryType.DIR,
-    "symlink": EntryType.SYMLINK,
-    "hardlink": EntryType.HARDLINK,
-    "char": EntryType.CHAR,
-    "block": EntryType.BLOCK,
-    "fifo": EntryType.FIFO,
-}
 _XATTR_PREFIX = b"SCHILY.xattr."
 
 
@@ -106,7 +96,7 @@ def _checkpoints(ztoc: Ztoc, layer: Descriptor, what: str) -> GzipCheckpoints:
         raise LayerError(
             f"{what}: it is for a blob of {ztoc.compressed_size} bytes, not {layer.size}"
         )
-    if not 0 <= ztoc.uncompressed_size < _MAX_ID:
+    if not 0 <= ztoc.uncompressed_size < MAX_ID:
         raise LayerError(f"{what}: uncompressed size {ztoc.uncompressed_size} out of range")
     points = []
     last_c, last_u = 0, -1
@@ -167,11 +157,11 @@ class _Entries:
             path = normalize_path(name)
         except ValueError as exc:
             raise self._fail(f, str(exc)) from None
-        etype = _TYPES.get(f.type)
+        etype = ENTRY_TYPES.get(f.type)
         if etype is None:
             raise self._fail(f, f"unsupported type {f.type!r}")
         numbers = (f.offset, f.size, f.devmajor, f.devminor, f.mode)
-        if not all(0 <= n < _MAX_ID for n in numbers):
+        if not all(0 <= n < MAX_ID for n in numbers):
             raise self._fail(f, "offset, size, mode or device number out of range")
         size = f.size if etype is EntryType.FILE else 0
         if f.offset + size > self._ztoc.uncompressed_size:

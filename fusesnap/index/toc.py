@@ -58,6 +58,8 @@ from fusesnap.index.model import (
 from fusesnap.oci import Descriptor
 
 __all__ = [
+    "ENTRY_TYPES",
+    "MAX_ID",
     "MAX_TOC_SIZE",
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
@@ -73,8 +75,9 @@ MAX_TOC_SIZE = 64 << 20
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 
-_MAX_ID = 1 << 63
-_TYPES = {
+MAX_ID = 1 << 63  # ids and sizes fit an int64
+# Entry types by the names TOCs (and SOCI zTOCs) give them.
+ENTRY_TYPES = {
     "reg": EntryType.FILE,
     "dir": EntryType.DIR,
     "symlink": EntryType.SYMLINK,
@@ -245,7 +248,7 @@ class _TocReader:
         except ValueError as exc:
             raise self._fail(i, f"{name!r}: {exc}") from None
         kind = item.get("type")
-        etype = _TYPES.get(kind) if isinstance(kind, str) else None
+        etype = ENTRY_TYPES.get(kind) if isinstance(kind, str) else None
         if etype is None:
             raise self._fail(i, f"{name!r}: unsupported type {item.get('type')!r}")
         uid, gid = self._int(item, "uid", i), self._int(item, "gid", i)
@@ -340,7 +343,7 @@ class _TocReader:
 
     # -- fields -------------------------------------------------------------------------------
 
-    def _int(self, item: Mapping[str, Any], key: str, i: int, *, hi: int = _MAX_ID) -> int:
+    def _int(self, item: Mapping[str, Any], key: str, i: int, *, hi: int = MAX_ID) -> int:
         v = item.get(key, 0)
         if v is None:
             return 0
