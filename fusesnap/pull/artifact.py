@@ -57,7 +57,7 @@ import dataclasses
 import datetime
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,11 +288,16 @@ def _manifest_bytes(
 
 
 async def referrers(
-    client: RegistryClient, ref: Reference, subject: Digest
+    client: RegistryClient,
+    ref: Reference,
+    subject: Digest,
+    artifact_type: str = ARTIFACT_TYPE,
+    accept: Callable[[Descriptor], bool] | None = None,
 ) -> tuple[Descriptor, ...] | None:
-    """Our artifacts the referrers API lists for ``subject``; None without the API."""
+    """The referrers of ``subject`` of ``artifact_type`` that ``accept`` takes (default:
+    ours) as the referrers API lists them; None without the API."""
     try:
-        found = await client.get_referrers(ref, subject, ARTIFACT_TYPE)
+        found = await client.get_referrers(ref, subject, artifact_type)
     except (AuthenticationError, RegistryUnavailableError):
         raise
     except (RegistryError, ManifestError) as exc:
@@ -301,7 +306,35 @@ async def referrers(
         return None
     if found is None:
         return None
-    return tuple(d for d in found.manifests if is_ours(d))
+    return tuple(d for d in found.manifests if (accept or is_ours)(d))
+
+
+async def listed_referrers(
+    client: RegistryClient,
+    ref: Reference,
+    subject: Digest,
+    artifact_type: str,
+    accept: Callable[[Descriptor], bool],
+) -> tuple[list[Descriptor], bool, int]:
+    """The referrers of ``subject`` that ``accept`` takes: from the referrers API, else
+    from the referrers tag; whether the API answered, and the bytes the tag cost."""
+    listed = await referrers(client, ref, subject, artifact_type, accept)
+    if listed is not None:
+        return list(listed), True, 0
+    tag = fallback_tag(subject)
+    try:
+        _, body = await client.get_manifest(ref, tag)
+    except RegistryNotFoundError:
+        return [], False, 0
+    try:
+        parsed = parse_document(body, what=f"referrers tag {ref.name}:{tag}")
+    except ManifestError as exc:
+        log.warning("%s: ignoring the referrers tag: %s", ref, exc)
+        return [], False, len(body)
+    if not isinstance(parsed, Index):
+        log.warning("%s: referrers tag %s is not an image index; ignored", ref, tag)
+        return [], False, len(body)
+    return [d for d in parsed.manifests if accept(d)], False, len(body)
 
 
 def is_ours(desc: Descriptor) -> bool:

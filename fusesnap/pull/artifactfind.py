@@ -27,7 +27,7 @@ from fusesnap.errors import (
 from fusesnap.index import LayerIndex, decode
 from fusesnap.lazy import AccessProfile, ProfileError
 from fusesnap.lazy import profile as profiles
-from fusesnap.oci import Descriptor, Index, Manifest
+from fusesnap.oci import Descriptor, Manifest
 from fusesnap.oci import parse_manifest as parse_document
 from fusesnap.pull.artifact import (
     ARTIFACT_TYPE,
@@ -38,9 +38,8 @@ from fusesnap.pull.artifact import (
     MAX_INDEX_BLOB,
     MAX_PROFILE_BLOB,
     ArtifactIndexes,
-    fallback_tag,
     is_ours,
-    referrers,
+    listed_referrers,
 )
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
@@ -82,23 +81,8 @@ async def find_index_artifact(
 async def _candidates(
     client: RegistryClient, ref: Reference, subject: Digest
 ) -> tuple[list[Descriptor], str, int]:
-    listed = await referrers(client, ref, subject)
-    if listed is not None:
-        return list(listed), "referrers", 0
-    tag = fallback_tag(subject)
-    try:
-        _, body = await client.get_manifest(ref, tag)
-    except RegistryNotFoundError:
-        return [], "tag", 0
-    try:
-        parsed = parse_document(body, what=f"referrers tag {ref.name}:{tag}")
-    except ManifestError as exc:
-        log.warning("%s: ignoring the referrers tag: %s", ref, exc)
-        return [], "tag", len(body)
-    if not isinstance(parsed, Index):
-        log.warning("%s: referrers tag %s is not an image index; ignored", ref, tag)
-        return [], "tag", len(body)
-    return [d for d in parsed.manifests if is_ours(d)], "tag", len(body)
+    listed, api, nbytes = await listed_referrers(client, ref, subject, ARTIFACT_TYPE, is_ours)
+    return listed, "referrers" if api else "tag", nbytes
 
 
 def _created(desc: Descriptor) -> datetime.datetime:

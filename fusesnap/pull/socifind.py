@@ -42,9 +42,9 @@ from fusesnap.errors import (
     RegistryNotFoundError,
 )
 from fusesnap.index import LayerIndex, soci
-from fusesnap.oci import OCI_MANIFEST, Descriptor, Index, Manifest, layer_compression
+from fusesnap.oci import OCI_MANIFEST, Descriptor, Manifest, layer_compression
 from fusesnap.oci import parse_manifest as parse_document
-from fusesnap.pull.artifact import MAX_CANDIDATES, fallback_tag
+from fusesnap.pull.artifact import MAX_CANDIDATES, listed_referrers
 from fusesnap.pull.socispec import (
     INDEX_DIGEST_ANNOTATION,
     LAYER_DIGEST_ANNOTATION,
@@ -167,26 +167,8 @@ def _add(out: list[tuple[Digest, str]], text: str, how: str) -> None:
 async def _v1_candidates(
     client: RegistryClient, ref: Reference, subject: Digest
 ) -> tuple[list[Descriptor], str, int]:
-    try:
-        found = await client.get_referrers(ref, subject, SOCI_INDEX_V1)
-    except (ManifestError, RegistryNotFoundError) as exc:
-        log.debug("%s: no usable referrers API (%s)", ref, exc)
-        found = None
-    if found is not None:
-        return [d for d in found.manifests if _may_be_v1(d)], "referrers API", 0
-    tag = fallback_tag(subject)
-    try:
-        _, body = await client.get_manifest(ref, tag)
-    except RegistryNotFoundError:
-        return [], "fallback tag", 0
-    try:
-        parsed = parse_document(body, what=f"referrers tag {ref.name}:{tag}")
-    except ManifestError as exc:
-        log.warning("%s: ignoring the referrers tag: %s", ref, exc)
-        return [], "fallback tag", len(body)
-    if not isinstance(parsed, Index):
-        return [], "fallback tag", len(body)
-    return [d for d in parsed.manifests if _may_be_v1(d)], "fallback tag", len(body)
+    listed, api, nbytes = await listed_referrers(client, ref, subject, SOCI_INDEX_V1, _may_be_v1)
+    return listed, "referrers API" if api else "fallback tag", nbytes
 
 
 def _may_be_v1(desc: Descriptor) -> bool:
