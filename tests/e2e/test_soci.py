@@ -2,7 +2,8 @@
 through the counting proxy: an image of the zTOC test vectors' layers with a SOCI index of
 the golden zTOCs mounts lazily, matches ``umoci unpack`` path for path, and reading one file
 moves less than its layer. A zTOC that does not parse is passed over for another source; a
-span that does not match its digest is EIO, never wrong bytes."""
+span that does not match its digest is EIO, never wrong bytes. The Debian test image with
+the SOCI index ``fusesnap index --push --format soci`` wrote mounts lazily through it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.e2e.sociimage import push_soci_image
 from tests.lazy.sociztoc import Vector, vector, with_span_digest
 from tests.oracle import differences, disk_view
 from tools.faultproxy import FaultProxy
+from tools.images.catalog import build_and_push
 
 pytestmark = pytest.mark.e2e
 
@@ -130,3 +132,47 @@ def test_a_broken_ztoc_falls_back_and_a_bad_span_is_eio(registry, faulty, tmp_pa
         log = "".join(p.read_text() for p in (root / "mounts").rglob("daemon.log"))
         assert "zTOC span 1" in log, log
         assert "digest mismatch" in log
+
+
+def _one_file_of(layer: Path, rootfs: Path) -> tuple[str, int]:
+    """A regular file of gzip tar ``layer`` that the merged tree shows as the layer has it,
+    from 256 KiB to 4 MiB (the largest such), and its size."""
+    best: tuple[str, int] | None = None
+    with tarfile.open(layer, mode="r:gz") as tf:
+        for m in tf:
+            if not m.isreg() or not 256 << 10 <= m.size <= 4 << 20:
+                continue
+            if best is not None and m.size <= best[1]:
+                continue
+            path = rootfs / m.name.lstrip("./")
+            f = tf.extractfile(m)
+            assert f is not None
+            if path.is_file() and not path.is_symlink() and path.read_bytes() == f.read():
+                best = (m.name.lstrip("./"), m.size)
+    assert best is not None, f"no file of 256 KiB to 4 MiB in {layer.name}"
+    return best
+
+
+def test_debian_mounts_lazily_through_its_own_soci_index(registry, faulty, tmp_path) -> None:
+    # A repository of its own: no fusesnap index artifact of this image anywhere (it would win).
+    img = build_and_push("debian", registry, repo="soci-own/debian", tag="soci")
+    out = run(tmp_path / "writer", "index", img.ref, "--push", "--format", "soci").stdout
+    assert "pushed SOCI index" in out, out
+    big = max(img.layers, key=lambda layer: layer.size)
+    ref = img.ref.replace(registry.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    path, size = _one_file_of(img.layout_dir / "blobs" / "sha256" / big.digest[7:], rootfs)
+
+    root = tmp_path / "store"  # empty: the mount pulls lazily
+    faulty.reset()
+    with mounted(root, ref, tmp_path / "mnt") as mnt:
+        assert _blob_bytes(faulty, big.digest) == 0, "the big layer was fetched at mount"
+        layers = run(root, "layers", ref).stdout
+        line = next(x for x in layers.splitlines() if big.digest[7:19] in x)
+        assert SOCI in line, layers
+        data = (mnt / path).read_bytes()
+        moved = _blob_bytes(faulty, big.digest)
+        print(f"read {path} ({size} B): {moved} of its layer's {big.size} bytes")
+        assert data == (rootfs / path).read_bytes()
+        assert 0 < moved < big.size
+        assert differences(disk_view(mnt), disk_view(rootfs)) == []
