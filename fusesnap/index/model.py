@@ -46,6 +46,7 @@ __all__ = [
     "LayerIndex",
     "decode",
     "encode",
+    "hardlink_target",
     "normalize_path",
 ]
 
@@ -315,6 +316,21 @@ def normalize_path(name: str) -> str:
     if ".." in parts:
         raise ValueError("path escapes the layer root")
     return "/".join(parts)
+
+
+def hardlink_target(target: str, path: str, types: Mapping[str, EntryType]) -> str:
+    """The normalized target of hardlink ``path`` as a TOC or zTOC gives it; ``types``: the
+    layer's entries so far. Raise `ValueError` (the reason) if it is unsafe or names no file.
+
+    As for a tar scan, an absolute target names a path in the layer; ``..`` would leave it.
+    """
+    try:
+        norm = normalize_path(target)
+    except ValueError as exc:
+        raise ValueError(f"hardlink target {target!r}: {exc}") from None
+    if norm == "" or norm == path or types.get(norm) is EntryType.DIR:
+        raise ValueError(f"hardlink target {target!r} is not a file")
+    return norm
 
 
 # -- encoding (fusesnap.index.codec) -------------------------------------------------------

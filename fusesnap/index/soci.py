@@ -38,6 +38,7 @@ from fusesnap.index.model import (
     EntryType,
     GzipCheckpoints,
     LayerIndex,
+    hardlink_target,
     normalize_path,
 )
 from fusesnap.index.toc import ENTRY_TYPES, MAX_ID, parse_rfc3339
@@ -197,14 +198,10 @@ class _Entries:
         )
 
     def _hardlink_target(self, f: ZtocFile, path: str, target: str) -> str:
-        # As for a tar scan: an absolute target names a path in the layer; ".." would leave it.
         try:
-            norm = normalize_path(target)
+            return hardlink_target(target, path, self._types)
         except ValueError as exc:
-            raise self._fail(f, f"hardlink target {target!r}: {exc}") from None
-        if norm == "" or norm == path or self._types.get(norm) is EntryType.DIR:
-            raise self._fail(f, f"hardlink target {target!r} is not a file")
-        return norm
+            raise self._fail(f, str(exc)) from None
 
     def _chunks(self, offset: int, size: int) -> tuple[ChunkRef, ...]:
         """``[offset, offset + size)`` cut at span starts and every ``chunk_size`` bytes."""

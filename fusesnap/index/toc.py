@@ -53,6 +53,7 @@ from fusesnap.index.model import (
     Entry,
     EntryType,
     LayerIndex,
+    hardlink_target,
     normalize_path,
 )
 from fusesnap.oci import Descriptor
@@ -332,14 +333,10 @@ class _TocReader:
         return self._starts[k] if k < len(self._starts) else self._blob.data_end
 
     def _hardlink_target(self, i: int, path: str, target: str) -> str:
-        # As in tarindex: an absolute target names a path in the layer; ".." would leave it.
         try:
-            norm = normalize_path(target)
+            return hardlink_target(target, path, self._types)
         except ValueError as exc:
-            raise self._fail(i, f"hardlink target {target!r}: {exc}") from None
-        if norm == "" or norm == path or self._types.get(norm) is EntryType.DIR:
-            raise self._fail(i, f"hardlink target {target!r} is not a file")
-        return norm
+            raise self._fail(i, str(exc)) from None
 
     # -- fields -------------------------------------------------------------------------------
 
