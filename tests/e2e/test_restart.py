@@ -133,7 +133,7 @@ def test_killed_daemon_is_replaced_and_readers_see_no_error(registry, tmp_path) 
             reader.wait(timeout=120)
         assert failures(log) == [], log.read_text()[-2000:]
         stats = run(root, "stats", str(mnt)).stdout
-        assert "requests" in stats
+        assert f"pid {after.pid} (holder {holder})" in stats, stats
         with open_store(root) as store:
             leases = store.leases.list()
         assert [le.owner_pid for le in leases] == [after.pid]  # the dead daemons' went
