@@ -129,6 +129,11 @@ def remount(c: Context, directory: Path) -> None:
     click.echo(f"served by daemon {state.pid}: {os.path.abspath(directory)}")
 
 
+def _holder(s: dict[str, Any]) -> str:
+    holder = s.get("holder_pid")
+    return "" if holder is None else f" (holder {holder})"
+
+
 def _stats_lines(s: dict[str, Any]) -> str:
     cache = s["cache"]
     lookups = cache["hits"] + cache["misses"] + cache["joined"]
@@ -136,7 +141,7 @@ def _stats_lines(s: dict[str, Any]) -> str:
     head = [
         f"mount:     {s['mountpoint']}",
         f"image:     {s['image']} ({s['manifest_digest'][:19]})",
-        f"daemon:    pid {s['pid']}, up {s['uptime']:.0f}s, lease {s['lease_id']}",
+        f"daemon:    pid {s['pid']}{_holder(s)}, up {s['uptime']:.0f}s, lease {s['lease_id']}",
         f"requests:  {s['requests_total']} ({s['negative_lookups']} negative lookups)",
         f"read:      {human_size(s['bytes_read'])}",
         f"cache:     {cache['hits']} hits, {cache['misses']} misses, {cache['joined']} joined "

@@ -46,7 +46,7 @@ from fusesnap.fuse import FUSE_BUFFER, answer_eio
 from fusesnap.image import ImageView
 from fusesnap.mountd.control import query
 from fusesnap.mountd.daemon import serve_image
-from fusesnap.mountd.mountpoint import MountError, absolute_path
+from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, mount_info
 from fusesnap.mountd.options import DaemonOptions, Supervision
 from fusesnap.mountd.state import (
     CONTROL_SOCKET,
@@ -135,7 +135,9 @@ def hand_over(
     while time.monotonic() < deadline:
         now = MountState.load(directory)
         if now is not None and now.pid != state.pid and now.daemon_alive():
-            return now
+            with suppress(MountError):
+                query(directory / CONTROL_SOCKET)  # it serves
+                return now
         time.sleep(0.05)
     raise MountError(f"{target}: no new daemon within {timeout:.0f}s (see its log)")
 
@@ -280,8 +282,7 @@ class _Holder:
             pid = self.child
             code = self._reap()
             if code == 0 or self.stopping:
-                os.close(self.fuse_fd)
-                return 0
+                return self._end(detach_mount=code != 0)
             now = time.monotonic()
             while restarts and now - restarts[0] > RESTART_WINDOW:
                 restarts.popleft()
@@ -290,7 +291,18 @@ class _Holder:
             restarts.append(now)
             log.warning("daemon %d ended (%s); starting a new one", pid, _how(code))
             if not self._bring_back():
+                if self.stopping:
+                    return self._end(detach_mount=True)
                 return self._give_up("no daemon could take the mount over (see the log)")
+
+    def _end(self, *, detach_mount: bool) -> int:
+        """Let the connection go. ``detach_mount``: no daemon unmounted it (stopped while
+        none ran): detached here, so that it is not left stale."""
+        if detach_mount and mount_info(self.options.mountpoint) is not None:
+            with suppress(MountError):
+                detach(self.options.mountpoint, lazy=True)
+        os.close(self.fuse_fd)
+        return 0
 
     def _bring_back(self) -> bool:
         for delay in START_DELAYS:

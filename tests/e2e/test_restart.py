@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from fusesnap.mountd.mountpoint import MountError, mount_info
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, failure, state_dir
 from fusesnap.store import open_store
 from tests.e2e.cli import mounted, run
+from tools.images.catalog import build_and_push
+from tools.images.estargz import build_and_push_estargz
 
 pytestmark = pytest.mark.e2e
 
@@ -108,8 +111,6 @@ def kill_and_wait_for_the_next(root: Path, mnt: Path) -> tuple[MountState, Mount
 
 
 def test_killed_daemon_is_replaced_and_readers_see_no_error(registry, tmp_path) -> None:
-    from tools.images.catalog import build_and_push
-
     img = build_and_push("crafted-big", registry, big_size=24 << 20, tag="big24m")
     root = tmp_path / "store"
     run(root, "pull", "--lazy", img.ref)
@@ -132,7 +133,7 @@ def test_killed_daemon_is_replaced_and_readers_see_no_error(registry, tmp_path) 
             reader.wait(timeout=120)
         assert failures(log) == [], log.read_text()[-2000:]
         stats = run(root, "stats", str(mnt)).stdout
-        assert "requests" in stats
+        assert f"pid {after.pid} (holder {holder})" in stats, stats
         with open_store(root) as store:
             leases = store.leases.list()
         assert [le.owner_pid for le in leases] == [after.pid]  # the dead daemons' went
@@ -140,6 +141,35 @@ def test_killed_daemon_is_replaced_and_readers_see_no_error(registry, tmp_path) 
     assert holder is not None
     assert not alive(holder)
     assert not alive(after.pid)
+
+
+def test_a_read_in_flight_when_the_daemon_dies_completes(registry, faulty, tmp_path) -> None:
+    """The daemon has read the request and waits on the registry when it is killed: the
+    kernel re-sends the request to the new daemon, and the reader gets the right bytes."""
+    img = build_and_push_estargz("busybox", registry)  # lazily: only the TOC is local
+    truth = (img.unpack(tmp_path / "bundle") / "bin" / "busybox").read_bytes()
+    ref = img.ref.replace(img.host, faulty.host)
+    root = tmp_path / "store"
+    run(root, "pull", "--lazy", ref)
+    got: list[bytes] = []
+    with mounted(root, ref, tmp_path / "mnt", "--prefetch", "none") as mnt:
+        state = mount_state(root, mnt)
+        faulty.delay(3.0)  # each registry request waits: the read stays in flight
+        fetches = faulty.count("blob")
+
+        def read() -> None:
+            got.append((mnt / "bin" / "busybox").read_bytes())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for("a fetch in flight", lambda: faulty.count("blob") > fetches)
+        assert reader.is_alive()
+        os.kill(state.pid, signal.SIGKILL)
+        faulty.delay(0)
+        reader.join(timeout=120)
+        assert not reader.is_alive()
+        assert mount_state(root, mnt).pid != state.pid
+    assert got == [truth]
 
 
 def test_remount_hands_the_mount_to_a_fresh_daemon(pulled_busybox, tmp_path) -> None:

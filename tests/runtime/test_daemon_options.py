@@ -70,3 +70,25 @@ def test_the_daemon_entry_point_says_what_is_wrong_in_one_line() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("fusesnap: error: daemon options:"), proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["3", "--takeover", "4"], "usage:"),  # no INIT
+        (["3", "--takeover", "x", "00"], "usage:"),  # no descriptor
+        (["3", "--takeover", "4", "zz"], "fusesnap: error:"),  # INIT not hex
+    ],
+)
+def test_a_takeover_start_is_checked_before_anything_runs(args: list[str], says: str) -> None:
+    options = DaemonOptions(Path("/nonexistent"), "busybox", Path("/nonexistent/mnt"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusesnap.mountd", options.to_json(), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(says), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
