@@ -146,10 +146,14 @@ def ingest_layer_stream(
                 f"layer {layer.digest.short}: uncompressed digest {index.diff_id.short} does "
                 f"not match the image config's diff_id {diff_id.short}"
             )
+        # The windows went to the writer as they were found: name them by digest, and
+        # encode while the writer stores the last batch.
+        index = index.without_windows()
+        encoded = encode(index)
         writer.finish()
     finally:
         writer.close()
-    return store_layer_index(store, layer, index, "built")
+    return store_layer_index(store, layer, index, "built", encoded=encoded)
 
 
 def store_layer_index(
