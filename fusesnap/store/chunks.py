@@ -4,8 +4,9 @@ uncompressed bytes, zstd-compressed, shared by every layer and image.
 A chunk is stored once however many layers list it, so two images with a
 common base layer (or two layers with a common file) cost its bytes once.
 
-Verification: a chunk's sha256 is checked before it is written *and* after
-every read (decompress, then hash). Hashing 1 MiB costs about half a
+Verification: a chunk's sha256 is checked before it is written (by
+`put_many`, or by a caller that has just computed it from the very bytes,
+``hashed=True``) *and* after every read (decompress, then hash). Hashing 1 MiB costs about half a
 millisecond, a small part of a FUSE read, and it means no byte is served
 that does not match its digest — not after a disk error, a bug in a
 writer, or a hand-edited store. A chunk that fails is a `StoreError`, never
