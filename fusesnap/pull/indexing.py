@@ -35,8 +35,9 @@ from fusesnap.store import LayerRecord, Store, pack_chunk_digests
 # Chunks are handed to the store in batches of about this many bytes: one LMDB
 # write transaction each, large enough to amortize, small enough to stay cheap in memory.
 BATCH_BYTES = 16 << 20
-# Batches waiting for the writer thread; more would only hold more memory.
-_QUEUED_BATCHES = 2
+# Batches waiting for the writer thread (one more is being written): more would only
+# hold more memory (16 MiB each, per layer).
+_QUEUED_BATCHES = 1
 # zstd level for the chunks of a layer being indexed. Level 1 compresses ~3x faster than
 # the store's default 3 and stores ~10% more (Debian's largest layer: 0.41 vs 0.37 of the
 # tar); it decompresses as fast. A full pull is bound by this on a fast link.
@@ -145,10 +146,14 @@ def ingest_layer_stream(
                 f"layer {layer.digest.short}: uncompressed digest {index.diff_id.short} does "
                 f"not match the image config's diff_id {diff_id.short}"
             )
+        # The windows went to the writer as they were found: name them by digest, and
+        # encode while the writer stores the last batch.
+        index = index.without_windows()
+        encoded = encode(index)
         writer.finish()
     finally:
         writer.close()
-    return store_layer_index(store, layer, index, "built")
+    return store_layer_index(store, layer, index, "built", encoded=encoded)
 
 
 def store_layer_index(

@@ -28,6 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from typing import BinaryIO, cast
 
 import trio
 
@@ -215,9 +216,8 @@ async def download_and_ingest(
 
     def index_it() -> None:
         try:
-            outcome.append(
-                ingest_layer_stream(store, source, layer, diff_id=diff_id, limits=limits)  # type: ignore[arg-type]
-            )
+            blob = cast(BinaryIO, source)  # it reads, which is all the index build does
+            outcome.append(ingest_layer_stream(store, blob, layer, diff_id=diff_id, limits=limits))
         except BaseException as exc:
             outcome.append(exc)
             pipe.abandon(exc)
