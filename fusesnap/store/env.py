@@ -40,7 +40,7 @@ from typing import Any, Self
 
 import lmdb
 
-from fusesnap.errors import StoreError
+from fusesnap.errors import StoreError, StoreFullError
 from fusesnap.store.schema import DATABASES, ensure_schema
 
 # LMDB on Linux maps this much address space but grows the data file only as
@@ -142,11 +142,13 @@ class Env:
                 yield txn
         except lmdb.MapFullError as exc:
             size = shared.env.info()["map_size"]
-            raise StoreError(
+            raise StoreFullError(
                 f"store at {self.root} is full (map size {size} bytes): "
                 "run gc, or open it with a larger map_size"
             ) from exc
         except lmdb.Error as exc:
+            if write and _disk_full(self.root, exc):
+                raise StoreFullError(f"store at {self.root}: disk full ({exc})") from exc
             raise StoreError(f"store at {self.root}: {exc}") from exc
 
     def iter_items(
@@ -216,6 +218,26 @@ class Env:
             if _REGISTRY.get(self._key) is shared:
                 del _REGISTRY[self._key]
         shared.env.close()
+
+
+# A write that fails with EIO while less than this is free is taken for a full disk:
+# LMDB reports a short write (what a full file system gives) as EIO.
+LOW_SPACE = 64 << 20
+
+
+def _disk_full(root: Path, exc: lmdb.Error) -> bool:
+    """Whether a failed write looks like a full disk (ENOSPC, EDQUOT, or EIO with
+    little space left)."""
+    text = str(exc)
+    if "No space left" in text or "quota exceeded" in text:
+        return True
+    if "Input/output error" not in text:
+        return False
+    try:
+        fs = os.statvfs(root)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < LOW_SPACE
 
 
 def any_open() -> bool:
