@@ -104,6 +104,7 @@ COMMAND_MODULES = {
     "content": "maintenance",
     "lease": "maintenance",
     "gc": "maintenance",
+    "cache": "maintenance",
     "mount": "mount",
     "umount": "mount",
     "stats": "mount",

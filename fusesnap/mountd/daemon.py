@@ -251,8 +251,12 @@ def _save_profile(store: Store, view: ImageView, recorder: profiles.Recorder) ->
 
 
 def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
-    """A fetching chunk source if some chunk of the image is not local, else None."""
-    if all(layer_complete(store, layer.digest) for layer in view.layers):
+    """A fetching chunk source if some chunk of the image is not local, or may stop
+    being local (a layer whose chunks the cache limit may evict), else None."""
+    if all(
+        layer_complete(store, layer.digest) and not store.cache.evictable_layer(layer.digest)
+        for layer in view.layers
+    ):
         return None
     indexes = [view.layer_index(n) for n in range(len(view.layers))]
     return LazyChunks(store.chunks, indexes)

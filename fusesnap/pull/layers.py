@@ -35,7 +35,7 @@ from fusesnap.pull.indexsource import (
 )
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
-from fusesnap.store import Store
+from fusesnap.store import REMOTE, Store
 from fusesnap.termui import human_size
 
 __all__ = ["LayerJob", "LayerOutcome"]
@@ -145,6 +145,7 @@ class LayerJob:
                         announce=lambda text: self.progress.note(f"{label}: {text}"),
                         build=build,
                     )
+                    await run_blocking(_mark_remote, self.store, layer.digest, got)
                     self.done[layer.digest] = _lazy_outcome(layer, got)
                 except NoIndexError as exc:
                     self.done[layer.digest] = LayerOutcome(layer, "none", str(exc))
@@ -240,6 +241,20 @@ class LayerJob:
             raise result.first_error
         if not await run_blocking(layer_complete, self.store, layer.digest):
             raise LayerError(f"{what}: chunks still missing after fetching them all")
+
+
+def _mark_remote(store: Store, digest: Digest, got: ResolvedIndex) -> None:
+    """(blocking) A lazily pulled layer whose chunks can be fetched by range may lose
+    them to the cache limit. Not one that was complete in the store with no mark (a full
+    pull's, from before layers were marked): that may have been meant to stay."""
+    try:
+        layout_of(got.index)
+    except LayerError:
+        return
+    kept = got.source is IndexSource.STORE and not store.cache.evictable_layer(digest)
+    if kept and layer_complete(store, digest):
+        return
+    store.cache.mark([digest], REMOTE)
 
 
 def _keep_profile(store: Store, profile: AccessProfile) -> None:
