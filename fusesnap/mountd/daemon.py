@@ -56,6 +56,7 @@ from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
+from fusesnap.mountd.memory import run_trim
 from fusesnap.mountd.mountpoint import MountError, detach, is_stale, mount_info
 from fusesnap.mountd.options import DaemonOptions
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
@@ -221,7 +222,7 @@ def serve_image(
                 started=time.time(),
             )
             state.save(directory)
-            mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan)
+            mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan, store)
             try:
                 with (
                     _signals_blocked(),
@@ -303,9 +304,10 @@ class _Mounted:
         on_ready: Callable[[str], None],
         lazy: LazyChunks | None,
         plan: PrefetchPlan,
+        store: Store,
     ) -> None:
         self.ops, self.cache, self.state, self.directory = ops, cache, state, directory
-        self.on_ready, self.lazy, self.plan = on_ready, lazy, plan
+        self.on_ready, self.lazy, self.plan, self.store = on_ready, lazy, plan, store
         self.tasks: SideTasks | None = None
 
     async def main(self, options: DaemonOptions) -> None:
@@ -349,6 +351,10 @@ class _Mounted:
             socket = self.directory / CONTROL_SOCKET
             await tasks.start("the control socket", serve_control, socket, {"stats": self.stats})
             await tasks.start("read-ahead", self.cache.run_prefetch)
+            stats = self.cache.stats
+            await tasks.start(
+                "memory trim", run_trim, self.store, lambda: stats.misses + stats.loaded
+            )
             nursery.start_soon(fuse_loop)
             log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
             self.on_ready("ready")

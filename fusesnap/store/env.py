@@ -28,6 +28,7 @@ process (fork + exec, ``subprocess``).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import threading
@@ -52,6 +53,10 @@ MAX_DBS = 16
 MAX_READERS = 512
 LMDB_DIR = "store.lmdb"
 INGEST_DIR = "ingest"
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_DONTNEED = 4  # MADV_DONTNEED: a shared file mapping's pages are read again from the file
 
 
 class Closing:
@@ -196,6 +201,28 @@ class Env:
             if len(keys) < batch:
                 return
             start = keys[-1] + b"\0"
+
+    def release_mapped(self) -> int:
+        """Drop this process's mapping of the store's pages it has read (they stay in
+        the kernel's page cache; the next read maps them again): a long-lived reader
+        (a mount daemon) would otherwise count every chunk it ever read as resident.
+        Returns the bytes of address space advised (0 where that is not possible)."""
+        data = os.path.realpath(self.path / "data.mdb")
+        self._live()
+        advised = 0
+        try:
+            maps = Path("/proc/self/maps").read_text().splitlines()
+        except OSError:
+            return 0
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[5] != data:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _DONTNEED):
+                continue
+            advised += end - start
+        return advised
 
     @property
     def map_size(self) -> int:

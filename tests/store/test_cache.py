@@ -172,3 +172,24 @@ def test_limit_persists(root: Path) -> None:
         assert s.cache.limit() is None
         with pytest.raises(ValueError, match="negative"):
             s.cache.set_limit(-1)
+
+
+def _rss_file() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile")
+
+
+def test_release_mapped_unmaps_the_pages_a_reader_touched(store: Store) -> None:
+    items = chunks_of(7, 256)  # 16 MiB, incompressible
+    store.chunks.put_many(items)
+    store.env.release_mapped()
+    before = _rss_file()
+    for digest, _ in items:
+        store.chunks.get(digest)
+    touched = _rss_file()
+    assert touched - before > 8 << 20  # the map's pages are resident in this process
+    assert store.env.release_mapped() > 0
+    assert _rss_file() - before < 4 << 20
+    assert all(store.chunks.get(d) == data for d, data in items[:8])  # mapped again on use
