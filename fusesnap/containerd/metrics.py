@@ -32,8 +32,14 @@ _MOUNT_COUNTERS = (
     ("fetch_requests", "Range requests sent by the lower mounts.", "fetch", "requests"),
     ("fetch_errors", "Failed range requests of the lower mounts.", "fetch", "failures"),
     ("verify_errors", "Fetched chunks that failed verification.", "fetch", "verify_failures"),
+    (
+        "store_errors",
+        "Fetched chunks the lower mounts could not store (fetched again when read).",
+        "fetch",
+        "store_failures",
+    ),
     ("chunk_cache_hits", "Chunk reads answered from memory.", "cache", "hits"),
-    ("chunk_cache_misses", "Chunk reads that went to the store or network.", "cache", "misses"),
+    ("chunk_cache_misses", "Chunk loads from the store or network.", "cache", "misses"),
 )
 
 

@@ -19,8 +19,11 @@ attributes are valid for `CACHE_TIMEOUT`, misses are negative entries, readdir
 replies are readdirplus (pyfuse3 always uses it: each entry carries its
 attributes), and files open with ``keep_cache`` (``direct_io`` off), so a
 second ``cat`` of a file and a second ``ls -lR`` are served by the kernel
-(but for opendir/readdir and readlink: pyfuse3 cannot ask for the kernel's
-readdir cache nor for FUSE_CAP_CACHE_SYMLINKS).
+(but for open, opendir/readdir and readlink, which pyfuse3 3.5 keeps in Python: its
+``fuse_init`` never sets FUSE_CAP_CACHE_SYMLINKS, its opendir reply cannot set
+``cache_readdir``, and the kernel's zero-message opens, which an ENOSYS answer to
+open/opendir would turn on with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, leave the file
+handle 0, while pyfuse3 hands `read` and `readdir` the file handle only, not the inode).
 A tree without any extended attribute answers the first getxattr with ENOSYS:
 the kernel then answers every later one itself, with EOPNOTSUPP where a disk
 would say ENODATA ("no such attribute"), instead of asking the daemon twice

@@ -183,12 +183,13 @@ class ChunkFetcher:
         read pool, `fusesnap.blocking.run_read`), else the whole chunk, fetched. Errors
         as `get`."""
         digest = ref.digest
-        if digest not in self._flights:
+        in_flight = digest in self._flights
+        if not in_flight:
             found = await run_read(self._local.read, digest, start, end)
             if found is not None:
                 self._stats.chunks_from_store += 1
                 return found
-        return 0, (await self._fetch_missing(index, {digest: ref}, 1))[digest]
+        return 0, (await self._fetch_missing(index, {digest: ref}, int(in_flight)))[digest]
 
     async def get_many(self, index: LayerIndex, refs: Iterable[ChunkRef]) -> dict[bytes, bytes]:
         """``{sha256: bytes}`` for every chunk in ``refs``; missing ones fetched in few requests.

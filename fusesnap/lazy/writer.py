@@ -82,10 +82,11 @@ class ChunkWriter:
         self._pending: dict[bytes, bytes] = {}  # arrived, not yet in a batch
         self._writing: dict[bytes, bytes] = {}  # in the batch being written
         self._pending_bytes = 0
-        self._changed = trio.Event()  # something arrived or a batch ended
+        self._changed = trio.Event()  # something arrived, a batch ended, or `run` did
         self._warned = False
         self._touched: set[bytes] = set()  # read from the store, not stamped yet
         self._stamped: dict[bytes, int] = {}  # chunk -> bucket it was last stamped in
+        self._running = False
 
     def get(self, digest: bytes) -> bytes | None:
         """A chunk that is verified but not stored yet."""
@@ -124,14 +125,24 @@ class ChunkWriter:
 
     async def flush(self, digests: Iterable[bytes] | None = None) -> None:
         """Wait until ``digests`` (default: everything queued so far) are stored or
-        dropped. Needs `run` to be running."""
+        dropped; at once if `run` is not running (then nothing will be)."""
         wanted = None if digests is None else set(digests)
-        while (wanted is None and self.busy) or (wanted and any(d in self for d in wanted)):
+        while self._running and (
+            (wanted is None and self.busy) or (wanted and any(d in self for d in wanted))
+        ):
             await self._changed.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Store what arrives, batch after batch, until cancelled."""
+        self._running = True
         task_status.started()
+        try:
+            await self._run()
+        finally:
+            self._running = False
+            self._signal()
+
+    async def _run(self) -> None:
         while True:
             while not self._pending:
                 with trio.move_on_after(STAMP_INTERVAL) as waited:

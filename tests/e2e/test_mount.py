@@ -10,6 +10,7 @@ device numbers, extended attributes, content (sha256), hardlink groups
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from fusesnap.mountd.mountpoint import FSTYPE, mount_info
+from fusesnap.store import open_store
 from tests.e2e.cli import run
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.tarutil import walk_sorted
@@ -264,3 +266,35 @@ def test_32_random_readers_get_exact_bytes_while_ls_answers(
     assert s["cache"]["evictions"] > 0
     assert s["cache"]["hits"] > 0  # kernel requests are smaller than chunks
     assert s["errors"] == {}
+
+
+def test_a_chunk_rotten_on_disk_gives_eio_never_wrong_bytes(
+    pulled: Pulled, unpacked, tmp_path: Path
+) -> None:
+    img = pulled("busybox")
+    truth = unpacked(img)
+    files = [p for p in truth.rglob("*") if p.is_file() and not p.is_symlink()]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    other = next(p for p in files if p != victim and 0 < p.stat().st_size < MiB)
+    data = victim.read_bytes()
+    key = hashlib.sha256(data[:MiB]).digest()
+    with mounted(pulled.root, img.ref, tmp_path / "mnt") as mnt, open_store(pulled.root) as store:
+        db = store.env.db(b"chunks")
+        with store.env.txn() as txn:
+            value = bytes(txn.get(key, b"", db=db))
+        assert value, "the victim's first chunk is in the store"
+        rotten = bytearray(value)
+        rotten[len(value) // 2] ^= 0x08  # one bit, inside a frame
+        with store.env.txn(write=True) as txn:
+            txn.put(key, bytes(rotten), db=db)
+        try:
+            with pytest.raises(OSError, match="Input/output error") as info:
+                (mnt / victim.relative_to(truth)).read_bytes()
+            assert info.value.errno == errno.EIO
+            assert (mnt / other.relative_to(truth)).read_bytes() == other.read_bytes()
+        finally:
+            with store.env.txn(write=True) as txn:
+                txn.put(key, value, db=db)
+        # A failed load is not remembered: the repaired chunk is served.
+        assert (mnt / victim.relative_to(truth)).read_bytes() == data
+        assert set(stats(pulled.root, mnt)["errors"]) == {"read:EIO"}

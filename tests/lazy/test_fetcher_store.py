@@ -11,7 +11,8 @@ import pytest
 import trio
 
 from fusesnap.errors import StoreError
-from fusesnap.lazy import FetchLimits, open_chunk_fetcher
+from fusesnap.lazy import FetchLimits, FetchStats, open_chunk_fetcher
+from fusesnap.lazy.writer import ChunkWriter
 from fusesnap.store import ChunkStore, Store, open_store
 from tests.lazy.fetcherhelpers import Blobs, Layer, raw_layer, sample_files
 
@@ -163,3 +164,14 @@ async def test_a_corrupt_stored_chunk_is_fetched_again_and_replaced(
         assert await f.read(raw.index, ref, 0, ref.length) == (0, raw.truth(ref))
     assert len(blobs.calls) == 1
     assert store.chunks.get(ref.digest) == raw.truth(ref)
+
+
+async def test_flush_does_not_wait_for_a_writer_that_stopped(store: Store) -> None:
+    writer = ChunkWriter(store.chunks, FetchStats())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.cancel_scope.cancel()
+    writer.add({b"\1" * 32: b"queued after the writer stopped"})
+    with trio.fail_after(5):
+        await writer.flush()
+    assert writer.get(b"\1" * 32) == b"queued after the writer stopped"  # still served
