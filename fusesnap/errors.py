@@ -65,6 +65,10 @@ class StoreError(FusesnapError):
     """The local store cannot be opened, or holds something inconsistent."""
 
 
+class StoreFullError(StoreError):
+    """The store could not write: its disk (or LMDB's map) is full."""
+
+
 class MountError(FusesnapError):
     """Mounting or unmounting failed (busy, not mounted, not a directory, no FUSE)."""
 

@@ -110,6 +110,7 @@ COMMAND_MODULES = {
     "content": "maintenance",
     "lease": "maintenance",
     "gc": "maintenance",
+    "cache": "maintenance",
     "mount": "mount",
     "umount": "mount",
     "remount": "mount",

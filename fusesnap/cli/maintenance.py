@@ -1,4 +1,4 @@
-"""Commands that look after the store: content, lease, gc."""
+"""Commands that look after the store: content, lease, gc, cache."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import click
 
-from fusesnap.cli.app import Context, cli, pass_ctx
+from fusesnap.cli.app import SIZE, Context, cli, pass_ctx
 from fusesnap.digest import Digest
 from fusesnap.store import collect_garbage
 from fusesnap.termui import human_size, table
@@ -101,3 +101,41 @@ def gc(c: Context, dry_run: bool) -> None:
         f"{result.removed_chunks.count} chunks ({human_size(result.bytes_freed)}), "
         f"{len(result.removed_leases)} leases, {len(result.removed_ingests)} partial downloads"
     )
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def cache(ctx: click.Context) -> None:
+    """The chunk store's size, its limit, and what is pinned or evictable.
+
+    Under a limit (`cache limit SIZE`), chunks that can be fetched again (of lazily
+    pulled layers) are evicted least recently used first; chunks of layers with no other
+    source (commits, images pulled with --all) are never evicted, and count."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c = ctx.find_object(Context)
+    assert c is not None
+    usage = c.store().cache.usage(recount=True)
+    limit = "none" if usage.limit is None else human_size(usage.limit)
+    click.echo(f"size:      {human_size(usage.size)} in {usage.chunks} chunks (stored, compressed)")
+    click.echo(f"limit:     {limit}")
+    click.echo(f"pinned:    {human_size(usage.pinned)} (no other source: never evicted)")
+    click.echo(f"evictable: {human_size(usage.evictable)} (can be fetched again)")
+    if usage.unlisted:
+        click.echo(f"unlisted:  {human_size(usage.unlisted)} (no layer lists them yet: gc's)")
+
+
+@cache.command("limit")
+@click.argument("size", required=False)
+@pass_ctx
+def cache_limit(c: Context, size: str | None) -> None:
+    """Print the store's cache limit, or set it to SIZE (64M, 2G, ...; none removes it).
+    Every process on the store honours it from its next store of chunks."""
+    store = c.store()
+    if size is None:
+        limit = store.cache.limit()
+        click.echo("none" if limit is None else f"{limit} ({human_size(limit)})")
+        return
+    value = None if size.strip().lower() == "none" else SIZE.convert(size, None, None)
+    store.cache.set_limit(value)
+    click.echo("cache limit: " + ("none" if value is None else f"{value} ({human_size(value)})"))

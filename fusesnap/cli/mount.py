@@ -164,7 +164,12 @@ def _stats_lines(s: dict[str, Any]) -> str:
         )
         head.append(
             f"stored:    {fetch['chunks_stored']} fetched chunks in {fetch['store_batches']} "
-            f"batches, {fetch['store_failures']} not stored"
+            f"batches, {fetch['store_failures']} not stored (store errors), "
+            f"{fetch['store_skipped']} not stored (no room under the cache limit)"
+        )
+        head.append(
+            f"evicted:   {fetch['evicted_chunks']} chunks "
+            f"({human_size(fetch['evicted_bytes'])}) to make room in the store"
         )
     else:
         head.append("fetched:   nothing (every chunk is local)")

@@ -59,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 256 << 20
+DEFAULT_MAX_BYTES = 16 << 20
 PIECE_SIZE = 64 << 10
 PREFETCH_BYTES = 8 << 20
 # How far a read may start from where the last one ended and still count as sequential:

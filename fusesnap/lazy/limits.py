@@ -53,6 +53,9 @@ class FetchStats:
     chunks_stored: int = 0  # fetched chunks written to the store (in the background)
     store_batches: int = 0  # the write transactions that took them
     store_failures: int = 0  # fetched chunks that could not be stored (fetched again later)
+    store_skipped: int = 0  # fetched chunks not stored: no room under the cache limit
+    evicted_chunks: int = 0  # chunks evicted to make room (cache limit, full disk)
+    evicted_bytes: int = 0  # their stored bytes
 
 
 @dataclass(frozen=True, slots=True)

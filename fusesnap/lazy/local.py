@@ -38,6 +38,10 @@ class ChunkStorage(Protocol):
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]], *, verified: bool = ...) -> object: ...
 
+    def touch(self, digests: Iterable[bytes]) -> None: ...
+
+    def evict(self, need: int) -> object: ...
+
 
 class LocalChunks:
     """Reads of the local chunks; every method but `name` and `queued` is blocking (run it
@@ -91,12 +95,14 @@ class LocalChunks:
             return 0, queued
         digest = self.digest(key)
         try:
-            return self.chunks.read(digest, start, end)
+            got = self.chunks.read(digest, start, end)
         except NotFoundError:
             return None
         except StoreError as exc:
             self._drop_corrupt(digest, exc)
             return None
+        self._writer.note_read(digest)
+        return got
 
     def _drop_corrupt(self, digest: bytes, error: StoreError) -> None:
         log.warning("%s; fetching it again", error)

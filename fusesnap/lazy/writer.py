@@ -12,21 +12,33 @@ Until its batch is committed a chunk is *pending*: `get` answers from memory, so
 nobody fetches it again meanwhile. Beyond ``max_pending`` bytes queued, `room` makes
 the fetch that produced them wait (the fetches slow down, not the readers).
 
-Failures: a batch that cannot be stored (disk full, a store error) is dropped: its
-chunks are fetched again when next needed. The first failure is logged as a warning,
-later ones at debug level; all are counted (`FetchStats.store_failures`). The writer
-never raises into the fetcher or the mount.
+The cache limit (`fusesnap.store.cache`): the store evicts least recently used chunks
+inside the transaction that stores a batch, or leaves out chunks it has no room for
+(`FetchStats.store_skipped`; their readers have them, and they are fetched again when
+next needed). For "least recently used" the writer also carries the readers' access
+stamps: `note_read` collects the chunks read from the store, and they are stamped in
+one write transaction with the next batch, or every `STAMP_INTERVAL` seconds, once per
+chunk and time bucket: never a write per read.
+
+Failures: a full disk (`StoreFullError`: ENOSPC, LMDB's map full) makes the writer evict
+chunks that can be fetched again and try the batch again; if nothing can be evicted the
+batch is dropped, and its chunks, already served from memory, are fetched again when
+next needed. Any other batch that cannot be stored is dropped the same way. The first
+failure is logged as a warning, later ones at debug level; all are counted
+(`FetchStats.store_failures`). The writer never raises into the fetcher or the mount.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
 import trio
 
 from fusesnap.blocking import run_blocking
+from fusesnap.errors import StoreFullError
 from fusesnap.lazy.limits import FetchStats
 
 __all__ = ["BATCH_BYTES", "ChunkWriter", "VerifiedChunks"]
@@ -35,12 +47,19 @@ log = logging.getLogger(__name__)
 
 BATCH_BYTES = 32 << 20
 MAX_PENDING = 256 << 20
+STAMP_INTERVAL = 30.0
+BUCKET_SECONDS = 60  # as the store's (`fusesnap.store.access`)
+FULL_RETRIES = 2
 
 
 class VerifiedChunks(Protocol):
-    """Where the writer stores (`fusesnap.store.ChunkStore.put_many`); blocking."""
+    """Where the writer stores (`fusesnap.store.ChunkStore`); blocking."""
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]], *, verified: bool = ...) -> object: ...
+
+    def touch(self, digests: Iterable[bytes]) -> None: ...
+
+    def evict(self, need: int) -> object: ...
 
 
 class ChunkWriter:
@@ -65,6 +84,8 @@ class ChunkWriter:
         self._pending_bytes = 0
         self._changed = trio.Event()  # something arrived, a batch ended, or `run` did
         self._warned = False
+        self._touched: set[bytes] = set()  # read from the store, not stamped yet
+        self._stamped: dict[bytes, int] = {}  # chunk -> bucket it was last stamped in
         self._running = False
 
     def get(self, digest: bytes) -> bytes | None:
@@ -74,6 +95,11 @@ class ChunkWriter:
 
     def __contains__(self, digest: object) -> bool:
         return digest in self._pending or digest in self._writing
+
+    def note_read(self, digest: bytes) -> None:
+        """(any thread) ``digest`` was read from the store: stamp it with the next batch."""
+        if self._stamped.get(digest) != int(time.time() // BUCKET_SECONDS):
+            self._touched.add(digest)
 
     @property
     def busy(self) -> bool:
@@ -119,7 +145,10 @@ class ChunkWriter:
     async def _run(self) -> None:
         while True:
             while not self._pending:
-                await self._changed.wait()
+                with trio.move_on_after(STAMP_INTERVAL) as waited:
+                    await self._changed.wait()
+                if waited.cancelled_caught and self._touched:
+                    await run_blocking(self._stamp)
             batch, size = {}, 0
             for digest, data in self._pending.items():
                 if size >= self._batch_bytes:
@@ -139,21 +168,62 @@ class ChunkWriter:
                 self._signal()
 
     def _store(self, batch: dict[bytes, bytes]) -> None:
-        """(worker thread) One batch, one transaction; a failure is counted, not raised."""
+        """(worker thread) One batch, one transaction (a full disk: evict, try again);
+        a failure is counted, not raised. Then the access stamps."""
         try:
-            self._chunks.put_many(batch.items(), verified=True)
+            result = self._put(batch)
         except Exception as exc:  # a store error, disk full, or a bug: never the mount's end
-            self._stats.store_failures += len(batch)
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    "cannot store %d fetched chunks (they will be fetched again when needed; "
-                    "further failures are only counted): %s",
-                    len(batch),
-                    exc,
-                )
-            else:
-                log.debug("cannot store %d fetched chunks: %s", len(batch), exc)
+            self._failed(len(batch), exc)
+        else:
+            self._stats.store_batches += 1
+            new = getattr(result, "new", len(batch))
+            self._stats.chunks_stored += new
+            evicted = getattr(result, "evicted", None)
+            if evicted is not None:
+                self._stats.evicted_chunks += evicted.count
+                self._stats.evicted_bytes += evicted.stored_bytes
+            self._stats.store_skipped += getattr(result, "refused", 0)
+        if self._touched:
+            self._stamp()
+
+    def _put(self, batch: dict[bytes, bytes]) -> object:
+        for attempt in range(FULL_RETRIES + 1):
+            try:
+                return self._chunks.put_many(batch.items(), verified=True)
+            except StoreFullError:
+                if attempt == FULL_RETRIES:
+                    raise
+                gone = self._chunks.evict(sum(map(len, batch.values())))
+                count = getattr(gone, "count", 0)
+                if not count:
+                    raise
+                self._stats.evicted_chunks += count
+                self._stats.evicted_bytes += getattr(gone, "stored_bytes", 0)
+        raise AssertionError("unreachable")
+
+    def _failed(self, count: int, exc: Exception) -> None:
+        self._stats.store_failures += count
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "cannot store %d fetched chunks (served from memory; they will be fetched "
+                "again when needed; further failures are only counted): %s",
+                count,
+                exc,
+            )
+        else:
+            log.debug("cannot store %d fetched chunks: %s", count, exc)
+
+    def _stamp(self) -> None:
+        """(worker thread) Write the access stamps collected so far (a failure is
+        only logged: recency is a hint)."""
+        touched, self._touched = self._touched, set()
+        now = int(time.time() // BUCKET_SECONDS)
+        if len(self._stamped) > 1 << 16:
+            self._stamped.clear()
+        try:
+            self._chunks.touch(touched)
+        except Exception as exc:
+            log.debug("cannot stamp %d chunks as used: %s", len(touched), exc)
             return
-        self._stats.store_batches += 1
-        self._stats.chunks_stored += len(batch)
+        self._stamped.update(dict.fromkeys(touched, now))

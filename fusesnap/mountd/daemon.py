@@ -62,6 +62,7 @@ from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
+from fusesnap.mountd.memory import run_trim
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
 from fusesnap.mountd.options import DaemonOptions, ReadyPipe, Supervision
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
@@ -270,7 +271,7 @@ def serve_image(
             if takeover is not None and previous is not None:
                 with suppress(NotFoundError):  # the dead daemon's
                     store.leases.delete(previous.lease_id)
-            mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan)
+            mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan, store)
             try:
                 with (
                     _signals_blocked(),
@@ -307,8 +308,12 @@ def _save_profile(store: Store, view: ImageView, recorder: profiles.Recorder) ->
 
 
 def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
-    """A fetching chunk source if some chunk of the image is not local, else None."""
-    if all(layer_complete(store, layer.digest) for layer in view.layers):
+    """A fetching chunk source if some chunk of the image is not local, or may stop
+    being local (a layer whose chunks the cache limit may evict), else None."""
+    if all(
+        layer_complete(store, layer.digest) and not store.cache.evictable_layer(layer.digest)
+        for layer in view.layers
+    ):
         return None
     indexes = [view.layer_index(n) for n in range(len(view.layers))]
     return LazyChunks(store.chunks, indexes)
@@ -355,9 +360,10 @@ class _Mounted:
         on_ready: Callable[[str], None],
         lazy: LazyChunks | None,
         plan: PrefetchPlan,
+        store: Store,
     ) -> None:
         self.ops, self.cache, self.state, self.directory = ops, cache, state, directory
-        self.on_ready, self.lazy, self.plan = on_ready, lazy, plan
+        self.on_ready, self.lazy, self.plan, self.store = on_ready, lazy, plan, store
         self.tasks: SideTasks | None = None
 
     async def main(self, options: DaemonOptions) -> None:
@@ -401,6 +407,10 @@ class _Mounted:
             socket = self.directory / CONTROL_SOCKET
             await tasks.start("the control socket", serve_control, socket, {"stats": self.stats})
             await tasks.start("read-ahead", self.cache.run_prefetch)
+            stats = self.cache.stats
+            await tasks.start(
+                "memory trim", run_trim, self.store, lambda: stats.misses + stats.loaded
+            )
             nursery.start_soon(fuse_loop)
             log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
             self.on_ready("ready")

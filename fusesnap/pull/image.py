@@ -38,7 +38,7 @@ from fusesnap.pull.indexsource import FetchCounter, NoProgress, PullProgress, la
 from fusesnap.pull.layers import LayerJob, LayerOutcome
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient, Resolved
-from fusesnap.store import COMMITTED, ImageRecord, Resource, Store
+from fusesnap.store import COMMITTED, KEEP, ImageRecord, Resource, Store
 
 __all__ = ["PullProgress", "PullResult", "image_name", "pull"]
 
@@ -151,6 +151,8 @@ async def pull(
             Resource(kind, layer.digest) for layer, _ in layers for kind in ("content", "layer")
         ]
         await run_blocking(store.leases.add_resources, lease, protected)
+        if not lazy:  # "keep it local": never evicted under a cache limit, from now on
+            await run_blocking(store.cache.mark, [layer.digest for layer, _ in layers], KEEP)
 
         job = LayerJob(store, client, ref, layers, progress, counter, limits, concurrency)
         cached = await run_blocking(_cached_chain, store, layers, not lazy)

@@ -36,7 +36,7 @@ from fusesnap.pull.indexsource import (
 from fusesnap.pull.socifind import SociIndex, find_soci_index
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient, Resolved
-from fusesnap.store import Store
+from fusesnap.store import REMOTE, Store
 from fusesnap.termui import human_size
 
 __all__ = ["LayerJob", "LayerOutcome"]
@@ -156,6 +156,7 @@ class LayerJob:
                         announce=lambda text: self.progress.note(f"{label}: {text}"),
                         build=build,
                     )
+                    await run_blocking(_mark_remote, self.store, layer.digest, got)
                     self.done[layer.digest] = _lazy_outcome(layer, got)
                 except NoIndexError as exc:
                     self.done[layer.digest] = LayerOutcome(layer, "none", str(exc))
@@ -270,6 +271,20 @@ def _is_gzip(layer: Descriptor) -> bool:
         return layer_compression(layer.media_type) == "gzip"
     except ManifestError:
         return False
+
+
+def _mark_remote(store: Store, digest: Digest, got: ResolvedIndex) -> None:
+    """(blocking) A lazily pulled layer whose chunks can be fetched by range may lose
+    them to the cache limit. Not one that was complete in the store with no mark (a full
+    pull's, from before layers were marked): that may have been meant to stay."""
+    try:
+        layout_of(got.index)
+    except LayerError:
+        return
+    kept = got.source is IndexSource.STORE and not store.cache.evictable_layer(digest)
+    if kept and layer_complete(store, digest):
+        return
+    store.cache.mark([digest], REMOTE)
 
 
 def _keep_profile(store: Store, profile: AccessProfile) -> None:

@@ -6,6 +6,7 @@ these methods through `fusesnap.blocking.run_blocking`, one short
 transaction per call. Layout and versioning: `fusesnap.store.schema`.
 """
 
+from fusesnap.store.cache import KEEP, REMOTE, CacheUsage, StoreCache
 from fusesnap.store.chunks import FRAME_SIZE as CHUNK_FRAME_SIZE
 from fusesnap.store.chunks import ChunkPutStats, ChunkStats, ChunkStore
 from fusesnap.store.collect import GCResult, collect_garbage
@@ -43,7 +44,10 @@ __all__ = [
     "CHUNK_FRAME_SIZE",
     "COMMITTED",
     "CONTENT",
+    "KEEP",
+    "REMOTE",
     "VIEW",
+    "CacheUsage",
     "ChunkPresence",
     "ChunkPutStats",
     "ChunkStats",
@@ -68,6 +72,7 @@ __all__ = [
     "SnapshotStateError",
     "SnapshotStore",
     "Store",
+    "StoreCache",
     "any_open",
     "collect_garbage",
     "default_root",

@@ -24,10 +24,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fusesnap.errors import DigestMismatchError, NotFoundError
-from fusesnap.store import chunkformat
+from fusesnap.store import access, chunkformat
 from fusesnap.store.blobs import Txn
 from fusesnap.store.chunkformat import (
     DEFAULT_LEVEL,
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_LEVEL",
     "FRAME_SIZE",
     "MAX_CHUNK_SIZE",
+    "CachePolicy",
     "ChunkPutStats",
     "ChunkStats",
     "ChunkStore",
@@ -59,22 +60,34 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkPutStats:
-    """What one `ChunkStore.put_many` did. `raw_bytes` and `stored_bytes`
-    count the new chunks only (uncompressed, and as stored)."""
-
-    new: int
-    existing: int
-    raw_bytes: int
-    stored_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
 class ChunkStats:
     """A number of chunks and the bytes they take in the store."""
 
     count: int
     stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPutStats:
+    """What one `ChunkStore.put_many` did. `raw_bytes` and `stored_bytes`
+    count the new chunks only (uncompressed, and as stored); ``evicted``: what
+    went to make room under the cache limit; ``refused``: new chunks not stored
+    for want of room (they can be fetched again)."""
+
+    new: int
+    existing: int
+    raw_bytes: int
+    stored_bytes: int
+    evicted: ChunkStats = ChunkStats(0, 0)
+    refused: int = 0
+
+
+class CachePolicy(Protocol):
+    """The cache limit (`fusesnap.store.cache.StoreCache`)."""
+
+    def make_room(self, txn: Txn, incoming: dict[bytes, int]) -> tuple[ChunkStats, set[bytes]]: ...
+
+    def evict(self, need: int) -> ChunkStats: ...
 
 
 def not_found(digest: bytes) -> NotFoundError:
@@ -88,15 +101,22 @@ def raw_size(value: Any) -> int:
 
 def delete_chunks(txn: Txn, env: Env, digests: Iterable[bytes]) -> ChunkStats:
     """Delete inside the caller's transaction (a ``buffers`` one saves
-    copying each value to learn its size); what was there and went."""
+    copying each value to learn its size); what was there and went. The
+    store's size and the chunks' access stamps go with them."""
     db = env.db(CHUNKS)
+    before = access.size(txn, env)
     count = stored = 0
+    gone = []
     for digest in digests:
         value = txn.get(digest, db=db)
         if value is not None:
             count += 1
             stored += len(value)
             txn.delete(digest, db=db)
+            gone.append(digest)
+    if gone:
+        access.forget(txn, env, gone)
+        access.add_size(txn, env, before, -stored)
     return ChunkStats(count, stored)
 
 
@@ -107,9 +127,12 @@ class ChunkStore:
     thread-safe; each is one transaction.
     """
 
-    def __init__(self, env: Env, *, level: int = DEFAULT_LEVEL) -> None:
+    def __init__(
+        self, env: Env, *, level: int = DEFAULT_LEVEL, policy: CachePolicy | None = None
+    ) -> None:
         self._env = env
         self.level = level
+        self._policy = policy
 
     def put_many(
         self,
@@ -146,16 +169,47 @@ class ChunkStore:
         zlevel = self.level if level is None else level
         encoded = sorted((key, encode(batch[key], zlevel, digest=key)) for key in absent)
         new = raw = stored = 0
+        evicted, refused = ChunkStats(0, 0), set[bytes]()
         if encoded:
-            db = self._env.db(CHUNKS)
-            with self._env.txn(write=True) as txn:
+            env = self._env
+            db = env.db(CHUNKS)
+            with env.txn(write=True, buffers=True) as txn:
+                # Another writer may have stored some since `missing`.
+                encoded = [(k, v) for k, v in encoded if txn.get(k, db=db) is None]
+                if self._policy is not None and encoded:
+                    incoming = {key: len(value) for key, value in encoded}
+                    evicted, refused = self._policy.make_room(txn, incoming)
+                before = access.size(txn, env)
+                added = []
                 for key, value in encoded:
-                    # Another writer may have stored it since `missing`.
-                    if txn.put(key, value, db=db, overwrite=False):
-                        new += 1
+                    if key not in refused and txn.put(key, value, db=db, overwrite=False):
+                        added.append(key)
                         raw += len(batch[key])
                         stored += len(value)
-        return ChunkPutStats(new, len(batch) + repeated - new, raw, stored)
+                new = len(added)
+                if added:
+                    access.add_size(txn, env, before, stored)
+                    access.stamp(txn, env, added, access.bucket())
+        existing = len(batch) + repeated - new - len(refused)
+        return ChunkPutStats(new, existing, raw, stored, evicted, len(refused))
+
+    def touch(self, digests: Iterable[bytes], when: int | None = None) -> None:
+        """Stamp stored chunks as used (in bucket ``when``, default now), in one
+        write transaction; chunks no longer stored are skipped. For a batch of
+        reads, not for each read (`fusesnap.store.access`)."""
+        keys = sorted({chunk_key(d) for d in digests})
+        if not keys:
+            return
+        env = self._env
+        db = env.db(CHUNKS)
+        with env.txn(write=True, buffers=True) as txn:
+            present = [key for key in keys if txn.get(key, db=db) is not None]
+            access.stamp(txn, env, present, access.bucket() if when is None else when)
+
+    def evict(self, need: int) -> ChunkStats:
+        """Evict at least ``need`` bytes of chunks that can be fetched again, if
+        there are so many (a writer whose disk is full; nothing without a policy)."""
+        return ChunkStats(0, 0) if self._policy is None else self._policy.evict(need)
 
     def get(self, digest: bytes) -> bytes:
         """The whole chunk, checked. `NotFoundError` if it is not stored,

@@ -28,6 +28,7 @@ process (fork + exec, ``subprocess``).
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import threading
@@ -40,7 +41,7 @@ from typing import Any, Self
 
 import lmdb
 
-from fusesnap.errors import StoreError
+from fusesnap.errors import StoreError, StoreFullError
 from fusesnap.store.schema import DATABASES, ensure_schema
 
 # LMDB on Linux maps this much address space but grows the data file only as
@@ -52,6 +53,10 @@ MAX_DBS = 16
 MAX_READERS = 512
 LMDB_DIR = "store.lmdb"
 INGEST_DIR = "ingest"
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_DONTNEED = 4  # MADV_DONTNEED: a shared file mapping's pages are read again from the file
 
 
 class Closing:
@@ -142,11 +147,13 @@ class Env:
                 yield txn
         except lmdb.MapFullError as exc:
             size = shared.env.info()["map_size"]
-            raise StoreError(
+            raise StoreFullError(
                 f"store at {self.root} is full (map size {size} bytes): "
                 "run gc, or open it with a larger map_size"
             ) from exc
         except lmdb.Error as exc:
+            if write and _disk_full(self.root, exc):
+                raise StoreFullError(f"store at {self.root}: disk full ({exc})") from exc
             raise StoreError(f"store at {self.root}: {exc}") from exc
 
     def iter_items(
@@ -195,6 +202,28 @@ class Env:
                 return
             start = keys[-1] + b"\0"
 
+    def release_mapped(self) -> int:
+        """Drop this process's mapping of the store's pages it has read (they stay in
+        the kernel's page cache; the next read maps them again): a long-lived reader
+        (a mount daemon) would otherwise count every chunk it ever read as resident.
+        Returns the bytes of address space advised (0 where that is not possible)."""
+        data = os.path.realpath(self.path / "data.mdb")
+        self._live()
+        advised = 0
+        try:
+            maps = Path("/proc/self/maps").read_text().splitlines()
+        except OSError:
+            return 0
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[5] != data:
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _DONTNEED):
+                continue
+            advised += end - start
+        return advised
+
     @property
     def map_size(self) -> int:
         """Address space reserved for the store; the data file is smaller."""
@@ -216,6 +245,26 @@ class Env:
             if _REGISTRY.get(self._key) is shared:
                 del _REGISTRY[self._key]
         shared.env.close()
+
+
+# A write that fails with EIO while less than this is free is taken for a full disk:
+# LMDB reports a short write (what a full file system gives) as EIO.
+LOW_SPACE = 64 << 20
+
+
+def _disk_full(root: Path, exc: lmdb.Error) -> bool:
+    """Whether a failed write looks like a full disk (ENOSPC, EDQUOT, or EIO with
+    little space left)."""
+    text = str(exc)
+    if "No space left" in text or "quota exceeded" in text:
+        return True
+    if "Input/output error" not in text:
+        return False
+    try:
+        fs = os.statvfs(root)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < LOW_SPACE
 
 
 def any_open() -> bool:

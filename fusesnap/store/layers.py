@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from fusesnap.digest import Digest
 from fusesnap.errors import NotFoundError, StoreError
+from fusesnap.store import access
 from fusesnap.store import chunks as chunk_values
 from fusesnap.store.blobs import Txn
 from fusesnap.store.env import Env
@@ -158,8 +159,9 @@ def read_part(txn: Txn, env: Env, info: LayerInfo, part: bytes) -> bytes:
 
 
 def put_layer(txn: Txn, env: Env, record: LayerRecord, info: LayerInfo) -> None:
-    """Replace the layer's header and parts (``info`` is ``record.info()``)."""
-    delete_layer(txn, env, record.digest)
+    """Replace the layer's header and parts (``info`` is ``record.info()``); its
+    cache mode (`fusesnap.store.access`) stays."""
+    _delete_record(txn, env, record.digest)
     db = env.db(LAYER_DATA)
     parts = (
         (LAYER_INDEX_PART, record.index),
@@ -176,7 +178,12 @@ def put_layer(txn: Txn, env: Env, record: LayerRecord, info: LayerInfo) -> None:
 
 
 def delete_layer(txn: Txn, env: Env, digest: Digest) -> LayerInfo | None:
-    """Delete header and parts; `None` if there was no header."""
+    """Delete header, parts and cache mode; `None` if there was no header."""
+    access.set_layer_mode(txn, env, digest, None)
+    return _delete_record(txn, env, digest)
+
+
+def _delete_record(txn: Txn, env: Env, digest: Digest) -> LayerInfo | None:
     info = get_info(txn, env, digest)
     if info is not None:
         txn.delete(layer_key(digest), db=env.db(LAYERS))

@@ -21,7 +21,13 @@ change of layout is one diff next to `SCHEMA_VERSION` and its migration::
      │    │                              (`fusesnap.store.chunkformat`)
      │    ├── snapshots             key -> SnapshotRecord            (msgpack, v=1)     v3
      │    │                           committed: named by chain id; active/view: any key
-     │    └── containers            name -> ContainerRef             (msgpack, v=1)     v3
+     │    ├── containers            name -> ContainerRef             (msgpack, v=1)     v3
+     │    └── cache                 the cache limit's bookkeeping (`fusesnap.store.access`)
+     │                                b"size": stored bytes of all chunks (u64be)
+     │                                b"limit": the cap, if any (u64be)
+     │                                b"a" + chunk -> its access bucket (u32be)
+     │                                b"t" + bucket + chunk -> b"" (oldest first)
+     │                                b"l" + layer digest -> b"remote" or b"keep"
      └── ingest/                    partial downloads, one file per digest
           └── sha256-<hex>          bytes so far; flock-ed while a writer has it
 
@@ -58,6 +64,10 @@ is opened, so created, in that same transaction before it runs):
 - v3 -> v4: chunks are written in format 2 (checksummed frames). Nothing is
   rewritten (formats 0 and 1 are still read); the bump keeps an older
   fusesnap, which would take format 2 for corruption, from opening the store.
+
+``cache`` came without a version bump: it is created when a store is opened,
+holds only bookkeeping (an older fusesnap that ignores it evicts nothing and
+at worst leaves the size counter behind, which ``fusesnap cache`` recounts).
 """
 
 from __future__ import annotations
@@ -86,6 +96,7 @@ LAYER_DATA = b"layer_data"
 CHUNKS = b"chunks"
 SNAPSHOTS = b"snapshots"
 CONTAINERS = b"containers"
+CACHE = b"cache"
 
 DATABASES = (
     META,
@@ -98,6 +109,7 @@ DATABASES = (
     CHUNKS,
     SNAPSHOTS,
     CONTAINERS,
+    CACHE,
 )
 
 SCHEMA_VERSION_KEY = b"schema_version"

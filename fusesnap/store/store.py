@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fusesnap.store.cache import StoreCache
 from fusesnap.store.chunks import ChunkStore
 from fusesnap.store.content import ContentStore
 from fusesnap.store.env import DEFAULT_MAP_SIZE, Closing, Env, open_env
@@ -28,7 +29,7 @@ def default_root() -> Path:
 
 class Store(Closing):
     """The store under one root: `content`, `images`, `leases`, `layers`,
-    `chunks`, `snapshots` and `containers`.
+    `chunks` (and their `cache` limit), `snapshots` and `containers`.
 
     Close it (or use it as a context manager). Several `Store` objects for
     one root may be open in a process; they share one LMDB environment.
@@ -44,7 +45,8 @@ class Store(Closing):
         self.images = ImageStore(env)
         self.leases = LeaseManager(env)
         self.layers = LayerStore(env)
-        self.chunks = ChunkStore(env)
+        self.cache = StoreCache(env)
+        self.chunks = ChunkStore(env, policy=self.cache)
         self.snapshots = SnapshotStore(env)
         self.containers = ContainerStore(env)
 

@@ -1,7 +1,7 @@
 """A bug in a side task of the mount daemon never takes the mount down.
 
 Each background task (control answers, the control socket itself, the cache's
-read-ahead, the prefetch, the fetch of opened files) is made to fail in this
+read-ahead, the memory trim, the prefetch, the fetch of opened files) is made to fail in this
 process; `start_mount` forks the daemon from it, so the daemon carries the same
 failures. The lazy mount must still serve every byte right, and its log must
 say what failed.
@@ -59,11 +59,15 @@ def _plant_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     async def opened(*args: Any) -> None:
         raise Injected("opened file fetch")
 
+    async def trim(*args: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        raise Injected("memory trim")
+
     monkeypatch.setattr(daemon_module._Mounted, "stats", stats)
     monkeypatch.setattr(daemon_module, "serve_control", serve_control)
     monkeypatch.setattr(ChunkCache, "run_prefetch", run_prefetch)
     monkeypatch.setattr(daemon_module, "run_prefetch", prefetch)
     monkeypatch.setattr(daemon_module._OpenedFiles, "_run", opened)
+    monkeypatch.setattr(daemon_module, "run_trim", trim)
 
 
 def test_failing_side_tasks_leave_the_mount_serving(
@@ -94,7 +98,13 @@ def test_failing_side_tasks_leave_the_mount_serving(
         unmount(root, mnt)
     log = (state_dir(root, mnt) / DAEMON_LOG).read_text()
     failed = [line for line in log.splitlines() if "the mount keeps serving without it" in line]
-    for what in ("the control socket", "read-ahead", "prefetch", "fetching opened file"):
+    for what in (
+        "the control socket",
+        "read-ahead",
+        "memory trim",
+        "prefetch",
+        "fetching opened file",
+    ):
         assert any(f" {what}" in line for line in failed), (what, log)
     assert "control command 'stats' failed" in log, log
     assert "Traceback" in log  # the bug is logged with where it happened

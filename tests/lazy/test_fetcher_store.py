@@ -64,6 +64,12 @@ class Watched:
         self.batches.append(len(items))
         return self.chunks.put_many(items, verified=verified)
 
+    def touch(self, digests: Iterable[bytes]) -> None:
+        self.chunks.touch(digests)
+
+    def evict(self, need: int) -> object:
+        return self.chunks.evict(need)
+
 
 async def test_readers_get_their_chunk_before_it_is_stored(raw: Layer, store: Store) -> None:
     watched = Watched(store.chunks)

@@ -44,7 +44,7 @@ class _HeldStore:
         self.chunks = chunks
         self.gate = threading.Event()
         self.get_many, self.read, self.missing = chunks.get_many, chunks.read, chunks.missing
-        self.delete_many = chunks.delete_many
+        self.delete_many, self.touch, self.evict = chunks.delete_many, chunks.touch, chunks.evict
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]], *, verified: bool = False) -> object:
         assert self.gate.wait(10)

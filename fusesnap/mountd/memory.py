@@ -1,0 +1,54 @@
+"""A mount daemon's memory: the kernel's page cache is the cache.
+
+Files are opened with ``keep_cache``, so the kernel keeps what was read and a read it
+can answer never reaches the daemon; the daemon's own chunk LRU is small
+(`fusesnap.fuse.cache.DEFAULT_MAX_BYTES`). What would still grow with every byte ever
+read is given back after each burst of reads (`run_trim`): the pages of the store's
+LMDB map the daemon has touched (they stay in the page cache, unmapped from the
+daemon), and the heap that fetches and decodes freed but glibc kept (``malloc_trim``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable
+
+import trio
+
+from fusesnap.blocking import run_blocking
+from fusesnap.store import Store
+
+__all__ = ["TRIM_INTERVAL", "run_trim", "trim"]
+
+log = logging.getLogger(__name__)
+
+TRIM_INTERVAL = 5.0
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def trim(store: Store) -> None:
+    """(blocking) Give back mapped store pages and the heap's free memory."""
+    store.env.release_mapped()
+    malloc_trim = getattr(_LIBC, "malloc_trim", None)  # glibc only
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+async def run_trim(
+    store: Store,
+    activity: Callable[[], int],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every `TRIM_INTERVAL` seconds in which ``activity()`` changed (reads were
+    served), `trim` once; an idle daemon does nothing."""
+    task_status.started()
+    last = activity()
+    while True:
+        await trio.sleep(TRIM_INTERVAL)
+        now = activity()
+        if now != last:
+            last = now
+            await run_blocking(trim, store)
