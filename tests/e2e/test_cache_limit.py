@@ -127,6 +127,7 @@ def test_a_capped_store_serves_every_file_twice_within_its_limit(
             for rel, sha in want.items():
                 assert read_and_forget(mnt / rel) == sha, rel
         fetch = daemon_stats(root, mnt)["fetch"]
+    print(f"capped store: limit {limit}, largest sample {max(samples)} of {len(samples)}; {fetch}")
     # The image's chunks do not fit: the store evicted, and stayed within a batch of it.
     assert fetch["evicted_chunks"] > 0, fetch
     assert fetch["bytes_fetched"] > sum(layer.size for layer in img.layers), fetch
