@@ -210,8 +210,11 @@ class ChunkCache:
             piece = got[first]
             base = first * size
             return piece if (lo, hi) == (base, base + len(piece)) else piece[lo - base : hi - base]
-        joined = b"".join(got[k] for k in range(first, last + 1))
-        return joined[lo - first * size : hi - first * size]
+        # One copy: the ends cut as views, joined with the middle.
+        parts: list[bytes | memoryview] = [got[k] for k in range(first, last + 1)]
+        parts[0] = memoryview(parts[0])[lo - first * size :]
+        parts[-1] = memoryview(parts[-1])[: hi - last * size]
+        return b"".join(parts)
 
     def _pieces(self, ref: ChunkRef, load: _Load, wanted: list[int]) -> dict[int, bytes]:
         """The pieces of ``wanted`` that ``load`` holds."""
