@@ -41,7 +41,7 @@ from fusesnap.termui import human_size, table
     "--cache-size",
     type=SIZE,
     default=str(DEFAULT_MAX_BYTES),
-    help="Memory for decompressed chunks.  [default: 256M]",
+    help="Memory for decompressed chunks (the kernel caches file pages too).  [default: 16M]",
 )
 @click.option(
     "--prefetch",

@@ -193,9 +193,14 @@ class ChunkWriter:
             except StoreFullError:
                 if attempt == FULL_RETRIES:
                     raise
-                gone = self._chunks.evict(sum(map(len, batch.values())))
+                try:
+                    gone = self._chunks.evict(sum(map(len, batch.values())))
+                except StoreFullError as exc:
+                    log.debug("evicting to make room failed: %s", exc)
+                    raise
                 count = getattr(gone, "count", 0)
                 if not count:
+                    log.debug("a full disk, and nothing to evict")
                     raise
                 self._stats.evicted_chunks += count
                 self._stats.evicted_bytes += getattr(gone, "stored_bytes", 0)

@@ -42,13 +42,15 @@ async def run_trim(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Every `TRIM_INTERVAL` seconds in which ``activity()`` changed (reads were
-    served), `trim` once; an idle daemon does nothing."""
+    """`trim` once after each burst of reads: when ``activity()`` has not changed for
+    `TRIM_INTERVAL` seconds, and changed since the last trim. Never during a burst
+    (``malloc_trim`` holds the heap's lock), never again while idle."""
     task_status.started()
-    last = activity()
+    last = trimmed = activity()
     while True:
         await trio.sleep(TRIM_INTERVAL)
         now = activity()
-        if now != last:
-            last = now
+        if now == last and now != trimmed:
+            trimmed = now
             await run_blocking(trim, store)
+        last = now

@@ -11,8 +11,11 @@ not evicted either. The limit counts every chunk, pinned ones too.
 
 When: inside the write transaction that stores chunks (`ChunkStore.put_many`
 asks `make_room`), so a batch never takes the store over the limit, whichever
-process writes: if evicting cannot make room, the new chunks that could be
-fetched again are not stored (their readers have them already; they are fetched
+process writes; and also, limit or not, when the disk under the store has less
+than `DISK_RESERVE` free (at most an eighth of it), since on a disk that is
+really full LMDB may not even commit the delete that would make room. If
+evicting cannot make room, the new chunks that could be fetched again are not
+stored (their readers have them already; they are fetched
 again when next needed). New pinned chunks are stored regardless. And on demand
 (`evict`): a writer whose disk is full frees what it needs and tries again.
 
@@ -25,6 +28,7 @@ chunks through a fetcher even when the layer is complete (`evictable_layer`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
@@ -44,6 +48,20 @@ log = logging.getLogger(__name__)
 
 # One eviction on demand frees at least this much (a full disk needs room for a batch).
 MIN_EVICTION = 8 << 20
+# Free disk kept under the store: below it, stores evict as if over the limit.
+DISK_RESERVE = 64 << 20
+
+
+def _short_of_disk(env: Env, adding: int) -> int:
+    """How many bytes storing ``adding`` more would eat into the disk's reserve: the
+    store keeps `DISK_RESERVE` (at most an eighth of the file system) free, evicting
+    to stay clear of a full disk, where LMDB cannot even commit a delete."""
+    try:
+        fs = os.statvfs(env.root)
+    except OSError:
+        return 0
+    reserve = min(DISK_RESERVE, fs.f_blocks * fs.f_frsize // 8)
+    return reserve + adding - fs.f_bavail * fs.f_frsize
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,9 +159,9 @@ class StoreCache:
         which of ``incoming`` must not be stored (evictable ones with no room)."""
         env = self._env
         limit = access.get_limit(txn, env)
-        if limit is None:
-            return ChunkStats(0, 0), set()
-        over = access.size(txn, env) + sum(incoming.values()) - limit
+        adding = sum(incoming.values())
+        over = -1 if limit is None else access.size(txn, env) + adding - limit
+        over = max(over, _short_of_disk(env, adding))
         if over <= 0:
             return ChunkStats(0, 0), set()
         evicted = self._evict(txn, over)
@@ -157,7 +175,7 @@ class StoreCache:
                 if key in evictable:
                     refused.add(key)
                     over -= incoming[key]
-            if over > 0 and not self._warned:
+            if over > 0 and limit is not None and not self._warned:
                 self._warned = True
                 log.warning(
                     "the store's pinned chunks take it over its cache limit (%d bytes); "

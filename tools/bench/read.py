@@ -2,6 +2,7 @@
 
     python -m tools.bench.read [--images debian,big] [--big-size 1G] [--runs 3]
                                [--work DIR] [--systems fusesnap,local,squashfuse,ratarmount]
+                               (also: fusesnap-lru256M, fusesnap with a 256 MiB chunk LRU)
 
 For each image (the cached Debian test image; ``crafted-big``, one file of
 ``--big-size`` bytes) the same tree is served four ways:
@@ -158,15 +159,24 @@ class Fusesnap(System):
     def setup(self) -> None:
         self._cli("pull", self.subject.pushed.ref)
 
+    mount_args: tuple[str, ...] = ()
+
     def mount(self) -> Path:
         if not is_mounted(self.mountpoint):
             self.mountpoint.mkdir(exist_ok=True)
-            self._cli("mount", self.subject.pushed.ref, str(self.mountpoint))
+            self._cli("mount", *self.mount_args, self.subject.pushed.ref, str(self.mountpoint))
         return self.mountpoint
 
     def unmount(self) -> None:
         if is_mounted(self.mountpoint):
             self._cli("umount", str(self.mountpoint))
+
+
+class FusesnapBigLru(Fusesnap):
+    """fusesnap with the chunk LRU it had before the page cache became the cache."""
+
+    name = "fusesnap-lru256M"
+    mount_args = ("--cache-size", "256M")
 
 
 class Squashfuse(System):
@@ -357,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         parser.error("needs root (drop_caches, FUSE mounts)")
     classes = {"fusesnap": Fusesnap, "local": Local, "squashfuse": Squashfuse,
-               "ratarmount": Ratarmount}  # fmt: skip
+               "ratarmount": Ratarmount, "fusesnap-lru256M": FusesnapBigLru}  # fmt: skip
     chosen: list[type[System]] = []
     for name in args.systems.split(","):
         cls = classes[name]
