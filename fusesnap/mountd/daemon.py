@@ -56,7 +56,7 @@ from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
-from fusesnap.mountd.memory import run_trim
+from fusesnap.mountd.memory import limit_arenas, run_trim
 from fusesnap.mountd.mountpoint import MountError, detach, is_stale, mount_info
 from fusesnap.mountd.options import DaemonOptions
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
@@ -185,6 +185,7 @@ def serve_image(
     ``view``: the image as the starter checked it (from another handle on the same
     store); without one, the image is opened and checked here.
     """
+    limit_arenas()
     with _reported(on_ready):
         target = prepare_mountpoint(options.mountpoint)
         directory = make_state_dir(options.root, target)
