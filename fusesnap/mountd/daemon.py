@@ -62,7 +62,7 @@ from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
-from fusesnap.mountd.memory import run_trim
+from fusesnap.mountd.memory import limit_arenas, run_trim
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
 from fusesnap.mountd.options import DaemonOptions, ReadyPipe, Supervision
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
@@ -213,6 +213,7 @@ def serve_image(
     instead of ``on_ready``; with its ``takeover``, the mount is up already and this
     daemon takes its connection over.
     """
+    limit_arenas()
     takeover = None
     if supervision is not None:
         on_ready = ReadyPipe(supervision.channel)

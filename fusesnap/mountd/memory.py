@@ -5,7 +5,8 @@ can answer never reaches the daemon; the daemon's own chunk LRU is small
 (`fusesnap.fuse.cache.DEFAULT_MAX_BYTES`). What would still grow with every byte ever
 read is given back after each burst of reads (`run_trim`): the pages of the store's
 LMDB map the daemon has touched (they stay in the page cache, unmapped from the
-daemon), and the heap that fetches and decodes freed but glibc kept (``malloc_trim``).
+daemon), and the heap that fetches and decodes freed but glibc kept (``malloc_trim``,
+over at most `ARENAS` heaps).
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ import trio
 from fusesnap.blocking import run_blocking
 from fusesnap.store import Store
 
-__all__ = ["TRIM_INTERVAL", "run_trim", "trim"]
+__all__ = ["TRIM_INTERVAL", "limit_arenas", "run_trim", "trim"]
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL = 5.0
+ARENAS = 2
+_M_ARENA_MAX = -8
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def limit_arenas() -> None:
+    """At most `ARENAS` glibc heaps however many worker threads there are (glibc's
+    default is eight per core, each keeping what it freed): call before any thread."""
+    mallopt = getattr(_LIBC, "mallopt", None)  # glibc only
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, ARENAS)
 
 
 def trim(store: Store) -> None:
