@@ -83,7 +83,9 @@ def test_cold_mount_of_estargz(registry, faulty, tmp_path) -> None:
 
 
 def test_cold_mount_without_any_index_builds_one_by_streaming(registry, faulty, tmp_path) -> None:
-    img = build_and_push("busybox", registry, tag="no-index")
+    # A repository of its own: referrers are per repository and digest, and other tests
+    # push index artifacts for the same busybox manifest.
+    img = build_and_push("busybox", registry, repo="fusesnap-test/busybox-no-index", tag="no-index")
     total = sum(layer.size for layer in img.layers)
     ref = img.ref.replace(img.host, faulty.host)
     rootfs = img.unpack(tmp_path / "unpacked")
