@@ -352,3 +352,22 @@ def fail_times(
         return httpx.Response(status, headers=headers or {})
 
     return hook
+
+
+class MemorySink:
+    """A `BlobSink` in memory, recording resets."""
+
+    def __init__(self, initial: bytes = b"") -> None:
+        self.data = bytearray(initial)
+        self.resets = 0
+
+    @property
+    def offset(self) -> int:
+        return len(self.data)
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def reset(self) -> None:
+        self.resets += 1
+        self.data.clear()

@@ -10,28 +10,9 @@ from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
 from fusesnap.oci import Descriptor
 from tests.lazy.conftest import REF, Connect
-from tests.lazy.fakeregistry import BrokenStream, FakeRegistry
+from tests.lazy.fakeregistry import BrokenStream, FakeRegistry, MemorySink
 
 DATA = os.urandom(300_000)
-
-
-class MemorySink:
-    """A `BlobSink` in memory, recording resets."""
-
-    def __init__(self, initial: bytes = b"") -> None:
-        self.data = bytearray(initial)
-        self.resets = 0
-
-    @property
-    def offset(self) -> int:
-        return len(self.data)
-
-    async def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def reset(self) -> None:
-        self.resets += 1
-        self.data.clear()
 
 
 def _first_blob_get(response: httpx.Response):

@@ -27,7 +27,7 @@ from fusesnap.registry.failover import run_on_hosts
 from fusesnap.registry.hosts import RegistryHost
 from fusesnap.registry.retry import RetryPolicy
 from tests.lazy.conftest import Sleeps
-from tests.lazy.fakeregistry import BrokenStream, FakeRegistry
+from tests.lazy.fakeregistry import BrokenStream, FakeRegistry, MemorySink
 
 MIRROR = RegistryHost(host="mirror.example", scheme="http", mirror=True)
 SECOND = RegistryHost(host="second.example", scheme="http", mirror=True)
@@ -413,30 +413,13 @@ async def test_each_host_has_its_own_credentials(
     assert pair.origin.requests == []
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.resets = 0
-
-    @property
-    def offset(self) -> int:
-        return len(self.data)
-
-    async def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def reset(self) -> None:
-        self.data.clear()
-        self.resets += 1
-
-
 async def test_a_download_from_a_lying_mirror_starts_over_on_the_origin(
     pair: Pair, hosts_dir: Path, health: HostHealth, sleeps: Sleeps
 ) -> None:
     digest, layer = pair.add_image()
     pair.mirror.blobs[digest] = layer[:-1] + b"!"
     desc = pair.origin.add_blob(layer)
-    sink = Sink()
+    sink = MemorySink()
     async with connect(pair, hosts_dir, health, sleeps) as client:
         await client.download_blob(REF, desc, sink)
     assert bytes(sink.data) == layer
@@ -456,7 +439,7 @@ async def test_a_download_cut_by_a_dying_mirror_resumes_on_the_origin(
 
     pair.mirror.hooks.append(cut)
     desc = pair.origin.add_blob(layer)
-    sink = Sink()
+    sink = MemorySink()
     async with connect(pair, hosts_dir, health, sleeps) as client:
         await client.download_blob(REF, desc, sink)
     assert bytes(sink.data) == layer

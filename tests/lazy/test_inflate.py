@@ -11,17 +11,9 @@ import pytest
 
 from fusesnap.index.gzipindex import build_checkpoints
 from fusesnap.index.inflate import GzipCheckpointer, StreamCorrupt, gzip_blocks
+from tests.lazy.fetcherhelpers import text
 
 SPACING = 64 << 10
-
-
-def text(size: int, seed: int) -> bytes:
-    rng = random.Random(seed)
-    words = [rng.randbytes(rng.randrange(2, 10)).hex().encode() for _ in range(3000)]
-    out = bytearray()
-    while len(out) < size:
-        out += b" ".join(rng.choices(words, k=256)) + b"\n"
-    return bytes(out[:size])
 
 
 def blobs() -> dict[str, bytes]:
