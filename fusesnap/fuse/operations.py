@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from fusesnap.errors import FusesnapError, NotFoundError
 from fusesnap.fs import Node
@@ -166,10 +167,14 @@ class FuseOperations(pyfuse3.Operations):
         self.on_open: Callable[[Node], None] | None = None
         # Called when libfuse has the connection's INIT (`fusesnap.fuse.handover`).
         self.on_init: Callable[[], None] | None = None
+        # Set when libfuse has the INIT; a task it wakes runs after the reply is sent
+        # (libfuse answers in the same synchronous call), so the kernel is answering.
+        self.initialized = trio.Event()
 
     def init(self) -> None:
         if self.on_init is not None:
             self.on_init()
+        self.initialized.set()
 
     def _attributes(self, ino: int) -> pyfuse3.EntryAttributes:
         return entry_attributes(self.source.node(ino), timeout=self.timeout)

@@ -293,6 +293,9 @@ def serve_image(
                 MountState.remove(directory)
 
 
+# Seconds for libfuse to have the connection's INIT (it is queued when mounted).
+INIT_TIMEOUT = 60.0
+
 # Opened files up to this size are fetched whole (unless --prefetch none).
 OPEN_FETCH_MAX = 16 << 20
 
@@ -405,6 +408,13 @@ class _Mounted:
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signal, state.mountpoint)
             tasks = self.tasks = SideTasks(nursery)
+            nursery.start_soon(fuse_loop)
+            # Ready once the kernel's INIT is answered: a daemon killed before that
+            # would leave a connection that a new one cannot initialise.
+            with trio.move_on_after(INIT_TIMEOUT) as waited:
+                await self.ops.initialized.wait()
+            if waited.cancelled_caught:
+                raise MountError(f"{state.mountpoint}: no FUSE INIT within {INIT_TIMEOUT:.0f}s")
             socket = self.directory / CONTROL_SOCKET
             await tasks.start("the control socket", serve_control, socket, {"stats": self.stats})
             await tasks.start("read-ahead", self.cache.run_prefetch)
@@ -412,7 +422,6 @@ class _Mounted:
             await tasks.start(
                 "memory trim", run_trim, self.store, lambda: stats.misses + stats.loaded
             )
-            nursery.start_soon(fuse_loop)
             log.info("%s: serving %s (pid %d)", state.mountpoint, state.image, state.pid)
             self.on_ready("ready")
             if lazy is not None:

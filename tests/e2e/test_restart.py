@@ -225,6 +225,16 @@ def test_a_daemon_that_took_over_unmounts_on_sigterm(pulled_busybox, tmp_path) -
     assert mount_info(mnt) is None  # not left stale
 
 
+def test_a_daemon_killed_as_soon_as_it_is_ready_is_taken_over(pulled_busybox, tmp_path) -> None:
+    # "ready" means the kernel's INIT is answered: a daemon killed before that leaves
+    # a connection no new daemon can initialise (every request: ECONNREFUSED).
+    root, ref = pulled_busybox
+    for attempt in range(3):
+        with mounted(root, ref, tmp_path / f"mnt{attempt}") as mnt:
+            kill_and_wait_for_the_next(root, mnt)
+            assert "busybox" in os.listdir(mnt / "bin")
+
+
 def test_a_daemon_that_keeps_dying_is_given_up_on(pulled_busybox, tmp_path) -> None:
     root, ref = pulled_busybox
     with mounted(root, ref, tmp_path / "mnt") as mnt:
