@@ -358,10 +358,13 @@ class ChunkFetcher:
         self, layout: LayerLayout, span: Span, flights: dict[bytes, Flight[bytes, bytes]]
     ) -> None:
         what = f"{layout.what}: range [{span.start}, {span.end})"
+        t0 = trio.current_time()
         try:
             async with self._slots, self._ranges.hold(layout, span):
+                t1 = trio.current_time()
                 with trio.fail_after(self.limits.timeout):
                     window, data = await self._fetch_span(layout, span)
+                    t2 = trio.current_time()
                     cut = await run_blocking(self._decode, layout, span, data, window)
         except trio.TooSlowError:
             self._stats.failures += 1
@@ -390,6 +393,18 @@ class ChunkFetcher:
                 flights[ref.digest].fail(err)
         self._stats.chunks_fetched += asked
         self._stats.chunks_extra += len(cut.chunks) - asked
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s (%d bytes): waited %.0f ms, fetched in %.0f ms, decoded in %.0f ms; "
+                "%d chunks asked, %d more",
+                what,
+                span.size,
+                (t1 - t0) * 1e3,
+                (t2 - t1) * 1e3,
+                (trio.current_time() - t2) * 1e3,
+                asked,
+                len(cut.chunks) - asked,
+            )
         await self._writer.room()
 
     async def _fetch_span(self, layout: LayerLayout, span: Span) -> tuple[bytes | None, bytes]:

@@ -38,6 +38,7 @@ class PrefetchPlan:
     fetched: int = 0
     failed: int = 0
     opened_files: int = 0  # files fetched whole when opened
+    linked_files: int = 0  # of which: named by an opened ELF object (its loader's next opens)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class PrefetchPlan:
             "fetched": self.fetched,
             "failed": self.failed,
             "opened_files": self.opened_files,
+            "linked_files": self.linked_files,
         }
 
 

@@ -45,7 +45,6 @@ from typing import Any
 import trio
 
 from fusesnap.errors import FusesnapError, NotFoundError
-from fusesnap.fs import Node
 from fusesnap.fuse import (
     ChunkCache,
     FuseOperations,
@@ -57,13 +56,13 @@ from fusesnap.fuse import (
     terminate,
 )
 from fusesnap.image import ImageView
-from fusesnap.index import Entry, LayerIndex
 from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
 from fusesnap.mountd.memory import limit_arenas, run_trim
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
+from fusesnap.mountd.openfetch import OpenedFiles, node_finder
 from fusesnap.mountd.options import DaemonOptions, ReadyPipe, Supervision
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
 from fusesnap.mountd.takeover import check_same_tree, hand_to
@@ -296,9 +295,6 @@ def serve_image(
 # Seconds for libfuse to have the connection's INIT (it is queued when mounted).
 INIT_TIMEOUT = 60.0
 
-# Opened files up to this size are fetched whole (unless --prefetch none).
-OPEN_FETCH_MAX = 16 << 20
-
 
 def _save_profile(store: Store, view: ImageView, recorder: profiles.Recorder) -> None:
     indexes = [view.layer_index(n) for n in range(len(view.layers))]
@@ -321,35 +317,6 @@ def _lazy_chunks(store: Store, view: ImageView) -> LazyChunks | None:
         return None
     indexes = [view.layer_index(n) for n in range(len(view.layers))]
     return LazyChunks(store.chunks, indexes)
-
-
-class _OpenedFiles:
-    """A file a process opens is fetched whole in the background (up to `OPEN_FETCH_MAX`
-    bytes), in as few requests as its chunks allow: a binary or library is then paged in
-    by the kernel from local chunks instead of a round trip per fault. Once a file."""
-
-    def __init__(self, lazy: LazyChunks, plan: PrefetchPlan, tasks: SideTasks) -> None:
-        self._lazy, self._plan, self._tasks = lazy, plan, tasks
-        self._seen: set[int] = set()
-
-    def fetch(self, node: Node) -> None:
-        entry = node.entry
-        if node.ino in self._seen or not entry.chunks or entry.size > OPEN_FETCH_MAX:
-            return
-        self._seen.add(node.ino)
-        what = f"fetching opened file {entry.path}"
-        self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], entry)
-
-    async def _run(self, index: LayerIndex, entry: Entry) -> None:
-        assert self._lazy.fetcher is not None
-        try:
-            result = await self._lazy.fetcher.prefetch(index, [entry])
-        except FusesnapError as exc:  # the reads will say it
-            log.debug("fetching opened %s: %s", entry.path, exc)
-            return
-        self._plan.opened_files += 1
-        self._plan.fetched += result.fetched
-        self._plan.failed += result.failed
 
 
 class _Mounted:
@@ -426,7 +393,9 @@ class _Mounted:
             self.on_ready("ready")
             if lazy is not None:
                 if plan.mode != "none":
-                    self.ops.on_open = _OpenedFiles(lazy, plan, tasks).fetch
+                    assert isinstance(self.ops.source, ImageSource)
+                    opened = OpenedFiles(lazy, plan, tasks, node_finder(self.ops.source.tree))
+                    self.ops.on_open = opened.fetch
                     tasks.start_soon("prefetch", run_prefetch, lazy, plan)
                 else:
                     plan.state = "done"

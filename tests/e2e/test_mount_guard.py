@@ -19,6 +19,7 @@ import trio
 from fusesnap.fuse import ChunkCache
 from fusesnap.mountd import DaemonOptions, MountError, mount_stats, start_mount, unmount
 from fusesnap.mountd import daemon as daemon_module
+from fusesnap.mountd import openfetch as openfetch_module
 from fusesnap.mountd.state import CONTROL_SOCKET, DAEMON_LOG, state_dir
 from fusesnap.process import process_start_time
 from tests.e2e.cli import run
@@ -66,7 +67,7 @@ def _plant_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(daemon_module, "serve_control", serve_control)
     monkeypatch.setattr(ChunkCache, "run_prefetch", run_prefetch)
     monkeypatch.setattr(daemon_module, "run_prefetch", prefetch)
-    monkeypatch.setattr(daemon_module._OpenedFiles, "_run", opened)
+    monkeypatch.setattr(openfetch_module.OpenedFiles, "_run", opened)
     monkeypatch.setattr(daemon_module, "run_trim", trim)
 
 

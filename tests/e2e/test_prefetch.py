@@ -161,3 +161,40 @@ def test_an_opened_file_is_fetched_whole_in_the_background(
         faulty.reset()
         assert _sha(mnt / big) == _sha(rootfs / big)
         assert faulty.bytes_sent("blob") > 0
+
+
+def test_an_opened_program_brings_its_interpreter_and_libraries(
+    registry: Any, faulty: FaultProxy, tmp_path: Path
+) -> None:
+    # The loader would open these one after another, each a round trip: they come at once.
+    img = build_and_push_estargz("debian", registry)  # lazy: its TOCs are its index
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root, mnt = tmp_path / "store", tmp_path / "mnt"
+    libs = (
+        "etc/ld.so.cache",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/libz.so.1",
+        "usr/lib/x86_64-linux-gnu/libexpat.so.1",
+        "usr/lib/x86_64-linux-gnu/libm.so.6",
+    )
+    with mounted(root, ref, mnt):
+        with (mnt / "usr/bin/python3").open("rb") as f:
+            assert f.read(4) == b"\x7fELF"
+        deadline = time.monotonic() + 60
+        while _stats(root, mnt)["prefetch"]["linked_files"] < len(libs):
+            assert time.monotonic() < deadline, _stats(root, mnt)["prefetch"]
+            time.sleep(0.1)
+        time.sleep(0.5)  # libc's own needs are no new files: nothing more comes
+        prefetch = _stats(root, mnt)["prefetch"]
+        assert prefetch["linked_files"] == len(libs), prefetch
+        faulty.reset()
+        for lib in libs:
+            assert _sha(mnt / lib) == _sha(rootfs / lib), lib
+        assert faulty.bytes_sent("blob") == 0, faulty.records
+        faulty.reset()
+        assert _sha(mnt / "usr/lib/x86_64-linux-gnu/libbz2.so.1.0") == _sha(
+            rootfs / "usr/lib/x86_64-linux-gnu/libbz2.so.1.0"
+        )
+        assert faulty.bytes_sent("blob") > 0  # not needed by python3: not fetched

@@ -2,7 +2,7 @@
 and stargz-snapshotter.
 
     python -m tools.bench.containerd [--runs 3] [--rate 100mbit] [--delay-ms 10]
-                                     [--keep-logs DIR]
+                                     [--keep-logs DIR] [--modes NAME,...]
 
 The link is `tools.bench.startup`'s (`tools.bench.netns.SlowRegistry`): the registry in
 a network namespace whose egress is shaped by ``tc tbf`` (``--rate``), reached through a
@@ -401,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keep-logs", type=Path, metavar="DIR", help="keep each measurement's logs in DIR"
     )
+    ap.add_argument(
+        "--modes", metavar="NAME,...", help="measure only these modes (default: every one)"
+    )
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
@@ -424,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         registry.open()
         progress(f"registry {registry.inside} in netns {args.netns}, reached via {registry.host}")
         image, esgz, modes = prepare(registry, work)
+        if args.modes:
+            wanted = args.modes.split(",")
+            unknown = set(wanted) - {m.name for m in modes}
+            if unknown:
+                ap.error(f"no such mode: {', '.join(sorted(unknown))}")
+            modes = [m for m in modes if m.name in wanted]
         results = [(mode, Samples(mode.name)) for mode in modes]
         found: Counter[str] = Counter()
         for run in range(args.runs):

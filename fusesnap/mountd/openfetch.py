@@ -1,0 +1,177 @@
+"""A lazy mount fetches what a process opens, and what the dynamic loader will open next.
+
+A file a process opens is fetched whole in the background (up to `OPEN_FETCH_MAX`
+bytes), in as few requests as its chunks allow: a binary or library is then paged
+in by the kernel from local chunks instead of a round trip per fault.
+
+If it is an ELF program or library, what its loader opens next is fetched the
+same way, side by side, instead of one registry round trip after another: its
+first chunk comes on its own request, and as soon as it is here the interpreter
+it names (``PT_INTERP``) and, for glibc's loader, ``/etc/ld.so.cache`` are
+fetched beside the rest of the file; once the whole file is here, its
+``DT_NEEDED`` libraries, found as the loader finds them (`fusesnap.fs.elf`), and
+theirs in turn. Once a file; best effort (a failure here is the reads' to say).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Callable, Sequence
+
+import trio
+
+from fusesnap.errors import FusesnapError
+from fusesnap.fs import MergedTree, Node, chunk_slices
+from fusesnap.fs import elf as elfs
+from fusesnap.image import resolve
+from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
+from fusesnap.lazy import LazyChunks, PrefetchPlan, PrefetchResult
+from fusesnap.mountd.guard import SideTasks
+
+__all__ = ["OPEN_FETCH_MAX", "OpenedFiles", "node_finder"]
+
+log = logging.getLogger(__name__)
+
+# Opened files up to this size are fetched whole (unless --prefetch none).
+OPEN_FETCH_MAX = 16 << 20
+
+LD_SO_CACHE = "/etc/ld.so.cache"
+
+
+class OpenedFiles:
+    """`fetch` is the mount's ``on_open``: see the module docstring."""
+
+    def __init__(
+        self,
+        lazy: LazyChunks,
+        plan: PrefetchPlan,
+        tasks: SideTasks,
+        node_of: Callable[[str], Node],
+    ) -> None:
+        """``node_of``: the node at an absolute path of the image (symlinks followed)."""
+        self._lazy, self._plan, self._tasks, self._node_of = lazy, plan, tasks, node_of
+        self._seen: set[int] = set()
+
+    def fetch(self, node: Node) -> None:
+        entry = node.entry
+        if node.ino in self._seen or not entry.chunks or entry.size > OPEN_FETCH_MAX:
+            return
+        self._seen.add(node.ino)
+        what = f"fetching opened file {entry.path}"
+        self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], entry)
+
+    async def _run(self, index: LayerIndex, entry: Entry) -> None:
+        # The first chunk on its own: a program's loader wants its headers before the rest,
+        # and they name the interpreter, which can then come beside the rest.
+        rest = entry.chunks[1:]
+        results: list[PrefetchResult] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._head, index, entry, results)
+            if rest:
+                nursery.start_soon(self._fetch, index, rest, entry, results)
+        if len(results) < 1 + bool(rest) or any(r.failed for r in results):
+            return
+        self._plan.opened_files += 1
+        for path in await self._libraries(entry):
+            self._follow(path)
+
+    async def _fetch(
+        self,
+        index: LayerIndex,
+        refs: Sequence[ChunkRef],
+        entry: Entry,
+        results: list[PrefetchResult],
+    ) -> None:
+        assert self._lazy.fetcher is not None
+        try:
+            result = await self._lazy.fetcher.prefetch(index, refs)
+        except FusesnapError as exc:  # the reads will say it
+            log.debug("fetching opened %s: %s", entry.path, exc)
+            return
+        self._plan.fetched += result.fetched
+        self._plan.failed += result.failed
+        results.append(result)
+
+    async def _head(self, index: LayerIndex, entry: Entry, results: list[PrefetchResult]) -> None:
+        await self._fetch(index, entry.chunks[:1], entry, results)
+        if results and not results[-1].failed:
+            header = await self._header(entry)
+            if header is not None and header[1].interp is not None:
+                raw = await self._read(entry, *header[1].interp)
+                name = elfs.string_at(raw, 0)
+                if name is not None and name.startswith("/"):
+                    self._follow(name)
+                    self._follow(LD_SO_CACHE)  # glibc's loader reads it first
+
+    def _follow(self, path: str) -> None:
+        """Fetch the file at ``path`` (if the image has one) as if it were opened."""
+        try:
+            node = self._node_of(path)
+        except FusesnapError:
+            return
+        if node.entry.type is EntryType.FILE and node.ino not in self._seen:
+            self._plan.linked_files += 1
+            self.fetch(node)
+
+    async def _read(self, entry: Entry, offset: int, size: int) -> bytes:
+        """Bytes of ``entry`` (local by now: they were just fetched)."""
+        parts = []
+        for ref, lo, hi in chunk_slices(entry, offset, size):
+            start, data = await self._lazy.read(ref.digest, lo, hi)
+            parts.append(data[lo - start : hi - start])
+        return b"".join(parts)
+
+    async def _header(self, entry: Entry) -> tuple[elfs.ElfHeader, elfs.Segments] | None:
+        """``entry``'s ELF header and program headers, if it is an ELF object."""
+        try:
+            header = elfs.parse_header(await self._read(entry, 0, elfs.HEADER_SIZE))
+            if header is None:
+                return None
+            size = header.program_headers_size
+            return header, header.segments(await self._read(entry, header.phoff, size))
+        except FusesnapError as exc:
+            log.debug("reading the ELF headers of %s: %s", entry.path, exc)
+            return None
+
+    async def _libraries(self, entry: Entry) -> list[str]:
+        """The libraries the loader opens for ``entry`` (if it is a dynamic ELF object),
+        each as the first of its candidates in search order that the image has."""
+        found = await self._header(entry)
+        if found is None or found[1].dynamic is None:
+            return []
+        header, segments = found
+        where = found[1].dynamic
+        try:
+            dynamic = header.dynamic(await self._read(entry, *where))
+            table_at = None if dynamic.strtab is None else segments.file_offset(dynamic.strtab)
+            if table_at is None or not dynamic.needed:
+                return []
+            table = await self._read(entry, table_at, dynamic.strsz or elfs.MAX_STRTAB)
+        except FusesnapError as exc:
+            log.debug("reading the dynamic section of %s: %s", entry.path, exc)
+            return []
+        needed = [s for s in (elfs.string_at(table, n) for n in dynamic.needed) if s]
+        runpath = [s for s in (elfs.string_at(table, n) for n in dynamic.runpath) if s]
+        origin = posixpath.dirname("/" + entry.path.lstrip("/"))
+        out = []
+        for candidates in elfs.library_candidates(needed, runpath, origin, header.machine):
+            path = self._first_file(candidates)
+            if path is not None:
+                out.append(path)
+        return out
+
+    def _first_file(self, candidates: list[str]) -> str | None:
+        for path in candidates:
+            try:
+                node = self._node_of(path)
+            except FusesnapError:
+                continue
+            if node.entry.type is EntryType.FILE:
+                return path
+        return None
+
+
+def node_finder(tree: MergedTree) -> Callable[[str], Node]:
+    """`OpenedFiles`' ``node_of`` over a merged tree."""
+    return lambda path: resolve(tree, path)
