@@ -18,7 +18,7 @@ from fusesnap.lazy.limits import FetchLimits, FetchStats, PrefetchResult
 from fusesnap.lazy.local import ChunkStorage
 from fusesnap.lazy.prefetch import PrefetchPlan, run_prefetch
 from fusesnap.lazy.profile import AccessProfile, ProfileError
-from fusesnap.lazy.ranges import layout_of
+from fusesnap.lazy.ranges import check_random_access, layout_of
 from fusesnap.lazy.windows import LoadWindows, with_windows_blob
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "PrefetchPlan",
     "PrefetchResult",
     "ProfileError",
+    "check_random_access",
     "layout_of",
     "open_chunk_fetcher",
     "profile",

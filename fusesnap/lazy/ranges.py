@@ -307,6 +307,16 @@ def _name(ref: ChunkRef) -> str:
     return f"sha256:{ref.digest.hex()[:12]}"
 
 
+def check_random_access(index: LayerIndex) -> None:
+    """`LayerError` if ``index``'s layer has no random access, as `layout_of` would
+    raise, without building the layout (which sorts every chunk)."""
+    what = f"layer {index.layer_digest.short}"
+    if _access(index, what) is Access.GZIP:
+        assert index.checkpoints is not None
+        if not index.checkpoints.points:
+            raise LayerError(f"{what}: gzip index has no checkpoints")
+
+
 def layout_of(index: LayerIndex) -> LayerLayout:
     """The `LayerLayout` of ``index``; `LayerError` if it has no random access."""
     return LayerLayout(index)

@@ -61,6 +61,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import (
@@ -317,15 +319,42 @@ async def listed_referrers(
     accept: Callable[[Descriptor], bool],
 ) -> tuple[list[Descriptor], bool, int]:
     """The referrers of ``subject`` that ``accept`` takes: from the referrers API, else
-    from the referrers tag; whether the API answered, and the bytes the tag cost."""
-    listed = await referrers(client, ref, subject, artifact_type, accept)
-    if listed is not None:
-        return list(listed), True, 0
-    tag = fallback_tag(subject)
-    try:
-        _, body = await client.get_manifest(ref, tag)
-    except RegistryNotFoundError:
+    from the referrers tag; whether the API answered, and the bytes the tag cost.
+
+    Both are asked at once: where the API is missing (as in most registries today) that
+    is one round trip instead of two. The tag's answer, or its error, counts only then.
+    """
+    api: list[tuple[Descriptor, ...] | None] = []
+    tagged: list[bytes | None] = []
+    failed: dict[str, BaseException] = {}
+
+    async def ask_api() -> None:
+        try:
+            api.append(await referrers(client, ref, subject, artifact_type, accept))
+        except Exception as exc:
+            failed["api"] = exc
+
+    async def ask_tag() -> None:
+        try:
+            tagged.append((await client.get_manifest(ref, fallback_tag(subject)))[1])
+        except RegistryNotFoundError:
+            tagged.append(None)
+        except Exception as exc:
+            failed["tag"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask_api)
+        nursery.start_soon(ask_tag)
+    if "api" in failed:
+        raise failed["api"]
+    if api and api[0] is not None:
+        return list(api[0]), True, 0
+    if "tag" in failed:
+        raise failed["tag"]
+    body = tagged[0]
+    if body is None:
         return [], False, 0
+    tag = fallback_tag(subject)
     try:
         parsed = parse_document(body, what=f"referrers tag {ref.name}:{tag}")
     except ManifestError as exc:

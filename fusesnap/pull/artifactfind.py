@@ -117,12 +117,11 @@ async def _load(
         raise ManifestError(f"{what}: its subject is not manifest {subject.short}")
     nbytes = len(body)
     indexes: dict[Digest, LayerIndex] = {}
-    profile = None
+    profile_blob: Descriptor | None = None
     candidates: dict[Digest, list[Descriptor]] = {}  # by layer, in artifact order
     for blob in parsed.layers:
-        if blob.media_type == profiles.MEDIA_TYPE and profile is None:
-            profile = await _load_profile(client, ref, blob, subject, what)
-            nbytes += blob.size if profile is not None else 0
+        if blob.media_type == profiles.MEDIA_TYPE:
+            profile_blob = profile_blob or blob
             continue
         if blob.media_type not in LAYER_INDEX_MEDIA_TYPES:
             continue  # a windows blob (fetched by range when needed), or an unknown format
@@ -170,15 +169,28 @@ async def _load(
             encoded[layer] = data
             return
 
+    profile: list[AccessProfile | None] = [None]
+
+    async def load_profile(blob: Descriptor) -> None:
+        nonlocal nbytes
+        try:
+            profile[0] = await _load_profile(client, ref, blob, subject, what)
+        except Exception as exc:  # the registry failing: raised below, as itself
+            errors.append(exc)
+            return
+        nbytes += blob.size if profile[0] is not None else 0
+
     # Side by side: at mount time each round trip counts.
     async with trio.open_nursery() as nursery:
+        if profile_blob is not None:
+            nursery.start_soon(load_profile, profile_blob)
         for layer, blobs in candidates.items():
             nursery.start_soon(load_layer, layer, blobs)
     if errors:
         raise errors[0]
     indexes = {layer: indexes[layer] for layer in candidates if layer in indexes}
     created = parsed.annotations.get(CREATED_ANNOTATION, "")
-    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created, profile, encoded)
+    return ArtifactIndexes(desc.digest, discovery, indexes, nbytes, created, profile[0], encoded)
 
 
 async def _load_profile(

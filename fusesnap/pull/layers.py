@@ -17,7 +17,13 @@ from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError, LayerError, ManifestError
 from fusesnap.index import LayerIndex, Limits, decode
-from fusesnap.lazy import AccessProfile, ChunkFetcher, FetchLimits, layout_of, open_chunk_fetcher
+from fusesnap.lazy import (
+    AccessProfile,
+    ChunkFetcher,
+    FetchLimits,
+    check_random_access,
+    open_chunk_fetcher,
+)
 from fusesnap.lazy import profile as profiles
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
@@ -77,7 +83,7 @@ def _random_access_index(store: Store, digest: Digest) -> LayerIndex | None:
     if index.span_verified:
         return None  # a SOCI zTOC's: its chunks are not named by content, so never "complete"
     try:
-        layout_of(index)
+        check_random_access(index)
     except LayerError:
         return None  # plain zstd, or gzip without checkpoints: only the whole blob will do
     return index
@@ -278,7 +284,7 @@ def _mark_remote(store: Store, digest: Digest, got: ResolvedIndex) -> None:
     them to the cache limit. Not one that was complete in the store with no mark (a full
     pull's, from before layers were marked): that may have been meant to stay."""
     try:
-        layout_of(got.index)
+        check_random_access(got.index)
     except LayerError:
         return
     kept = got.source is IndexSource.STORE and not store.cache.evictable_layer(digest)
