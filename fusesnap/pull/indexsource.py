@@ -50,6 +50,7 @@ from fusesnap.digest import Digest
 from fusesnap.errors import (
     AlreadyExistsError,
     DigestMismatchError,
+    FusesnapError,
     LayerError,
     ManifestError,
     NotFoundError,
@@ -74,6 +75,7 @@ from fusesnap.store import Store
 from fusesnap.termui import human_size
 
 __all__ = [
+    "EarlyToc",
     "FetchCounter",
     "IndexSource",
     "NoProgress",
@@ -81,6 +83,7 @@ __all__ = [
     "ResolvedIndex",
     "describe_source",
     "layer_complete",
+    "read_toc_early",
     "resolve_layer_index",
     "stream_layer",
     "toc_source",
@@ -171,6 +174,36 @@ class ResolvedIndex:
 Announce = Callable[[str], None]
 
 
+@dataclass(frozen=True, slots=True)
+class EarlyToc:
+    """A layer's TOC read before its turn: beside the image's artifact and SOCI lookups,
+    which it would otherwise follow (`read_toc_early`). ``error``: why it is unusable."""
+
+    source: IndexSource
+    index: LayerIndex | None
+    error: FusesnapError | None
+    nbytes: int
+    requests: int
+
+
+async def read_toc_early(
+    client: RegistryClient, ref: Reference, layer: Descriptor, diff_id: Digest
+) -> EarlyToc | None:
+    """The TOC ``layer``'s annotations promise, read now (None if none is promised);
+    any failure is kept for `resolve_layer_index`, which meets it only if the better
+    sources fail too."""
+    source = toc_source(layer)
+    for candidate, _applies, read in _TOC_READERS:
+        if candidate is source:
+            fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
+            try:
+                index = await read(fetch, layer=layer, diff_id=diff_id)
+            except FusesnapError as exc:
+                return EarlyToc(candidate, None, exc, fetch.nbytes, fetch.requests)
+            return EarlyToc(candidate, index, None, fetch.nbytes, fetch.requests)
+    return None
+
+
 async def resolve_layer_index(
     client: RegistryClient,
     ref: Reference,
@@ -185,12 +218,15 @@ async def resolve_layer_index(
     limits: Limits | None = None,
     announce: Announce | None = None,
     build: bool = True,
+    early_toc: EarlyToc | None = None,
 ) -> ResolvedIndex:
     """The index of ``layer`` from the best source (see the module docstring), stored;
     with ``build=False``, `NoIndexError` where the only source left is streaming it.
 
     ``artifact``: the indexes of an index artifact found for the image, if any;
-    ``soci_index``: its SOCI index, if any.
+    ``soci_index``: its SOCI index, if any; ``early_toc``: the layer's TOC as
+    `read_toc_early` read it (its bytes are the caller's to count), instead of reading
+    it here.
     ``progress``, ``counter`` and ``limits`` are for the streaming build (bytes
     received, bounds on what the layer may unpack to). ``announce(text)`` is called
     once the source is known, before a streaming build starts ("building index:
@@ -241,17 +277,26 @@ async def resolve_layer_index(
     for source, applies, read in _TOC_READERS:
         if not applies(layer):
             continue
-        fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
-        try:
-            index = await read(fetch, layer=layer, diff_id=diff_id)
-        except (LayerError, DigestMismatchError) as exc:
+        if early_toc is not None and early_toc.source is source:
+            error, nbytes = early_toc.error, early_toc.nbytes
+            if error is not None and not isinstance(error, (LayerError, DigestMismatchError)):
+                raise error
+            toc_index = early_toc.index
+        else:
+            fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
+            error, toc_index = None, None
+            try:
+                toc_index = await read(fetch, layer=layer, diff_id=diff_id)
+            except (LayerError, DigestMismatchError) as exc:
+                error = exc
             counter.add(fetch.nbytes, blobs=fetch.requests)
-            skipped.append(f"{source} TOC: {exc}")
-            log.warning("%s: cannot use its %s TOC: %s", what, source, exc)
+            nbytes = fetch.nbytes
+        if toc_index is None:
+            skipped.append(f"{source} TOC: {error}")
+            log.warning("%s: cannot use its %s TOC: %s", what, source, error)
             continue
-        counter.add(fetch.nbytes, blobs=fetch.requests)
-        index = await run_blocking(store_layer_index, store, layer, index, str(source))
-        found = ResolvedIndex(index, source, fetch.nbytes, tuple(skipped))
+        index = await run_blocking(store_layer_index, store, layer, toc_index, str(source))
+        found = ResolvedIndex(index, source, nbytes, tuple(skipped))
         say(found.describe())
         return found
     if not build:

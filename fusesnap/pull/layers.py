@@ -29,12 +29,14 @@ from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
 from fusesnap.pull.artifactfind import find_index_artifact
 from fusesnap.pull.indexsource import (
+    EarlyToc,
     FetchCounter,
     IndexSource,
     NoIndexError,
     PullProgress,
     ResolvedIndex,
     layer_complete,
+    read_toc_early,
     resolve_layer_index,
     stream_layer,
     toc_source,
@@ -129,11 +131,42 @@ class LayerJob:
         streaming a layer (its outcome is ``none``)."""
         have = {d for d in self.unique if await run_blocking(self.store.layers.exists, d)}
         wanted = [d for d in self.unique if d not in have]
-        artifact = await self._find_artifact(resolved.manifest, wanted) if wanted else None
+        # SOCI indexes gzip layers only: an image with none is not looked up. Both are
+        # looked up at once (the round trips count at mount time); SOCI's is used for
+        # the layers the artifact has no index of.
+        gzipped = [d for d in wanted if _is_gzip(self.unique[d][0])]
+        artifact: ArtifactIndexes | None = None
+        soci_index: SociIndex | None = None
+
+        async def find_artifact() -> None:
+            nonlocal artifact
+            artifact = await self._find_artifact(resolved.manifest, wanted)
+
+        async def find_soci() -> None:
+            nonlocal soci_index
+            soci_index = await self._find_soci(resolved, gzipped)
+
+        # A TOC a layer's annotations promise is read beside them too: with no artifact
+        # or zTOC (as is usual for such images) it is what is used, two round trips
+        # sooner; otherwise its bytes were spent for nothing (they are counted).
+        early: dict[Digest, EarlyToc] = {}
+
+        async def read_toc(digest: Digest) -> None:
+            found = await read_toc_early(self.client, self.ref, *self.unique[digest])
+            if found is not None:
+                early[digest] = found
+                self.counter.add(found.nbytes, blobs=found.requests)
+
+        async with trio.open_nursery() as nursery:
+            if wanted:
+                nursery.start_soon(find_artifact)
+            if gzipped:
+                nursery.start_soon(find_soci)
+            for digest in wanted:
+                if toc_source(self.unique[digest][0]) is not None:
+                    nursery.start_soon(read_toc, digest)
         found = set(artifact.indexes) if artifact is not None else set()
-        # SOCI indexes gzip layers only: an image with none is not looked up.
-        rest = [d for d in wanted if d not in found and _is_gzip(self.unique[d][0])]
-        soci_index = await self._find_soci(resolved, rest) if rest else None
+        rest = [d for d in gzipped if d not in found]
         if soci_index is not None:
             found.update(d for d in rest if d in soci_index.ztocs)
         # What will be streamed, as far as can be told before trying the sources.
@@ -161,6 +194,7 @@ class LayerJob:
                         limits=self.limits,
                         announce=lambda text: self.progress.note(f"{label}: {text}"),
                         build=build,
+                        early_toc=early.get(layer.digest),
                     )
                     await run_blocking(_mark_remote, self.store, layer.digest, got)
                     self.done[layer.digest] = _lazy_outcome(layer, got)
