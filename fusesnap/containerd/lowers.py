@@ -102,7 +102,7 @@ class LowerMounts:
                 manifest=str(top.manifest),
                 depth=depth,
             )
-            start_mount(options, zygote=self.zygote)
+            start_mount(options, zygote=self.zygote, mounted=True)
             log.info("%s: mounted chain %s (%d layers)", target, top.key[:19], depth)
             return target
 

@@ -157,9 +157,11 @@ class FuseOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, source: MountSource, *, timeout: float = CACHE_TIMEOUT) -> None:
+    def __init__(
+        self, source: MountSource | None = None, *, timeout: float = CACHE_TIMEOUT
+    ) -> None:
         super().__init__()
-        self.source = source
+        self._source = source  # may come after the mount, before `serve`
         self.timeout = timeout
         self.stats = RequestStats()
         self.lookups = LookupCounts()
@@ -170,6 +172,17 @@ class FuseOperations(pyfuse3.Operations):
         # Set when libfuse has the INIT; a task it wakes runs after the reply is sent
         # (libfuse answers in the same synchronous call), so the kernel is answering.
         self.initialized = trio.Event()
+
+    @property
+    def source(self) -> MountSource:
+        """What is served (`RuntimeError` before it is given)."""
+        if self._source is None:
+            raise RuntimeError("the filesystem has no source yet")
+        return self._source
+
+    @source.setter
+    def source(self, source: MountSource) -> None:
+        self._source = source
 
     def init(self) -> None:
         if self.on_init is not None:

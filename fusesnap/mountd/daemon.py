@@ -32,6 +32,7 @@ raised too).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -234,25 +235,10 @@ def serve_image(
             with _reported(on_ready):
                 view = open_view(store, options) if view is None else view.using(store)
                 store.leases.add_resources(lease.id, _resources(view))
-                lazy = _lazy_chunks(store, view)
-                cache = ChunkCache(
-                    store.chunks,
-                    max_bytes=options.cache_bytes,
-                    load=None if lazy is None else lazy.read,
-                    piece_size=CHUNK_FRAME_SIZE,
-                )
-                ops = FuseOperations(ImageSource(view.tree(), cache))
-                if takeover is not None:
-                    check_same_tree(previous, ops)
-                    ops.lookups.inherited = True
-                recorder = profiles.Recorder() if options.record else None
-                if recorder is not None:
-                    cache.on_access = recorder.note
-                plan = PrefetchPlan(mode=options.prefetch)
-                if lazy is not None and options.prefetch != "none":
-                    plan.profile = profiles.load(store, str(view.record.manifest_digest))
-                    if plan.profile is None and options.prefetch == "profile":
-                        log.warning("%s: no access profile recorded for this image", options.ref)
+            # Mounted before the tree is built: a starter that only needs the mount point
+            # in place (the snapshotter: containerd stacks an overlay on it) goes on, and
+            # the kernel holds the first requests until this daemon answers.
+            ops = FuseOperations()
             state = MountState(
                 mountpoint=str(target),
                 image=view.record.name,
@@ -265,14 +251,12 @@ def serve_image(
                 holder_start=None
                 if supervision is None
                 else process_start_time(supervision.holder_pid),
-                inodes=ops.source.inode_count,
             )
-            state.save(directory)
-            if takeover is not None and previous is not None:
-                with suppress(NotFoundError):  # the dead daemon's
-                    store.leases.delete(previous.lease_id)
-            mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan, store)
+            saved = False  # a takeover that fails leaves the dead daemon's state as it was
             try:
+                if takeover is None:
+                    state.save(directory)
+                    saved = True
                 with (
                     _signals_blocked(),
                     _mounted(
@@ -284,12 +268,58 @@ def serve_image(
                         takeover=takeover,
                     ),
                 ):
+                    if takeover is None:
+                        on_ready("mounted")
+                    with _reported(on_ready):
+                        mounted = _build(ops, store, view, options, state, directory, on_ready)
+                        if takeover is not None:
+                            check_same_tree(previous, ops)
+                            ops.lookups.inherited = True
+                    mounted.state.save(directory)
+                    saved = True
+                    if takeover is not None and previous is not None:
+                        with suppress(NotFoundError):  # the dead daemon's
+                            store.leases.delete(previous.lease_id)
                     trio.run(mounted.main, options)
                 log.info("%s: unmounted", target)
-                if recorder is not None:
-                    _save_profile(store, view, recorder)
+                if mounted.recorder is not None:
+                    _save_profile(store, view, mounted.recorder)
             finally:
-                MountState.remove(directory)
+                if saved:
+                    MountState.remove(directory)
+
+
+def _build(
+    ops: FuseOperations,
+    store: Store,
+    view: ImageView,
+    options: DaemonOptions,
+    state: MountState,
+    directory: Path,
+    on_ready: Callable[[str], None],
+) -> _Mounted:
+    """Give ``ops`` the image's tree to serve; the daemon's trio side, with its state
+    (``state`` and the tree's inode count), reads and prefetch plan."""
+    lazy = _lazy_chunks(store, view)
+    cache = ChunkCache(
+        store.chunks,
+        max_bytes=options.cache_bytes,
+        load=None if lazy is None else lazy.read,
+        piece_size=CHUNK_FRAME_SIZE,
+    )
+    ops.source = ImageSource(view.tree(), cache)
+    recorder = profiles.Recorder() if options.record else None
+    if recorder is not None:
+        cache.on_access = recorder.note
+    plan = PrefetchPlan(mode=options.prefetch)
+    if lazy is not None and options.prefetch != "none":
+        plan.profile = profiles.load(store, str(view.record.manifest_digest))
+        if plan.profile is None and options.prefetch == "profile":
+            log.warning("%s: no access profile recorded for this image", options.ref)
+    state = dataclasses.replace(state, inodes=ops.source.inode_count)
+    mounted = _Mounted(ops, cache, state, directory, on_ready, lazy, plan, store)
+    mounted.recorder = recorder
+    return mounted
 
 
 # Seconds for libfuse to have the connection's INIT (it is queued when mounted).
@@ -336,6 +366,7 @@ class _Mounted:
         self.ops, self.cache, self.state, self.directory = ops, cache, state, directory
         self.on_ready, self.lazy, self.plan, self.store = on_ready, lazy, plan, store
         self.tasks: SideTasks | None = None
+        self.recorder: profiles.Recorder | None = None  # records an access profile
 
     async def main(self, options: DaemonOptions) -> None:
         if self.lazy is None:

@@ -47,7 +47,7 @@ from fusesnap.image import ImageView
 from fusesnap.mountd.control import query
 from fusesnap.mountd.daemon import serve_image
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, mount_info
-from fusesnap.mountd.options import DaemonOptions, Supervision
+from fusesnap.mountd.options import MOUNTED, DaemonOptions, Supervision
 from fusesnap.mountd.state import (
     CONTROL_SOCKET,
     MountState,
@@ -85,7 +85,7 @@ def hold(options: DaemonOptions, ready_fd: int, view: ImageView | None = None) -
     for sig in _PASSED_ON:
         signal.signal(sig, holder.on_stop)
     signal.signal(signal.SIGUSR1, holder.on_restart)
-    message, code = holder.first(view)
+    message, code = holder.first(view, ready_fd)
     with suppress(OSError):
         os.write(ready_fd, message.encode() + b"\n" if message else b"")
     os.close(ready_fd)
@@ -187,9 +187,10 @@ class _Holder:
 
     # The daemons.
 
-    def first(self, view: ImageView | None) -> tuple[str, int]:
-        """Fork the daemon that mounts; its first line (``ready``, ``error: ...``, or ""
-        if it exited first) and, if that is not ``ready``, its exit code."""
+    def first(self, view: ImageView | None, ready_fd: int) -> tuple[str, int]:
+        """Fork the daemon that mounts; its last line (``ready``, ``error: ...``, or ""
+        if it exited first) and, if that is not ``ready``, its exit code. A ``mounted``
+        line before it is passed on to the starter on ``ready_fd`` at once."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
@@ -201,7 +202,12 @@ class _Holder:
         theirs.close()
         self.child = pid
         with ours:
+            deadline = time.monotonic() + FIRST_READY_TIMEOUT
             message = self._wait_ready(ours, FIRST_READY_TIMEOUT)
+            if message == MOUNTED:
+                with suppress(OSError):  # a starter that waits for "ready" only skips it
+                    os.write(ready_fd, f"{MOUNTED}\n".encode())
+                message = self._wait_ready(ours, max(deadline - time.monotonic(), 0.0))
         if message == "ready" and self.fuse_fd < 0:
             log.error("the daemon said ready but handed over no connection")
         if message != "ready" or self.fuse_fd < 0:

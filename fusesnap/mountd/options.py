@@ -12,7 +12,7 @@ from typing import Any
 from fusesnap.fuse import DEFAULT_MAX_BYTES
 from fusesnap.registry import DEFAULT_HOSTS_DIRS, RegistryOptions
 
-__all__ = ["PREFETCH_MODES", "DaemonOptions", "ReadyPipe", "Supervision"]
+__all__ = ["MOUNTED", "PREFETCH_MODES", "DaemonOptions", "ReadyPipe", "Supervision"]
 
 PREFETCH_MODES = ("none", "auto", "profile", "all")
 
@@ -82,20 +82,29 @@ class DaemonOptions:
             raise ValueError(f"daemon options: {exc}") from None
 
 
+# Said (`ReadyPipe`) once the kernel mount is in place, before the tree is built; requests
+# wait in the kernel until ``ready``.
+MOUNTED = "mounted"
+
+
 class ReadyPipe:
-    """``on_ready`` for a daemon whose starter waits on pipe ``fd``: the first message
-    (``ready`` or ``error: ...``) is written as one line, then the pipe is closed."""
+    """``on_ready`` for a daemon whose starter waits on pipe ``fd``: each message is
+    written as one line; after the last (``ready`` or ``error: ...``; ``mounted``, the
+    kernel mount in place, may come before them) the pipe is closed."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
     def __call__(self, message: str) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:  # once: the fd is closed after the first line (and its number reused)
+        fd = self._fd
+        if fd is None:  # the fd is closed after the last line (and its number reused)
             return
+        if message != MOUNTED:
+            self._fd = None
         try:
             os.write(fd, message.encode() + b"\n")
-            os.close(fd)
+            if message != MOUNTED:
+                os.close(fd)
         except OSError:
             pass  # the starter is gone: serve anyway, umount still works
 

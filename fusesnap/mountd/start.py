@@ -52,7 +52,7 @@ from fusesnap.mountd.mountpoint import (
     is_stale,
     mount_info,
 )
-from fusesnap.mountd.options import DaemonOptions, Supervision
+from fusesnap.mountd.options import MOUNTED, DaemonOptions, Supervision
 from fusesnap.mountd.state import (
     CONTROL_SOCKET,
     DAEMON_LOG,
@@ -79,8 +79,12 @@ def start_mount(
     view: ImageView | None = None,
     timeout: float = READY_TIMEOUT,
     zygote: Zygote | None = None,
+    mounted: bool = False,
 ) -> MountState:
-    """Mount the image of ``options`` by a background daemon; return once it serves.
+    """Mount the image of ``options`` by a background daemon; return once it serves,
+    or with ``mounted``, once the kernel mount is in place (the daemon then builds
+    the tree while the kernel holds the first requests; a failure after that leaves
+    them EIO).
 
     ``view``: the image, already checked by the caller (`check_image`) and its tree built
     while the caller's store was open (the forked daemon serves that tree). ``zygote``:
@@ -108,12 +112,12 @@ def start_mount(
             proc = _Forked(options, view, write_end, read_end, log_path)
         os.close(write_end)
         write_end = -1
-        message = _wait_ready(read_end, proc, timeout)
+        message = _wait_ready(read_end, proc, timeout, mounted=mounted)
     finally:
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
-    if message == "ready":
+    if message == "ready" or (mounted and message == MOUNTED):
         state = MountState.load(directory)
         if state is None:
             raise MountError(f"{target}: the daemon said ready but left no state")
@@ -276,15 +280,19 @@ def daemon_child(
         os._exit(code)
 
 
-def _wait_ready(fd: int, proc: _Daemon, timeout: float) -> str:
-    """The daemon's first line on ``fd`` after its ``pid N`` line (a forked daemon's);
-    "" if it closed the pipe (exited) first."""
+def _wait_ready(fd: int, proc: _Daemon, timeout: float, *, mounted: bool = False) -> str:
+    """The daemon's first line on ``fd`` after its ``pid N`` line (a forked daemon's)
+    and, unless ``mounted``, its ``mounted`` line; "" if it closed the pipe (exited)
+    first."""
     deadline = time.monotonic() + timeout
     data = b""
     while True:
         line, newline, rest = data.partition(b"\n")
         if newline and line.startswith(b"pid ") and isinstance(proc, _Announced):
             proc.pid = int(line[4:])
+            data = rest
+            continue
+        if newline and line.strip() == MOUNTED.encode() and not mounted:
             data = rest
             continue
         if newline:
