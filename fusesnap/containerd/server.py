@@ -31,7 +31,7 @@ from fusesnap.containerd.service import SnapshotsService
 from fusesnap.containerd.snapshots import Snapshots
 from fusesnap.errors import FusesnapError
 from fusesnap.mountd import Zygote
-from fusesnap.registry import RegistryOptions
+from fusesnap.registry import RegistryOptions, warm_up
 from fusesnap.store import open_store
 
 __all__ = ["DEFAULT_ADDRESS", "SnapshotterOptions", "serve"]
@@ -80,6 +80,7 @@ def serve(options: SnapshotterOptions) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    warm_up()  # the first resolve, and every mount daemon the zygote forks, skip it
     zygote = Zygote()  # before the store is open and any thread runs: it forks daemons
     with closing(zygote), open_store(options.root) as store:
         metrics = Metrics()

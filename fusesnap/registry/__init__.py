@@ -13,6 +13,7 @@ global ``--insecure-registry`` / ``--ca-file`` / ``--hosts-dir`` choices to
 whatever opens a client later.
 """
 
+from fusesnap.registry._clients import warm_up
 from fusesnap.registry.client import RegistryClient, RegistryOptions, Resolved, open_registry_client
 from fusesnap.registry.credentials import Credentials, load_credentials
 from fusesnap.registry.failover import HostHealth
@@ -34,4 +35,5 @@ __all__ = [
     "load_credentials",
     "load_hosts",
     "open_registry_client",
+    "warm_up",
 ]

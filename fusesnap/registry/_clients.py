@@ -7,6 +7,7 @@ trio loop) and closed with the session.
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from fusesnap.blocking import run_blocking
 from fusesnap.errors import RegistryError
 from fusesnap.registry.hosts import RegistryHost
 
-__all__ = ["HttpClients", "tls_context"]
+__all__ = ["HttpClients", "tls_context", "warm_up"]
 
 ClientFactory = Callable[[ssl.SSLContext], httpx.AsyncClient]
 
@@ -32,6 +33,8 @@ def tls_context(
 ) -> ssl.SSLContext:
     """(blocking) A client TLS context: the system CAs plus ``ca_file`` and ``ca``, the
     ``client`` certificates, no verification with ``skip_verify``."""
+    if not ca and not client and not skip_verify and ca_file is None:
+        return _system_context()
     prefix = f"{what}: " if what else ""
     context = httpx.create_ssl_context()
     for path in (*([os.fspath(ca_file)] if ca_file is not None else []), *ca):
@@ -48,6 +51,22 @@ def tls_context(
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+@functools.cache
+def _system_context() -> ssl.SSLContext:
+    """The context of the system CAs, built once per process (reading the bundle takes
+    tens of milliseconds) and shared: it is not changed after it is built."""
+    return httpx.create_ssl_context()
+
+
+def warm_up() -> None:
+    """(blocking) Load now what the first registry client of this process would load on
+    its way to its first request: httpcore (httpx imports it when a transport is made)
+    and the system CAs. For long-lived processes, before they fork their workers."""
+    import httpcore  # noqa: F401
+
+    _system_context()
 
 
 class HttpClients:
