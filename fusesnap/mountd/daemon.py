@@ -63,7 +63,7 @@ from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
 from fusesnap.mountd.memory import limit_arenas, run_trim
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
-from fusesnap.mountd.openfetch import OpenedFiles, node_finder
+from fusesnap.mountd.openfetch import OpenedFiles
 from fusesnap.mountd.options import DaemonOptions, ReadyPipe, Supervision
 from fusesnap.mountd.state import CONTROL_SOCKET, MountState, make_state_dir, process_start_time
 from fusesnap.mountd.takeover import check_same_tree, hand_to
@@ -425,7 +425,7 @@ class _Mounted:
             if lazy is not None:
                 if plan.mode != "none":
                     assert isinstance(self.ops.source, ImageSource)
-                    opened = OpenedFiles(lazy, plan, tasks, node_finder(self.ops.source.tree))
+                    opened = OpenedFiles(lazy, plan, tasks, self.ops.source.tree)
                     self.ops.on_open = opened.fetch
                     tasks.start_soon("prefetch", run_prefetch, lazy, plan)
                 else:
