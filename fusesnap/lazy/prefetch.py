@@ -39,7 +39,6 @@ class PrefetchPlan:
     failed: int = 0
     opened_files: int = 0  # files fetched whole when opened
     linked_files: int = 0  # of which: named by an opened ELF object (its loader's next opens)
-    sibling_files: int = 0  # the small files beside opened ones, fetched with them
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -53,7 +52,6 @@ class PrefetchPlan:
             "failed": self.failed,
             "opened_files": self.opened_files,
             "linked_files": self.linked_files,
-            "sibling_files": self.sibling_files,
         }
 
 

@@ -2,9 +2,7 @@
 
 A file a process opens is fetched whole in the background (up to `OPEN_FETCH_MAX`
 bytes), in as few requests as its chunks allow: a binary or library is then paged
-in by the kernel from local chunks instead of a round trip per fault. So are the
-other files of its directory and layer, if they add up to at most `SIBLINGS_MAX`
-bytes: the modules of a package, the files of a locale, tend to be read together.
+in by the kernel from local chunks instead of a round trip per fault.
 
 If it is an ELF program or library, what its loader opens next is fetched the
 same way, side by side, instead of one registry round trip after another: its
@@ -31,7 +29,7 @@ from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
 from fusesnap.lazy import LazyChunks, PrefetchPlan, PrefetchResult
 from fusesnap.mountd.guard import SideTasks
 
-__all__ = ["OPEN_FETCH_MAX", "SIBLINGS_MAX", "OpenedFiles"]
+__all__ = ["OPEN_FETCH_MAX", "OpenedFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +37,6 @@ log = logging.getLogger(__name__)
 OPEN_FETCH_MAX = 16 << 20
 
 LD_SO_CACHE = "/etc/ld.so.cache"
-
-# A directory whose files (of the opened one's layer) add up to at most this many bytes
-# has them all fetched when one is opened.
-SIBLINGS_MAX = 1 << 20
 
 
 class OpenedFiles:
@@ -53,12 +47,10 @@ class OpenedFiles:
     ) -> None:
         self._lazy, self._plan, self._tasks, self._tree = lazy, plan, tasks, tree
         self._seen: set[int] = set()
-        self._dirs: set[int] = set()  # whose small files were fetched
 
     def fetch(self, node: Node) -> None:
-        """A process opened ``node``: fetch it whole, and its small siblings."""
+        """A process opened ``node``: fetch it whole."""
         self._fetch_file(node)
-        self._fetch_siblings(node)
 
     def _fetch_file(self, node: Node) -> None:
         entry = node.entry
@@ -67,45 +59,6 @@ class OpenedFiles:
         self._seen.add(node.ino)
         what = f"fetching opened file {entry.path}"
         self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], entry)
-
-    def _fetch_siblings(self, node: Node) -> None:
-        """The other files of ``node``'s directory and layer, if they add up to at most
-        `SIBLINGS_MAX` bytes: a small directory's files tend to be read together (a
-        package's modules, a locale's files); a big one's are a guess."""
-        try:
-            directory = self._tree.lookup(posixpath.dirname(self._tree.path_of(node.ino)))
-        except FusesnapError:
-            return
-        if directory.ino in self._dirs or directory.children is None:
-            return
-        self._dirs.add(directory.ino)
-        found: list[Node] = []
-        total = 0
-        for ino in directory.children.values():
-            child = self._tree.node(ino)
-            if child.layer != node.layer or child.entry.type is not EntryType.FILE:
-                continue
-            total += child.entry.size
-            if total > SIBLINGS_MAX:
-                return
-            if child.ino not in self._seen and child.entry.chunks:
-                found.append(child)
-        if found:
-            self._seen.update(n.ino for n in found)
-            index = self._lazy.indexes[node.layer]
-            what = f"fetching the small files beside {node.entry.path}"
-            self._tasks.start_soon(what, self._siblings, index, [n.entry for n in found])
-
-    async def _siblings(self, index: LayerIndex, entries: list[Entry]) -> None:
-        assert self._lazy.fetcher is not None
-        try:
-            result = await self._lazy.fetcher.prefetch(index, entries)
-        except FusesnapError as exc:  # the reads will say it
-            log.debug("fetching %d small files: %s", len(entries), exc)
-            return
-        self._plan.sibling_files += len(entries)
-        self._plan.fetched += result.fetched
-        self._plan.failed += result.failed
 
     def _node_of(self, path: str) -> Node:
         return resolve(self._tree, path)

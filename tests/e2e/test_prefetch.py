@@ -200,7 +200,7 @@ def test_an_opened_program_brings_its_interpreter_and_libraries(
         prefetch = _settled(root, mnt, "linked_files", len(libs))
         assert prefetch["linked_files"] == len(libs), prefetch  # libc's needs are no new ones
         faulty.reset()
-        for lib in libs[1:]:  # (opening etc/ld.so.cache would fetch its small neighbours)
+        for lib in libs:
             assert _sha(mnt / lib) == _sha(rootfs / lib), lib
         assert faulty.bytes_sent("blob") == 0, faulty.records
         faulty.reset()
@@ -208,28 +208,3 @@ def test_an_opened_program_brings_its_interpreter_and_libraries(
             rootfs / "usr/lib/x86_64-linux-gnu/libbz2.so.1.0"
         )
         assert faulty.bytes_sent("blob") > 0  # not needed by python3: not fetched
-
-
-def test_an_opened_file_brings_the_small_files_beside_it(
-    registry: Any, faulty: FaultProxy, tmp_path: Path
-) -> None:
-    img = build_and_push_estargz("debian", registry)
-    ref = img.ref.replace(img.host, faulty.host)
-    rootfs = img.unpack(tmp_path / "unpacked")
-    root, mnt = tmp_path / "store", tmp_path / "mnt"
-    small = "usr/lib/python3.11/encodings/__pycache__"  # about 600 kB in all
-    big = "usr/lib/python3.11/__pycache__"  # over a megabyte: a guess, not fetched
-    with mounted(root, ref, mnt):
-        for directory in (small, big):
-            first = sorted(p.name for p in (rootfs / directory).iterdir())[0]
-            (mnt / directory / first).read_bytes()
-        siblings = len(list((rootfs / small).iterdir())) - 1
-        prefetch = _settled(root, mnt, "sibling_files", siblings)
-        assert prefetch["sibling_files"] == siblings, prefetch
-        faulty.reset()
-        for path in sorted((rootfs / small).iterdir()):
-            assert _sha(mnt / small / path.name) == _sha(path), path
-        assert faulty.bytes_sent("blob") == 0, faulty.records
-        last = sorted(p.name for p in (rootfs / big).iterdir())[-1]
-        assert _sha(mnt / big / last) == _sha(rootfs / big / last)
-        assert faulty.bytes_sent("blob") > 0
