@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "HEADER_SIZE",
     "MAX_DYNAMIC",
+    "MAX_PROGRAM_HEADERS",
     "MAX_STRTAB",
     "Dynamic",
     "ElfHeader",
@@ -35,6 +36,7 @@ __all__ = [
 
 HEADER_SIZE = 64  # an ELF64 header; an ELF32 one is 52
 MAX_PHNUM = 128
+MAX_PROGRAM_HEADERS = 64 << 10  # bytes of program headers read at most
 MAX_DYNAMIC = 64 << 10  # bytes of PT_DYNAMIC read at most
 MAX_STRTAB = 1 << 20  # bytes of the dynamic string table read at most
 MAX_NEEDED = 256

@@ -11,11 +11,13 @@ In order:
 3. take a lease owned by this process on the image's manifest, config and
    layers, so ``gc`` spares them while it runs (a killed daemon's lease dies
    with it);
-4. build the merged tree, mount it (``ro``, ``default_permissions``), and
-   answer FUSE requests on one trio loop; beside it, under one guard
-   (`fusesnap.mountd.guard`: a failure is logged, the mount serves on), the
-   control socket, the cache's read-ahead, and on a lazy mount, once ready,
-   the background fetches (`fusesnap.lazy.prefetch`; files as they are opened);
+4. mount (``ro``, ``default_permissions``), build the merged tree (the kernel
+   holds requests until it is served), and answer FUSE requests on one trio
+   loop; beside it, under one guard (`fusesnap.mountd.guard`: a failure is
+   logged, the mount serves on), the control socket, the cache's read-ahead,
+   and on a lazy mount, once ready, the background fetches
+   (`fusesnap.lazy.prefetch`; files as they are opened and what the dynamic
+   loader will open next, `fusesnap.mountd.openfetch`);
 5. on SIGTERM/SIGINT/SIGHUP, or when DIR is unmounted from outside: stop,
    unmount, drop the lease, remove the state file; with ``record``, store the
    access profile of what was read (replacing the image's previous one).
@@ -25,9 +27,10 @@ the holder; a daemon the holder starts after a crash skips step 1, takes the
 mounted connection over instead of mounting (`fusesnap.mountd.takeover`), and
 replaces the dead daemon's state and lease.
 
-Readiness: ``on_ready("ready")`` once the kernel can send requests, or
-``on_ready("error: ...")`` if a step before that failed (then the error is
-raised too).
+Readiness: ``on_ready("mounted")`` once the kernel mount is in place (a new
+mount's, not a takeover's), then ``on_ready("ready")`` once libfuse has answered
+the kernel's INIT and requests are served, or ``on_ready("error: ...")`` if a
+step before that failed (then the error is raised too).
 """
 
 from __future__ import annotations

@@ -97,14 +97,20 @@ class OpenedFiles:
 
     async def _head(self, index: LayerIndex, entry: Entry, results: list[PrefetchResult]) -> None:
         await self._fetch(index, entry.chunks[:1], entry, results)
-        if results and not results[-1].failed:
-            header = await self._header(entry)
-            if header is not None and header[1].interp is not None:
-                raw = await self._read(entry, *header[1].interp)
-                name = elfs.string_at(raw, 0)
-                if name is not None and name.startswith("/"):
-                    self._follow(name)
-                    self._follow(LD_SO_CACHE)  # glibc's loader reads it first
+        if not results or results[-1].failed:
+            return
+        header = await self._header(entry)
+        if header is None or header[1].interp is None:
+            return
+        try:
+            raw = await self._read(entry, *header[1].interp)
+        except FusesnapError as exc:
+            log.debug("reading the interpreter of %s: %s", entry.path, exc)
+            return
+        name = elfs.string_at(raw, 0)
+        if name is not None and name.startswith("/"):
+            self._follow(name)
+            self._follow(LD_SO_CACHE)  # glibc's loader reads it first
 
     def _follow(self, path: str) -> None:
         """Fetch the file at ``path`` (if the image has one) as if it were opened."""
@@ -131,6 +137,8 @@ class OpenedFiles:
             if header is None:
                 return None
             size = header.program_headers_size
+            if size > elfs.MAX_PROGRAM_HEADERS:
+                return None
             return header, header.segments(await self._read(entry, header.phoff, size))
         except FusesnapError as exc:
             log.debug("reading the ELF headers of %s: %s", entry.path, exc)
