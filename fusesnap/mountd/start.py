@@ -83,8 +83,8 @@ def start_mount(
 ) -> MountState:
     """Mount the image of ``options`` by a background daemon; return once it serves,
     or with ``mounted``, once the kernel mount is in place (the daemon then builds
-    the tree while the kernel holds the first requests; a failure after that leaves
-    them EIO).
+    the tree while the kernel holds the first requests; if that fails, the daemon
+    takes the mount down and says why in its log, and those requests fail).
 
     ``view``: the image, already checked by the caller (`check_image`) and its tree built
     while the caller's store was open (the forked daemon serves that tree). ``zygote``:
