@@ -38,6 +38,9 @@ OPEN_FETCH_MAX = 16 << 20
 
 LD_SO_CACHE = "/etc/ld.so.cache"
 
+# An ELF object's header and its program headers.
+_Headers = tuple[elfs.ElfHeader, elfs.Segments]
+
 
 class OpenedFiles:
     """`fetch` is the mount's ``on_open``: see the module docstring."""
@@ -68,15 +71,17 @@ class OpenedFiles:
         # and they name the interpreter, which can then come beside the rest.
         rest = entry.chunks[1:]
         results: list[PrefetchResult] = []
+        headers: list[_Headers] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._head, index, entry, results)
+            nursery.start_soon(self._head, index, entry, results, headers)
             if rest:
                 nursery.start_soon(self._fetch, index, rest, entry, results)
         if len(results) < 1 + bool(rest) or any(r.failed for r in results):
             return
         self._plan.opened_files += 1
-        for path in await self._libraries(entry):
-            self._follow(path)
+        if headers:
+            for node in await self._libraries(entry, *headers[0]):
+                self._follow_node(node)
 
     async def _fetch(
         self,
@@ -95,15 +100,26 @@ class OpenedFiles:
         self._plan.failed += result.failed
         results.append(result)
 
-    async def _head(self, index: LayerIndex, entry: Entry, results: list[PrefetchResult]) -> None:
+    async def _head(
+        self,
+        index: LayerIndex,
+        entry: Entry,
+        results: list[PrefetchResult],
+        headers: list[_Headers],
+    ) -> None:
+        """Fetch the first chunk; if it starts an ELF object, keep its headers in
+        ``headers`` and fetch the interpreter it names, and ld.so.cache."""
         await self._fetch(index, entry.chunks[:1], entry, results)
         if not results or results[-1].failed:
             return
-        header = await self._header(entry)
-        if header is None or header[1].interp is None:
+        found = await self._headers(entry)
+        if found is None:
+            return
+        headers.append(found)
+        if found[1].interp is None:
             return
         try:
-            raw = await self._read(entry, *header[1].interp)
+            raw = await self._read(entry, *found[1].interp)
         except FusesnapError as exc:
             log.debug("reading the interpreter of %s: %s", entry.path, exc)
             return
@@ -118,6 +134,9 @@ class OpenedFiles:
             node = self._node_of(path)
         except FusesnapError:
             return
+        self._follow_node(node)
+
+    def _follow_node(self, node: Node) -> None:
         if node.entry.type is EntryType.FILE and node.ino not in self._seen:
             self._plan.linked_files += 1
             self._fetch_file(node)
@@ -130,7 +149,7 @@ class OpenedFiles:
             parts.append(data[lo - start : hi - start])
         return b"".join(parts)
 
-    async def _header(self, entry: Entry) -> tuple[elfs.ElfHeader, elfs.Segments] | None:
+    async def _headers(self, entry: Entry) -> _Headers | None:
         """``entry``'s ELF header and program headers, if it is an ELF object."""
         try:
             header = elfs.parse_header(await self._read(entry, 0, elfs.HEADER_SIZE))
@@ -144,16 +163,15 @@ class OpenedFiles:
             log.debug("reading the ELF headers of %s: %s", entry.path, exc)
             return None
 
-    async def _libraries(self, entry: Entry) -> list[str]:
-        """The libraries the loader opens for ``entry`` (if it is a dynamic ELF object),
-        each as the first of its candidates in search order that the image has."""
-        found = await self._header(entry)
-        if found is None or found[1].dynamic is None:
+    async def _libraries(
+        self, entry: Entry, header: elfs.ElfHeader, segments: elfs.Segments
+    ) -> list[Node]:
+        """The libraries the loader opens for ELF object ``entry``, each as the first of
+        its candidates in search order that the image has."""
+        if segments.dynamic is None:
             return []
-        header, segments = found
-        where = found[1].dynamic
         try:
-            dynamic = header.dynamic(await self._read(entry, *where))
+            dynamic = header.dynamic(await self._read(entry, *segments.dynamic))
             table_at = None if dynamic.strtab is None else segments.file_offset(dynamic.strtab)
             if table_at is None or not dynamic.needed:
                 return []
@@ -166,17 +184,17 @@ class OpenedFiles:
         origin = posixpath.dirname("/" + entry.path.lstrip("/"))
         out = []
         for candidates in elfs.library_candidates(needed, runpath, origin, header.machine):
-            path = self._first_file(candidates)
-            if path is not None:
-                out.append(path)
+            node = self._first_file(candidates)
+            if node is not None:
+                out.append(node)
         return out
 
-    def _first_file(self, candidates: list[str]) -> str | None:
+    def _first_file(self, candidates: list[str]) -> Node | None:
         for path in candidates:
             try:
                 node = self._node_of(path)
             except FusesnapError:
                 continue
             if node.entry.type is EntryType.FILE:
-                return path
+                return node
         return None

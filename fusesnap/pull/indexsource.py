@@ -192,15 +192,14 @@ async def read_toc_early(
     """The TOC ``layer``'s annotations promise, read now (None if none is promised);
     any failure is kept for `resolve_layer_index`, which meets it only if the better
     sources fail too."""
-    source = toc_source(layer)
-    for candidate, _applies, read in _TOC_READERS:
-        if candidate is source:
+    for source, applies, read in _TOC_READERS:
+        if applies(layer):
             fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
             try:
                 index = await read(fetch, layer=layer, diff_id=diff_id)
             except FusesnapError as exc:
-                return EarlyToc(candidate, None, exc, fetch.nbytes, fetch.requests)
-            return EarlyToc(candidate, index, None, fetch.nbytes, fetch.requests)
+                return EarlyToc(source, None, exc, fetch.nbytes, fetch.requests)
+            return EarlyToc(source, index, None, fetch.nbytes, fetch.requests)
     return None
 
 
@@ -225,8 +224,8 @@ async def resolve_layer_index(
 
     ``artifact``: the indexes of an index artifact found for the image, if any;
     ``soci_index``: its SOCI index, if any; ``early_toc``: the layer's TOC as
-    `read_toc_early` read it (its bytes are the caller's to count), instead of reading
-    it here.
+    `read_toc_early` read it (its bytes are the caller's to count), else it is read
+    here if needed.
     ``progress``, ``counter`` and ``limits`` are for the streaming build (bytes
     received, bounds on what the layer may unpack to). ``announce(text)`` is called
     once the source is known, before a streaming build starts ("building index:
@@ -274,31 +273,22 @@ async def resolve_layer_index(
             found = ResolvedIndex(index, IndexSource.SOCI, nbytes, tuple(skipped))
             say(found.describe())
             return found
-    for source, applies, read in _TOC_READERS:
-        if not applies(layer):
-            continue
-        if early_toc is not None and early_toc.source is source:
-            error, nbytes = early_toc.error, early_toc.nbytes
-            if error is not None and not isinstance(error, (LayerError, DigestMismatchError)):
-                raise error
-            toc_index = early_toc.index
-        else:
-            fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
-            error, toc_index = None, None
-            try:
-                toc_index = await read(fetch, layer=layer, diff_id=diff_id)
-            except (LayerError, DigestMismatchError) as exc:
-                error = exc
-            counter.add(fetch.nbytes, blobs=fetch.requests)
-            nbytes = fetch.nbytes
-        if toc_index is None:
-            skipped.append(f"{source} TOC: {error}")
-            log.warning("%s: cannot use its %s TOC: %s", what, source, error)
-            continue
-        index = await run_blocking(store_layer_index, store, layer, toc_index, str(source))
-        found = ResolvedIndex(index, source, nbytes, tuple(skipped))
-        say(found.describe())
-        return found
+    toc = early_toc
+    if toc is None:
+        toc = await read_toc_early(client, ref, layer, diff_id)
+        if toc is not None:
+            counter.add(toc.nbytes, blobs=toc.requests)
+    if toc is not None:
+        if toc.index is not None:
+            index = await run_blocking(store_layer_index, store, layer, toc.index, str(toc.source))
+            found = ResolvedIndex(index, toc.source, toc.nbytes, tuple(skipped))
+            say(found.describe())
+            return found
+        if not isinstance(toc.error, (LayerError, DigestMismatchError)):
+            assert toc.error is not None
+            raise toc.error  # the registry failing: not a TOC to pass over
+        skipped.append(f"{toc.source} TOC: {toc.error}")
+        log.warning("%s: cannot use its %s TOC: %s", what, toc.source, toc.error)
     if not build:
         raise NoIndexError(
             f"{what}: no index in the store, an index artifact, a SOCI zTOC or a TOC"
