@@ -60,7 +60,6 @@ and every path re-validated.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgpack
@@ -68,11 +67,18 @@ import zstandard
 
 from fusesnap.errors import LayerError
 from fusesnap.index.checkpointcodec import decode_checkpoints, encode_checkpoints
+from fusesnap.index.chunkcodec import (
+    RowState,
+    check_chunks,
+    decode_chunks,
+    decode_frame_chunks,
+    frame_columns,
+    is_fixed_split,
+)
 from fusesnap.index.fields import Corrupt, Fields
 from fusesnap.index.model import (
     FORMAT_VERSION,
     MAGIC,
-    SHA256_SIZE,
     ChunkRef,
     Entry,
     EntryType,
@@ -118,12 +124,12 @@ def encode(index: LayerIndex) -> bytes:
         prev_path = path
         chunks: list[Any] | None = None
         if e.chunks and e.chunks[0].framed:
-            chunks, prev_cend = _frame_chunks(e, index.chunk_size, prev_cend)
+            chunks, prev_cend = frame_columns(e, index.chunk_size, prev_cend)
         elif e.chunks:
             start = e.chunks[0].offset
-            _check_chunks(e, prev_end)
+            check_chunks(e, prev_end)
             chunks = [start - prev_end, b"".join(c.digest for c in e.chunks)]
-            if not _is_fixed_split(e, start, index.chunk_size):
+            if not is_fixed_split(e, index.chunk_size):
                 chunks.append([c.length for c in e.chunks])
             prev_end = e.chunks[-1].offset + e.chunks[-1].length
         rows.append(_row(e, plen, path[plen:], chunks))
@@ -171,49 +177,20 @@ def _row(e: Entry, plen: int, suffix: bytes, chunks: list[Any] | None) -> list[A
     ]
 
 
-def _check_chunks(e: Entry, prev_end: int) -> None:
-    off = e.chunks[0].offset
-    if off < prev_end:
-        raise ValueError(f"entry {e.path!r}: chunks overlap the previous file's (not in tar order)")
-    for c in e.chunks:
-        if c.offset != off or c.length <= 0 or len(c.digest) != SHA256_SIZE or c.framed:
-            raise ValueError(f"entry {e.path!r}: chunks are not contiguous sha256 ranges")
-        off += c.length
-    if off - e.chunks[0].offset != e.size:
-        raise ValueError(f"entry {e.path!r}: chunks do not cover the file size")
-
-
-def _frame_chunks(e: Entry, chunk_size: int, prev_cend: int) -> tuple[list[Any], int]:
-    off = 0
-    deltas, clengths, inners = [], [], []
-    for c in e.chunks:
-        if not c.framed or c.clength <= 0 or c.inner < 0:
-            raise ValueError(f"entry {e.path!r}: frame chunks without a frame range")
-        if c.offset != off or c.length <= 0 or len(c.digest) != SHA256_SIZE:
-            raise ValueError(f"entry {e.path!r}: chunks are not contiguous sha256 ranges")
-        off += c.length
-        deltas.append(c.coffset - prev_cend)
-        clengths.append(c.clength)
-        inners.append(c.inner)
-        prev_cend = c.coffset + c.clength
-    if off != e.size:
-        raise ValueError(f"entry {e.path!r}: chunks do not cover the file size")
-    lengths = None if _is_fixed_split(e, 0, chunk_size) else [c.length for c in e.chunks]
-    digests = b"".join(c.digest for c in e.chunks)
-    return [None, digests, lengths, deltas, clengths, inners if any(inners) else None], prev_cend
-
-
 def _common_prefix(a: bytes, b: bytes) -> int:
-    return min(len(os.path.commonprefix([a, b])), 255)  # noqa: RUF071 - bytes, not paths
-
-
-def _is_fixed_split(e: Entry, start: int, chunk_size: int) -> bool:
-    want = _split(start, e.size, chunk_size)
-    return [(c.offset, c.length) for c in e.chunks] == want
-
-
-def _split(offset: int, size: int, chunk_size: int) -> list[tuple[int, int]]:
-    return [(offset + i, min(chunk_size, size - i)) for i in range(0, size, chunk_size)]
+    """The length of the common prefix of ``a`` and ``b``, at most 255 (bisected on
+    slices: one C comparison a step, where a byte-by-byte loop is one Python step a byte)."""
+    n = min(len(a), len(b), 255)
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 # -- decode --------------------------------------------------------------------------------
@@ -242,19 +219,6 @@ def decode(data: bytes) -> LayerIndex:
         raise LayerError(f"layer index: corrupt ({exc})") from None
 
 
-class _State:
-    """What a row is decoded against: the previous path and where the last data ended."""
-
-    def __init__(self, chunk_size: int, csize: int, usize: int, version: int) -> None:
-        self.chunk_size = chunk_size
-        self.csize = csize
-        self.usize = usize
-        self.version = version
-        self.prev_path = b""
-        self.prev_end = 0
-        self.prev_cend = 0
-
-
 def _decode_body(body: Any, version: int) -> LayerIndex:
     f = Fields(body, 10 if version == 1 else 12, "index")
     # The body's first seven fields are `LayerIndex`'s first seven, in order.
@@ -271,8 +235,8 @@ def _decode_body(body: Any, version: int) -> LayerIndex:
     checkpoints = None
     if gz is not None:
         checkpoints = decode_checkpoints(gz, compressed_size, uncompressed_size, version)
-    state = _State(chunk_size, compressed_size, uncompressed_size, version)
-    root = None if raw_root is None else _decode_row(raw_root, _State(chunk_size, 0, 0, 1), -1)
+    state = RowState(chunk_size, compressed_size, uncompressed_size, version)
+    root = None if raw_root is None else _decode_row(raw_root, RowState(chunk_size, 0, 0, 1), -1)
     entries = [_decode_row(row, state, i) for i, row in enumerate(rows)]
     return LayerIndex(
         *head, tuple(entries), checkpoints, root=root, source=source, prefetch=prefetch
@@ -291,7 +255,7 @@ def _path(raw: Any, what: str) -> str:
     raise Corrupt(f"{what}: unsafe path {path!r}")
 
 
-def _decode_row(row: Any, st: _State, i: int) -> Entry:
+def _decode_row(row: Any, st: RowState, i: int) -> Entry:
     # The hot loop of a mount's start (one call per tar entry): fields are unpacked and
     # checked in bulk rather than through `Fields`, with the same rules.
     if type(row) is not list or len(row) != 16:
@@ -326,11 +290,7 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
         raise Corrupt(f"entry {i}: bad path prefix")
     path_b = st.prev_path[:plen] + suffix
     path = path_b.decode("utf-8", "surrogateescape")
-    try:
-        ok = path == "" if i < 0 else normalize_path(path) == path != ""  # i < 0: the root
-    except ValueError:
-        ok = False
-    if not ok:
+    if not (path == "" if i < 0 else _is_normal(path)):  # i < 0: the root
         raise Corrupt(f"entry {i}: unsafe path {path!r}")
     st.prev_path = path_b
     if code >= len(_TYPES) or (i < 0 and _TYPES[code] is not EntryType.DIR):
@@ -348,9 +308,9 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
         if etype is not EntryType.FILE:
             raise Corrupt(f"entry {i}: chunks on a {etype}")
         if isinstance(raw_c, list) and raw_c and raw_c[0] is None and st.version >= 2:
-            chunks = _decode_frame_chunks(raw_c, size, st, i)
+            chunks = decode_frame_chunks(raw_c, size, st, i)
         else:
-            chunks = _decode_chunks(raw_c, size, st, i)
+            chunks = decode_chunks(raw_c, size, st, i)
     elif etype is EntryType.FILE and size:
         raise Corrupt(f"entry {i}: file without chunks")
     if mode > 0o7777 or nsec >= 10**9:
@@ -374,66 +334,15 @@ def _decode_row(row: Any, st: _State, i: int) -> Entry:
     )
 
 
-def _lengths(raw: Any, start: int, size: int, chunk_size: int, i: int) -> list[tuple[int, int]]:
-    """The (offset, length) of each chunk: the fixed split (``raw`` nil) or explicit lengths."""
-    if raw is None:
-        return _split(start, size, chunk_size)
-    if not isinstance(raw, list):
-        raise Corrupt(f"entry {i}: bad chunk lengths")
-    spans, off = [], start
-    for n in raw:
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            raise Corrupt(f"entry {i}: bad chunk length")
-        spans.append((off, n))
-        off += n
-    if off - start != size:
-        raise Corrupt(f"entry {i}: chunk lengths do not add up to the file size")
-    return spans
-
-
-def _digests(digests: bytes, n: int, i: int) -> list[bytes]:
-    if n == 0 or len(digests) != n * SHA256_SIZE:
-        raise Corrupt(f"entry {i}: chunk count does not match the file size")
-    return [digests[j * SHA256_SIZE : (j + 1) * SHA256_SIZE] for j in range(n)]
-
-
-def _decode_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, ...]:
-    if not isinstance(raw, list) or len(raw) not in (2, 3):
-        raise Corrupt(f"entry {i}: bad chunk list")
-    f = Fields(raw, len(raw), f"entry {i} chunks")
-    start, digests = st.prev_end + f.uint(), f.blob()
-    if len(digests) % SHA256_SIZE:
-        raise Corrupt(f"entry {i}: bad chunk digests")
-    spans = _lengths(f.array() if len(raw) == 3 else None, start, size, st.chunk_size, i)
-    refs = tuple(
-        ChunkRef(off, n, d)
-        for (off, n), d in zip(spans, _digests(digests, len(spans), i), strict=True)
+def _is_normal(path: str) -> bool:
+    """``normalize_path(path) == path != ""``, in a few C-level string searches: no empty,
+    ``.`` or ``..`` component, no NUL."""
+    return (
+        path != ""
+        and "\0" not in path
+        and "//" not in path
+        and path[0] != "/"
+        and path[-1] != "/"
+        and "/./" not in (wrapped := f"/{path}/")
+        and "/../" not in wrapped
     )
-    st.prev_end = start + size
-    if st.prev_end > st.usize:
-        raise Corrupt(f"entry {i}: data beyond the end of the layer")
-    return refs
-
-
-def _decode_frame_chunks(raw: Any, size: int, st: _State, i: int) -> tuple[ChunkRef, ...]:
-    f = Fields(raw, 6, f"entry {i} chunks")
-    f.any()  # the nil marker
-    digests, raw_lengths = f.blob(), f.any()
-    deltas, clengths, raw_inners = f.array(), f.array(), f.any()
-    spans = _lengths(raw_lengths, 0, size, st.chunk_size, i)
-    n = len(spans)
-    inners = [0] * n if raw_inners is None else raw_inners
-    if not isinstance(inners, list) or not len(deltas) == len(clengths) == len(inners) == n:
-        raise Corrupt(f"entry {i}: frame columns differ in length")
-    refs = []
-    for (off, length), d, delta, clen, inner in zip(
-        spans, _digests(digests, n, i), deltas, clengths, inners, strict=True
-    ):
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (delta, clen, inner)):
-            raise Corrupt(f"entry {i}: non-integer frame field")
-        coffset = st.prev_cend + delta
-        if coffset < 0 or clen <= 0 or inner < 0 or coffset + clen > st.csize:
-            raise Corrupt(f"entry {i}: frame range outside the layer blob")
-        refs.append(ChunkRef(off, length, d, coffset, clen, inner))
-        st.prev_cend = coffset + clen
-    return tuple(refs)

@@ -182,6 +182,7 @@ class _TocReader:
         self._gnames: dict[int, str] = {}
         self._types: dict[str, EntryType] = {}
         self._starts: list[int] = []
+        self._times: dict[str, tuple[int, int]] = {}
 
     def _fail(self, i: int, reason: str) -> LayerError:
         return LayerError(f"{self._what}: TOC entry {i}: {reason}")
@@ -291,28 +292,32 @@ class _TocReader:
     ) -> tuple[ChunkRef, ...]:
         refs = []
         done = 0
-        parts = [reg, *more]
+        parts = [reg, *more] if more else [reg]
+        last = len(parts) - 1
         for k, part in enumerate(parts):
-            where = f"{path!r} chunk {k}"
             if k and "name" in part and not self._same_path(part["name"], path):
-                raise self._fail(i, f"{where}: belongs to {part['name']!r}")
+                raise self._fail(i, f"{path!r} chunk {k}: belongs to {part['name']!r}")
             if self._int(part, "chunkOffset", i) != done:
-                raise self._fail(i, f"{where}: chunks are not contiguous")
+                raise self._fail(i, f"{path!r} chunk {k}: chunks are not contiguous")
             length = self._int(part, "chunkSize", i) or size - done  # 0: to the end of the file
-            if not 0 < length <= size - done or (k == len(parts) - 1 and done + length != size):
-                raise self._fail(i, f"{where}: chunk sizes do not add up to the file size")
-            raw_digest = part.get("chunkDigest") or (reg.get("digest") if len(parts) == 1 else None)
+            if not 0 < length <= size - done or (k == last and done + length != size):
+                raise self._fail(
+                    i, f"{path!r} chunk {k}: chunk sizes do not add up to the file size"
+                )
+            raw_digest = part.get("chunkDigest") or (reg.get("digest") if not last else None)
             m = _SHA256.match(raw_digest) if isinstance(raw_digest, str) else None
             if m is None:
-                raise self._fail(i, f"{where}: no sha256 chunk digest")
+                raise self._fail(i, f"{path!r} chunk {k}: no sha256 chunk digest")
             coffset = self._int(part, "offset", i)
             if coffset <= 0:
-                raise self._fail(i, f"{where}: no offset in the blob")
+                raise self._fail(i, f"{path!r} chunk {k}: no offset in the blob")
             end = self._frame_end(coffset)
-            if k == len(parts) - 1 and reg.get("endOffset"):
+            if k == last and reg.get("endOffset"):
                 end_offset = self._int(reg, "endOffset", i)
                 if not coffset < end_offset <= end:
-                    raise self._fail(i, f"{where}: endOffset {end_offset} outside its frames")
+                    raise self._fail(
+                        i, f"{path!r} chunk {k}: endOffset {end_offset} outside its frames"
+                    )
                 end = end_offset
             inner = self._int(part, "innerOffset", i)
             refs.append(
@@ -342,6 +347,8 @@ class _TocReader:
 
     def _int(self, item: Mapping[str, Any], key: str, i: int, *, hi: int = MAX_ID) -> int:
         v = item.get(key, 0)
+        if type(v) is int and 0 <= v <= hi:  # the common case, first (bool is not int here)
+            return v
         if v is None:
             return 0
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
@@ -358,10 +365,13 @@ class _TocReader:
         """Seconds and nanoseconds of an RFC 3339 time; empty or absent means 0 (eStargz)."""
         if not raw:
             return 0, 0
+        if isinstance(raw, str) and raw in self._times:  # a layer's files share few times
+            return self._times[raw]
         try:
-            return parse_rfc3339(raw)
+            self._times[raw] = parse_rfc3339(raw)
         except ValueError as exc:
             raise self._fail(i, f"modtime {exc}") from None
+        return self._times[raw]
 
     def _xattrs(self, i: int, raw: Any) -> dict[str, bytes]:
         if not raw:
