@@ -179,6 +179,9 @@ def cli(
     if not verbose:
         # httpx logs every request at INFO; keep terminals quiet unless asked.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpcore's per-event traces (a dozen lines a request) drown everything else.
+    logging.getLogger("httpcore").setLevel(logging.INFO)
+    logging.getLogger("indexed_gzip").setLevel(logging.INFO)  # a line per seek
     hosts_dirs = (
         DEFAULT_HOSTS_DIRS
         if hosts_dir is None

@@ -125,7 +125,9 @@ class SnapshotsService:
             context.abort(code, message)
             raise  # not reached: abort raises
         finally:
-            self.metrics.request(method, code.name, time.monotonic() - started)
+            took = time.monotonic() - started
+            self.metrics.request(method, code.name, took)
+            log.debug("%s %s: %s in %.1f ms", method, key, code.name, took * 1000)
 
     @staticmethod
     def _namespace(context: grpc.ServicerContext, key: str) -> str:

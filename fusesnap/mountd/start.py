@@ -152,6 +152,8 @@ def _log_to_stderr(options: DaemonOptions) -> None:
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.DEBUG if options.verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.INFO)  # its per-event traces
+    logging.getLogger("indexed_gzip").setLevel(logging.INFO)  # a line per seek
 
 
 class _Daemon(Protocol):
