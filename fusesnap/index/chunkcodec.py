@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fusesnap.index.fastbuild import new_chunk_ref
 from fusesnap.index.fields import Corrupt, Fields
 from fusesnap.index.model import SHA256_SIZE, ChunkRef, Entry
 
@@ -111,17 +112,26 @@ def _digests(digests: bytes, n: int, i: int) -> list[bytes]:
 
 
 def decode_chunks(raw: Any, size: int, st: RowState, i: int) -> tuple[ChunkRef, ...]:
-    if not isinstance(raw, list) or len(raw) not in (2, 3):
+    # One call per file of a mount's start: `Fields`' checks, inline.
+    if type(raw) is not list or len(raw) not in (2, 3):
         raise Corrupt(f"entry {i}: bad chunk list")
-    f = Fields(raw, len(raw), f"entry {i} chunks")
-    start, digests = st.prev_end + f.uint(), f.blob()
-    if len(digests) % SHA256_SIZE:
+    gap, digests = raw[0], raw[1]
+    if type(gap) is not int or gap < 0:  # not bool either
+        raise Corrupt(f"entry {i} chunks: want an unsigned integer")
+    if type(digests) is not bytes or len(digests) % SHA256_SIZE:
         raise Corrupt(f"entry {i}: bad chunk digests")
-    spans = _lengths(f.array() if len(raw) == 3 else None, start, size, st.chunk_size, i)
-    refs = tuple(
-        ChunkRef(off, n, d)
-        for (off, n), d in zip(spans, _digests(digests, len(spans), i), strict=True)
-    )
+    start = st.prev_end + gap
+    if len(raw) == 3:
+        if type(raw[2]) is not list:
+            raise Corrupt(f"entry {i} chunks: want an array")
+        spans = _lengths(raw[2], start, size, st.chunk_size, i)
+    else:
+        spans = _split(start, size, st.chunk_size)
+    if len(spans) == 1 and len(digests) == SHA256_SIZE:  # most files
+        refs: tuple[ChunkRef, ...] = (new_chunk_ref(start, size, digests),)
+    else:
+        ds = _digests(digests, len(spans), i)
+        refs = tuple(new_chunk_ref(off, n, d) for (off, n), d in zip(spans, ds, strict=True))
     st.prev_end = start + size
     if st.prev_end > st.usize:
         raise Corrupt(f"entry {i}: data beyond the end of the layer")
@@ -147,6 +157,6 @@ def decode_frame_chunks(raw: Any, size: int, st: RowState, i: int) -> tuple[Chun
         coffset = st.prev_cend + delta
         if coffset < 0 or clen <= 0 or inner < 0 or coffset + clen > st.csize:
             raise Corrupt(f"entry {i}: frame range outside the layer blob")
-        refs.append(ChunkRef(off, length, d, coffset, clen, inner))
+        refs.append(new_chunk_ref(off, length, d, coffset, clen, inner))
         st.prev_cend = coffset + clen
     return tuple(refs)

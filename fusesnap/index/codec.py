@@ -75,6 +75,7 @@ from fusesnap.index.chunkcodec import (
     frame_columns,
     is_fixed_split,
 )
+from fusesnap.index.fastbuild import new_entry
 from fusesnap.index.fields import Corrupt, Fields
 from fusesnap.index.model import (
     FORMAT_VERSION,
@@ -315,7 +316,7 @@ def _decode_row(row: Any, st: RowState, i: int) -> Entry:
         raise Corrupt(f"entry {i}: file without chunks")
     if mode > 0o7777 or nsec >= 10**9:
         raise Corrupt(f"entry {i}: bad mode or mtime")
-    return Entry(
+    return new_entry(
         path,
         etype,
         mode,

@@ -46,6 +46,7 @@ from typing import Any
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
+from fusesnap.index.fastbuild import new_chunk_ref, new_entry
 from fusesnap.index.frames import decompress_frame
 from fusesnap.index.model import (
     DEFAULT_CHUNK_SIZE,
@@ -269,22 +270,22 @@ class _TocReader:
         if chunks and not size:
             raise self._fail(i, f"{name!r}: chunks of an empty file")
         mtime, nsec = self._modtime(i, item.get("modtime"))
-        return Entry(
-            path=path,
-            type=etype,
-            mode=self._int(item, "mode", i) & 0o7777,  # Go's tar modes may carry type bits
-            uid=uid,
-            gid=gid,
-            size=size,
-            mtime=mtime,
-            mtime_nsec=nsec,
-            linkname=linkname,
-            devmajor=self._int(item, "devMajor", i) if device else 0,
-            devminor=self._int(item, "devMinor", i) if device else 0,
-            xattrs=self._xattrs(i, item.get("xattrs")),
-            uname=uname,
-            gname=gname,
-            chunks=self._chunks(i, path, size, item, chunks) if size else (),
+        return new_entry(  # the constructor's fields, in order
+            path,
+            etype,
+            self._int(item, "mode", i) & 0o7777,  # Go's tar modes may carry type bits
+            uid,
+            gid,
+            size,
+            mtime,
+            nsec,
+            linkname,
+            self._int(item, "devMajor", i) if device else 0,
+            self._int(item, "devMinor", i) if device else 0,
+            self._xattrs(i, item.get("xattrs")),
+            uname,
+            gname,
+            self._chunks(i, path, size, item, chunks) if size else (),
         )
 
     def _chunks(
@@ -320,9 +321,8 @@ class _TocReader:
                     )
                 end = end_offset
             inner = self._int(part, "innerOffset", i)
-            refs.append(
-                ChunkRef(done, length, bytes.fromhex(m.group(1)), coffset, end - coffset, inner)
-            )
+            digest = bytes.fromhex(m.group(1))
+            refs.append(new_chunk_ref(done, length, digest, coffset, end - coffset, inner))
             done += length
         return tuple(refs)
 
