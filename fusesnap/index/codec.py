@@ -91,7 +91,9 @@ __all__ = ["decode", "encode"]
 
 # An encoded index is tiny next to its layer; refuse to inflate a hostile one without bound.
 _MAX_DECODED = 1 << 30
-_ZSTD_LEVEL = 9
+# Level 3 against 9, measured on the Debian image's two indexes: 2% larger, a third of the
+# time (2.8 ms against 8.6 ms for the larger), which a containerd start waits for.
+_ZSTD_LEVEL = 3
 
 _TYPE_CODES = {t: i for i, t in enumerate(EntryType)}
 _TYPES = tuple(EntryType)
