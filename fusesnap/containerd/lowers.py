@@ -97,6 +97,7 @@ class LowerMounts:
                 ref=top.source,
                 mountpoint=target,
                 allow_other=True,
+                startup_files=True,  # a container's root
                 registry=self.registry,
                 verbose=self.verbose,
                 manifest=str(top.manifest),

@@ -173,6 +173,7 @@ def create(
             ref,
             lower,
             allow_other=True,
+            startup_files=True,
             record=record_profile,
             registry=registry or RegistryOptions(),
             verbose=verbose,

@@ -56,6 +56,11 @@ class LazyChunks:
             out.setdefault(id(index), (index, []))[1].append(ref)
         return list(out.values())
 
+    @property
+    def has_landmarks(self) -> bool:
+        """Whether some layer names eStargz landmark files (`landmarks`)."""
+        return any(index.prefetch for index in self.indexes)
+
     def landmarks(self) -> list[tuple[LayerIndex, list[Entry]]]:
         """Per layer with eStargz landmarks (`LayerIndex.prefetch`), those files' entries."""
         out: list[tuple[LayerIndex, list[Entry]]] = []

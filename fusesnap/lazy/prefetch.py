@@ -31,6 +31,7 @@ class PrefetchPlan:
 
     mode: str = "auto"
     profile: profiles.AccessProfile | None = None
+    startup: bool = False  # a container's root: what every start reads may come ahead
     state: str = "idle"  # idle -> running -> done; "done" at once when all is local
     landmark_chunks: int = 0
     profile_chunks: int = 0
@@ -39,6 +40,18 @@ class PrefetchPlan:
     failed: int = 0
     opened_files: int = 0  # files fetched whole when opened
     linked_files: int = 0  # of which: named by an opened ELF object (its loader's next opens)
+    startup_files: int = 0  # of which: what every container start reads (no profile, no landmark)
+
+    def wants_startup_files(self, lazy: LazyChunks) -> bool:
+        """Whether a container's root mount should fetch what every container start reads
+        (`startup`, ``auto``): when there is nothing better to go by, no access profile
+        and no landmark files."""
+        return (
+            self.startup
+            and self.mode == "auto"
+            and self.profile is None
+            and (not lazy.has_landmarks)
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -52,6 +65,7 @@ class PrefetchPlan:
             "failed": self.failed,
             "opened_files": self.opened_files,
             "linked_files": self.linked_files,
+            "startup_files": self.startup_files,
         }
 
 

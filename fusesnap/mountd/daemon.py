@@ -314,7 +314,7 @@ def _build(
     recorder = profiles.Recorder() if options.record else None
     if recorder is not None:
         cache.on_access = recorder.note
-    plan = PrefetchPlan(mode=options.prefetch)
+    plan = PrefetchPlan(mode=options.prefetch, startup=options.startup_files)
     if lazy is not None and options.prefetch != "none":
         plan.profile = profiles.load(store, str(view.record.manifest_digest))
         if plan.profile is None and options.prefetch == "profile":
@@ -430,6 +430,8 @@ class _Mounted:
                     assert isinstance(self.ops.source, ImageSource)
                     opened = OpenedFiles(lazy, plan, tasks, self.ops.source.tree)
                     self.ops.on_open = opened.fetch
+                    if plan.wants_startup_files(lazy):
+                        opened.fetch_startup_files()
                     tasks.start_soon("prefetch", run_prefetch, lazy, plan)
                 else:
                     plan.state = "done"

@@ -29,7 +29,7 @@ from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
 from fusesnap.lazy import LazyChunks, PrefetchPlan, PrefetchResult
 from fusesnap.mountd.guard import SideTasks
 
-__all__ = ["OPEN_FETCH_MAX", "OpenedFiles"]
+__all__ = ["OPEN_FETCH_MAX", "STARTUP_FILES", "OpenedFiles"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 OPEN_FETCH_MAX = 16 << 20
 
 LD_SO_CACHE = "/etc/ld.so.cache"
+
+# What nearly every container start reads, fetched as a mount comes up when there is
+# nothing better to go by (no access profile, no landmark files): containerd reads the
+# first two to resolve a container's user and groups, and the shell, an ELF program,
+# brings the dynamic loader, ld.so.cache and the C library that every dynamically linked
+# program of the image loads. A file the image lacks is skipped.
+STARTUP_FILES = ("/etc/passwd", "/etc/group", "/bin/sh")
 
 # An ELF object's header and its program headers.
 _Headers = tuple[elfs.ElfHeader, elfs.Segments]
@@ -54,6 +61,17 @@ class OpenedFiles:
     def fetch(self, node: Node) -> None:
         """A process opened ``node``: fetch it whole."""
         self._fetch_file(node)
+
+    def fetch_startup_files(self) -> None:
+        """Fetch `STARTUP_FILES` (and what the shell links) as if they were opened."""
+        for path in STARTUP_FILES:
+            try:
+                node = self._node_of(path)
+            except FusesnapError:
+                continue
+            if node.entry.type is EntryType.FILE and node.ino not in self._seen:
+                self._plan.startup_files += 1
+                self._fetch_file(node)
 
     def _fetch_file(self, node: Node) -> None:
         entry = node.entry

@@ -23,7 +23,10 @@ class DaemonOptions:
 
     ``prefetch`` (`PREFETCH_MODES`): ``none`` fetches nothing ahead; ``auto`` the
     landmark files and the recorded profile, if any; ``profile`` the same, warning
-    if there is no profile; ``all`` those, then every chunk. ``record``: store the
+    if there is no profile; ``all`` those, then every chunk. ``startup_files``: the mount
+    is a container's root (``fusesnap run``, the snapshotter's lower mounts): with
+    ``auto`` and neither a profile nor landmark files, what every container start reads
+    comes ahead (`fusesnap.mountd.openfetch.STARTUP_FILES`). ``record``: store the
     access profile of this mount at unmount. ``verbose``: debug logging.
     ``manifest``: serve this manifest's layers (its bottom ``depth`` of them, 0: all),
     fetched from ``ref``, instead of the image record named ``ref`` (a snapshot chain of
@@ -36,6 +39,7 @@ class DaemonOptions:
     allow_other: bool = False
     cache_bytes: int = DEFAULT_MAX_BYTES  # the chunk LRU's memory
     prefetch: str = "auto"
+    startup_files: bool = False
     record: bool = False
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     verbose: bool = False

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fusesnap.mountd import DaemonOptions, start_mount, unmount
 from tests.e2e.cli import mounted, run
 from tools.faultproxy import FaultProxy
 from tools.images.catalog import build_and_push
@@ -208,3 +209,49 @@ def test_an_opened_program_brings_its_interpreter_and_libraries(
             rootfs / "usr/lib/x86_64-linux-gnu/libbz2.so.1.0"
         )
         assert faulty.bytes_sent("blob") > 0  # not needed by python3: not fetched
+
+
+def test_a_container_root_brings_what_every_start_reads(
+    registry: Any, faulty: FaultProxy, tmp_path: Path
+) -> None:
+    # A container's root with no profile and no landmark (fusesnap run, the snapshotter's
+    # lower mounts): containerd's /etc/passwd and /etc/group, and what the shell links,
+    # arrive before anything asks; a plain `fusesnap mount` of the same image fetches none.
+    img = build_and_push_estargz("debian", registry)  # no prioritized files: no landmark
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root, mnt = tmp_path / "store", tmp_path / "mnt"
+    mnt.mkdir()
+    run(root, "pull", "--lazy", ref)
+    startup = (
+        "etc/passwd",
+        "etc/group",
+        "usr/bin/dash",  # /bin/sh
+        "etc/ld.so.cache",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+    )
+    start_mount(DaemonOptions(root, ref, mnt, startup_files=True))
+    try:
+        prefetch = _settled(root, mnt, "opened_files", len(startup))
+        assert prefetch["startup_files"] == 3, prefetch  # passwd, group, the shell
+        assert prefetch["linked_files"] == 3, prefetch  # the loader, ld.so.cache, libc
+        assert prefetch["failed"] == 0, prefetch
+        faulty.reset()
+        for rel in startup:
+            assert _sha(mnt / rel) == _sha(rootfs / rel), rel
+        assert faulty.bytes_sent("blob") == 0, faulty.records
+        faulty.reset()
+        lib = "usr/lib/x86_64-linux-gnu/libbz2.so.1.0"
+        assert _sha(mnt / lib) == _sha(rootfs / lib)
+        assert faulty.bytes_sent("blob") > 0  # nothing else came
+    finally:
+        unmount(root, mnt)
+
+    run(root, "rmi", ref)
+    run(root, "gc")
+    with mounted(root, ref, mnt):
+        time.sleep(1.0)
+        prefetch = _stats(root, mnt)["prefetch"]
+        assert prefetch["startup_files"] == 0, prefetch
+        assert prefetch["opened_files"] == 0, prefetch
