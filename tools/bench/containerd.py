@@ -11,7 +11,9 @@ The Debian test image is pushed twice, to two repositories, each with an index a
 (``fusesnap index --push``) from a store of its own: one without an access profile, one
 with the profile a first ``fusesnap run`` of the probe recorded. It is also converted to
 eStargz (``ctr-remote image convert --estargz --oci``, `tools.images.estargz`; no
-prioritized files, so no prefetch landmark) and pushed next to the first.
+prioritized files, so no prefetch landmark) and pushed next to the first, and copied
+(``skopeo copy --preserve-digests``) to a third repository with an index artifact carrying
+a profile.
 
 Each measurement starts a private containerd (`tools.containerd.PrivateContainerd`) on a
 fresh root and state and the mode's snapshotter on a fresh directory: ``fusesnap
@@ -30,6 +32,9 @@ answer, the page cache is dropped and the clock starts. It stops when the contai
                       ctr run --rm --snapshotter stargz ESTARGZ_REF ID python3 -c 'print(1)'
     fusesnap-estargz  the fusesnap mode's commands on ESTARGZ_REF (fusesnap reads its TOCs;
                       no index artifact)
+    fusesnap-estargz+profile
+                      the same on a copy of ESTARGZ_REF in a repository of its own, whose
+                      index artifact carries the profile a first ``fusesnap run`` recorded
 
 The bytes are those the registry sent from the pull's start until ``ctr run`` exited (a
 prefetch still going at the first output counts until the container's lower mount goes).
@@ -92,6 +97,7 @@ from tools.bench.results import link_label, record
 from tools.containerd import PrivateContainerd, pull_args, unique_id
 from tools.images.catalog import PushedImage, build_and_push
 from tools.images.estargz import build_and_push_estargz
+from tools.images.push import skopeo
 
 _SUMMARY = (
     "Cold container start through containerd: overlayfs, fusesnap's snapshotter and"
@@ -306,9 +312,10 @@ def span(values: list[float]) -> str:
 
 def report(results: list[tuple[Mode, Samples]], header: list[str]) -> None:
     base = results[0][1]
+    w = max(17, *(len(mode.name) + 1 for mode, _ in results))  # the name column's width
     print("\n".join(header))
     print(
-        f"  {'mode':17s} {'seconds':>8s} {'min-max':>12s} {'pulled':>7s} "
+        f"  {'mode':{w}s} {'seconds':>8s} {'min-max':>12s} {'pulled':>7s} "
         f"{'from registry':>14s} {'speedup':>8s} {'bytes vs 1':>11s}"
     )
     for mode, r in results:
@@ -320,11 +327,11 @@ def report(results: list[tuple[Mode, Samples]], header: list[str]) -> None:
             f"{base.t / r.t:7.1f}x",
             f"{r.b / base.b:10.2f}x",
         ]
-        print(f"  {mode.name:17s} " + " ".join(cols))
+        print(f"  {mode.name:{w}s} " + " ".join(cols))
     print("  seconds: from the pull's start to the container's '1'; pulled: until the pull")
     print("  returned (medians); speedup, bytes vs 1: against the first row")
     for mode, _ in results:
-        print(f"  {mode.name + ':':17s} {mode.legend}")
+        print(f"  {mode.name + ':':{w}s} {mode.legend}")
     print("\nMarkdown rows for the README:\n")
     print("| mode | seconds (median) | min-max | MB from the registry | speed-up |")
     print("|---|---|---|---|---|")
@@ -350,6 +357,20 @@ def prepare(registry: SlowRegistry, work: Path) -> tuple[PushedImage, PushedImag
     push_index_artifact(work / "builder-profile", profiled.ref, record_profile=True)
     progress("converting it to eStargz (ctr-remote image convert --estargz --oci) ...")
     esgz = build_and_push_estargz("debian", registry.host)
+    progress("and copying that to a repository of its own, with a profile's index artifact ...")
+    esgz_profiled = f"{registry.host}/fusesnap-test/debian-estargz-profiled:estargz-oci"
+    skopeo(
+        [
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            f"docker://{esgz.ref}",
+            f"docker://{esgz_profiled}",
+        ]
+    )
+    push_index_artifact(work / "builder-estargz-profile", esgz_profiled, record_profile=True)
     rpull = "ctr-remote image rpull --snapshotter fusesnap; ctr run --snapshotter fusesnap"
     version = stargz.library_version()
     modes = [
@@ -389,6 +410,13 @@ def prepare(registry: SlowRegistry, work: Path) -> tuple[PushedImage, PushedImag
             SNAPSHOTTER,
             f"{rpull} (the eStargz image: its TOCs, no index artifact)",
             "fusesnap snapshotter, same eStargz image",
+        ),
+        Mode(
+            "fusesnap-estargz+profile",
+            esgz_profiled,
+            SNAPSHOTTER,
+            "the same eStargz image, with an index artifact carrying an access profile",
+            "fusesnap snapshotter, same eStargz image, index artifact with a profile",
         ),
     ]
     return plain, esgz, modes

@@ -35,6 +35,11 @@ START_MODES: list[tuple[str, str, str]] = [
     ("containerd + fusesnap snapshotter, eStargz image", "containerd", "fusesnap-estargz"),
     ("containerd + fusesnap snapshotter, gzip + index artifact", "containerd", "fusesnap"),
     ("containerd + fusesnap snapshotter, artifact with profile", "containerd", "fusesnap+profile"),
+    (
+        "containerd + fusesnap snapshotter, eStargz image, artifact with profile",
+        "containerd",
+        "fusesnap-estargz+profile",
+    ),
     ("`fusesnap run`, eStargz image", "startup", "run-estargz"),
     ("`fusesnap run`, gzip + index artifact", "startup", "run"),
     ("`fusesnap mount` + chroot, no profile", "startup", "lazy"),
@@ -202,6 +207,11 @@ GOALS = [
         "containerd start, with profile, vs stargz-snapshotter",
         "faster",
         _beats_stargz("fusesnap+profile"),
+    ),
+    Goal(
+        "containerd start, eStargz image with profile, vs stargz-snapshotter",
+        "faster",
+        _beats_stargz("fusesnap-estargz+profile"),
     ),
 ]
 
