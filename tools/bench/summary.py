@@ -36,7 +36,7 @@ START_MODES: list[tuple[str, str, str]] = [
     ("containerd + fusesnap snapshotter, gzip + index artifact", "containerd", "fusesnap"),
     ("containerd + fusesnap snapshotter, artifact with profile", "containerd", "fusesnap+profile"),
     (
-        "containerd + fusesnap snapshotter, eStargz image, artifact with profile",
+        "containerd + fusesnap snapshotter, eStargz + profile",
         "containerd",
         "fusesnap-estargz+profile",
     ),
