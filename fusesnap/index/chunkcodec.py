@@ -79,7 +79,7 @@ def is_fixed_split(e: Entry, chunk_size: int) -> bool:
     chunks = e.chunks
     if chunks[-1].length > chunk_size:
         return False
-    return all(c.length == chunk_size for c in chunks[:-1]) if len(chunks) > 1 else True
+    return all(c.length == chunk_size for c in chunks[:-1])
 
 
 def _split(offset: int, size: int, chunk_size: int) -> list[tuple[int, int]]:

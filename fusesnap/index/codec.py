@@ -84,7 +84,7 @@ from fusesnap.index.model import (
     Entry,
     EntryType,
     LayerIndex,
-    normalize_path,
+    is_normal_path,
 )
 
 __all__ = ["decode", "encode"]
@@ -250,12 +250,9 @@ def _path(raw: Any, what: str) -> str:
     if not isinstance(raw, bytes):
         raise Corrupt(f"{what}: want bytes")
     path = _fs(raw)
-    try:
-        if normalize_path(path) == path != "":
-            return path
-    except ValueError:
-        pass
-    raise Corrupt(f"{what}: unsafe path {path!r}")
+    if not is_normal_path(path):
+        raise Corrupt(f"{what}: unsafe path {path!r}")
+    return path
 
 
 def _decode_row(row: Any, st: RowState, i: int) -> Entry:
@@ -293,7 +290,7 @@ def _decode_row(row: Any, st: RowState, i: int) -> Entry:
         raise Corrupt(f"entry {i}: bad path prefix")
     path_b = st.prev_path[:plen] + suffix
     path = path_b.decode("utf-8", "surrogateescape")
-    if not (path == "" if i < 0 else _is_normal(path)):  # i < 0: the root
+    if not (path == "" if i < 0 else is_normal_path(path)):  # i < 0: the root
         raise Corrupt(f"entry {i}: unsafe path {path!r}")
     st.prev_path = path_b
     if code >= len(_TYPES) or (i < 0 and _TYPES[code] is not EntryType.DIR):
@@ -334,18 +331,4 @@ def _decode_row(row: Any, st: RowState, i: int) -> Entry:
         _fs(uname_b),
         _fs(gname_b),
         chunks,
-    )
-
-
-def _is_normal(path: str) -> bool:
-    """``normalize_path(path) == path != ""``, in a few C-level string searches: no empty,
-    ``.`` or ``..`` component, no NUL."""
-    return (
-        path != ""
-        and "\0" not in path
-        and "//" not in path
-        and path[0] != "/"
-        and path[-1] != "/"
-        and "/./" not in (wrapped := f"/{path}/")
-        and "/../" not in wrapped
     )

@@ -188,6 +188,9 @@ class _TocReader:
     def _fail(self, i: int, reason: str) -> LayerError:
         return LayerError(f"{self._what}: TOC entry {i}: {reason}")
 
+    def _fail_chunk(self, i: int, path: str, k: int, reason: str) -> LayerError:
+        return self._fail(i, f"{path!r} chunk {k}: {reason}")
+
     def read(self, raw: list[Any]) -> LayerIndex:
         groups: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
         starts: set[int] = set()
@@ -293,32 +296,28 @@ class _TocReader:
     ) -> tuple[ChunkRef, ...]:
         refs = []
         done = 0
-        parts = [reg, *more] if more else [reg]
+        parts = [reg, *more]
         last = len(parts) - 1
         for k, part in enumerate(parts):
             if k and "name" in part and not self._same_path(part["name"], path):
-                raise self._fail(i, f"{path!r} chunk {k}: belongs to {part['name']!r}")
+                raise self._fail_chunk(i, path, k, f"belongs to {part['name']!r}")
             if self._int(part, "chunkOffset", i) != done:
-                raise self._fail(i, f"{path!r} chunk {k}: chunks are not contiguous")
+                raise self._fail_chunk(i, path, k, "chunks are not contiguous")
             length = self._int(part, "chunkSize", i) or size - done  # 0: to the end of the file
             if not 0 < length <= size - done or (k == last and done + length != size):
-                raise self._fail(
-                    i, f"{path!r} chunk {k}: chunk sizes do not add up to the file size"
-                )
+                raise self._fail_chunk(i, path, k, "chunk sizes do not add up to the file size")
             raw_digest = part.get("chunkDigest") or (reg.get("digest") if not last else None)
             m = _SHA256.match(raw_digest) if isinstance(raw_digest, str) else None
             if m is None:
-                raise self._fail(i, f"{path!r} chunk {k}: no sha256 chunk digest")
+                raise self._fail_chunk(i, path, k, "no sha256 chunk digest")
             coffset = self._int(part, "offset", i)
             if coffset <= 0:
-                raise self._fail(i, f"{path!r} chunk {k}: no offset in the blob")
+                raise self._fail_chunk(i, path, k, "no offset in the blob")
             end = self._frame_end(coffset)
             if k == last and reg.get("endOffset"):
                 end_offset = self._int(reg, "endOffset", i)
                 if not coffset < end_offset <= end:
-                    raise self._fail(
-                        i, f"{path!r} chunk {k}: endOffset {end_offset} outside its frames"
-                    )
+                    raise self._fail_chunk(i, path, k, f"endOffset {end_offset} outside its frames")
                 end = end_offset
             inner = self._int(part, "innerOffset", i)
             digest = bytes.fromhex(m.group(1))

@@ -65,11 +65,8 @@ class OpenedFiles:
     def fetch_startup_files(self) -> None:
         """Fetch `STARTUP_FILES` (and what the shell links) as if they were opened."""
         for path in STARTUP_FILES:
-            try:
-                node = self._node_of(path)
-            except FusesnapError:
-                continue
-            if node.entry.type is EntryType.FILE and node.ino not in self._seen:
+            node = self._file_at(path)
+            if node is not None and node.ino not in self._seen:
                 self._plan.startup_files += 1
                 self._fetch_file(node)
 
@@ -81,8 +78,13 @@ class OpenedFiles:
         what = f"fetching opened file {entry.path}"
         self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], entry)
 
-    def _node_of(self, path: str) -> Node:
-        return resolve(self._tree, path)
+    def _file_at(self, path: str) -> Node | None:
+        """The regular file at ``path`` (symlinks followed), if the image has one."""
+        try:
+            node = resolve(self._tree, path)
+        except FusesnapError:
+            return None
+        return node if node.entry.type is EntryType.FILE else None
 
     async def _run(self, index: LayerIndex, entry: Entry) -> None:
         # The first chunk on its own: a program's loader wants its headers before the rest,
@@ -148,14 +150,12 @@ class OpenedFiles:
 
     def _follow(self, path: str) -> None:
         """Fetch the file at ``path`` (if the image has one) as if it were opened."""
-        try:
-            node = self._node_of(path)
-        except FusesnapError:
-            return
-        self._follow_node(node)
+        node = self._file_at(path)
+        if node is not None:
+            self._follow_node(node)
 
     def _follow_node(self, node: Node) -> None:
-        if node.entry.type is EntryType.FILE and node.ino not in self._seen:
+        if node.ino not in self._seen:
             self._plan.linked_files += 1
             self._fetch_file(node)
 
@@ -202,17 +202,7 @@ class OpenedFiles:
         origin = posixpath.dirname("/" + entry.path.lstrip("/"))
         out = []
         for candidates in elfs.library_candidates(needed, runpath, origin, header.machine):
-            node = self._first_file(candidates)
+            node = next(filter(None, map(self._file_at, candidates)), None)
             if node is not None:
                 out.append(node)
         return out
-
-    def _first_file(self, candidates: list[str]) -> Node | None:
-        for path in candidates:
-            try:
-                node = self._node_of(path)
-            except FusesnapError:
-                continue
-            if node.entry.type is EntryType.FILE:
-                return node
-        return None
