@@ -30,6 +30,7 @@ __all__ = [
     "ElfHeader",
     "Segments",
     "library_candidates",
+    "multiarch",
     "parse_header",
     "string_at",
 ]
@@ -159,6 +160,11 @@ def string_at(table: bytes, offset: int) -> str | None:
     return raw.decode("utf-8", "replace") if raw else None
 
 
+def multiarch(machine: int) -> str | None:
+    """Debian's multiarch triplet for ELF machine ``machine`` (None: not known here)."""
+    return _MULTIARCH.get(machine)
+
+
 def library_candidates(
     needed: list[str], runpath: list[str], origin: str, machine: int
 ) -> list[list[str]]:
@@ -174,7 +180,7 @@ def library_candidates(
             part = part.replace("${ORIGIN}", origin).replace("$ORIGIN", origin)
             if part.startswith("/"):
                 dirs.append(posixpath.normpath(part))
-    triplet = _MULTIARCH.get(machine)
+    triplet = multiarch(machine)
     if triplet is not None:
         dirs += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
     dirs += _DEFAULT_DIRS

@@ -41,6 +41,7 @@ class PrefetchPlan:
     opened_files: int = 0  # files fetched whole when opened
     linked_files: int = 0  # of which: named by an opened ELF object (its loader's next opens)
     startup_files: int = 0  # of which: what every container start reads (no profile, no landmark)
+    runtime_files: int = 0  # of which: what an opened language runtime reads as it starts
 
     def wants_startup_files(self, lazy: LazyChunks) -> bool:
         """Whether a container's root mount should fetch what every container start reads
@@ -66,6 +67,7 @@ class PrefetchPlan:
             "opened_files": self.opened_files,
             "linked_files": self.linked_files,
             "startup_files": self.startup_files,
+            "runtime_files": self.runtime_files,
         }
 
 

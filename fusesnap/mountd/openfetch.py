@@ -10,7 +10,9 @@ first chunk comes on its own request, and as soon as it is here the interpreter
 it names (``PT_INTERP``) and, for glibc's loader, ``/etc/ld.so.cache`` are
 fetched beside the rest of the file; once the whole file is here, its
 ``DT_NEEDED`` libraries, found as the loader finds them (`fusesnap.fs.elf`), and
-theirs in turn. Once a file; best effort (a failure here is the reads' to say).
+theirs in turn. A program that is a language runtime known to
+`fusesnap.fs.runtimes` brings the files it reads as it starts the same way,
+beside its libraries. Once a file; best effort (a failure here is the reads' to say).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 import trio
 
 from fusesnap.errors import FusesnapError
-from fusesnap.fs import MergedTree, Node, chunk_slices
+from fusesnap.fs import MergedTree, Node, chunk_slices, runtimes
 from fusesnap.fs import elf as elfs
 from fusesnap.image import resolve
 from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
@@ -40,10 +42,11 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 
 # What nearly every container start reads, fetched as a mount comes up when there is
 # nothing better to go by (no access profile, no landmark files): containerd reads the
-# first two to resolve a container's user and groups, and the shell, an ELF program,
-# brings the dynamic loader, ld.so.cache and the C library that every dynamically linked
-# program of the image loads. A file the image lacks is skipped.
-STARTUP_FILES = ("/etc/passwd", "/etc/group", "/bin/sh")
+# first two to resolve a container's user and groups; the C library reads the time zone
+# (the file the link names) for a program's first local time; and the shell, an ELF
+# program, brings the dynamic loader, ld.so.cache and the C library that every
+# dynamically linked program of the image loads. A file the image lacks is skipped.
+STARTUP_FILES = ("/etc/passwd", "/etc/group", "/etc/localtime", "/bin/sh")
 
 # An ELF object's header and its program headers.
 _Headers = tuple[elfs.ElfHeader, elfs.Segments]
@@ -147,6 +150,16 @@ class OpenedFiles:
         if name is not None and name.startswith("/"):
             self._follow(name)
             self._follow(LD_SO_CACHE)  # glibc's loader reads it first
+        self._follow_runtime(entry, found[0])
+
+    def _follow_runtime(self, entry: Entry, header: elfs.ElfHeader) -> None:
+        """If program ``entry`` is a language runtime known to `fusesnap.fs.runtimes`,
+        fetch the files it reads as it starts."""
+        for candidates in runtimes.startup_candidates("/" + entry.path.lstrip("/"), header.machine):
+            node = next(filter(None, map(self._file_at, candidates)), None)
+            if node is not None and node.ino not in self._seen:
+                self._plan.runtime_files += 1
+                self._fetch_file(node)
 
     def _follow(self, path: str) -> None:
         """Fetch the file at ``path`` (if the image has one) as if it were opened."""

@@ -182,7 +182,8 @@ def test_an_opened_file_is_fetched_whole_in_the_background(
 def test_an_opened_program_brings_its_interpreter_and_libraries(
     registry: Any, faulty: FaultProxy, tmp_path: Path
 ) -> None:
-    # The loader would open these one after another, each a round trip: they come at once.
+    # The loader would open these one after another, each a round trip: they come at once;
+    # and python3, a runtime fusesnap knows, brings what it reads before any user code.
     img = build_and_push_estargz("debian", registry)  # lazy: its TOCs are its index
     ref = img.ref.replace(img.host, faulty.host)
     rootfs = img.unpack(tmp_path / "unpacked")
@@ -195,14 +196,24 @@ def test_an_opened_program_brings_its_interpreter_and_libraries(
         "usr/lib/x86_64-linux-gnu/libexpat.so.1",
         "usr/lib/x86_64-linux-gnu/libm.so.6",
     )
+    python = "usr/lib/python3.11"
+    started = (
+        "usr/lib/locale/C.utf8/LC_CTYPE",
+        "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+        f"{python}/encodings/__pycache__/__init__.cpython-311.pyc",
+        f"{python}/encodings/__pycache__/aliases.cpython-311.pyc",
+        f"{python}/encodings/__pycache__/utf_8.cpython-311.pyc",
+        f"{python}/__pycache__/sitecustomize.cpython-311.pyc",
+    )
     with mounted(root, ref, mnt):
         with (mnt / "usr/bin/python3").open("rb") as f:
             assert f.read(4) == b"\x7fELF"
         prefetch = _settled(root, mnt, "linked_files", len(libs))
         assert prefetch["linked_files"] == len(libs), prefetch  # libc's needs are no new ones
+        assert prefetch["runtime_files"] == len(started), prefetch
         faulty.reset()
-        for lib in libs:
-            assert _sha(mnt / lib) == _sha(rootfs / lib), lib
+        for rel in (*libs, *started):
+            assert _sha(mnt / rel) == _sha(rootfs / rel), rel
         assert faulty.bytes_sent("blob") == 0, faulty.records
         faulty.reset()
         assert _sha(mnt / "usr/lib/x86_64-linux-gnu/libbz2.so.1.0") == _sha(
@@ -226,6 +237,7 @@ def test_a_container_root_brings_what_every_start_reads(
     startup = (
         "etc/passwd",
         "etc/group",
+        "usr/share/zoneinfo/Etc/UTC",  # /etc/localtime
         "usr/bin/dash",  # /bin/sh
         "etc/ld.so.cache",
         "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
@@ -234,7 +246,7 @@ def test_a_container_root_brings_what_every_start_reads(
     start_mount(DaemonOptions(root, ref, mnt, startup_files=True))
     try:
         prefetch = _settled(root, mnt, "opened_files", len(startup))
-        assert prefetch["startup_files"] == 3, prefetch  # passwd, group, the shell
+        assert prefetch["startup_files"] == 4, prefetch  # passwd, group, localtime, the shell
         assert prefetch["linked_files"] == 3, prefetch  # the loader, ld.so.cache, libc
         assert prefetch["failed"] == 0, prefetch
         faulty.reset()
