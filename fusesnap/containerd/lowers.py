@@ -86,8 +86,11 @@ class LowerMounts:
         target = self.path(top.key)
         with self._holding(top.key):
             if self.is_live(top.key):
-                if wait_serving(self.root, target):  # its holder may be restarting the daemon
-                    return target  # adopted, or started before
+                # Adopted, or started before (perhaps still building its tree: the kernel
+                # holds the container's requests until it answers); its holder may be
+                # bringing a new daemon.
+                if wait_serving(self.root, target, starting=True):
+                    return target
                 log.warning("%s: the lower mount has no daemon; mounting again", target)
                 with suppress(MountError):  # stale, or failed (EIO): detached
                     unmount(self.root, target, lazy=True)

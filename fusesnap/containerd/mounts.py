@@ -7,7 +7,7 @@ and ends the list (it holds every layer under it). Without parents an active
 snapshot is a bind mount of its dir; a view with one lower dir is a read-only
 bind mount of it, with several a read-only overlay. A lower mount is started by
 the first snapshot on its chain, or ahead of it (`warm`) once a pull has made
-the chain remote, so that a container's start finds it serving (and its
+the chain remote, so that a container's start finds it mounted (and its
 prefetch under way); it is released (`release_unused`) once no active snapshot
 or view stands on it, or, warmed and never used, after `WARM_GRACE` seconds or
 once the chain's snapshots are gone. One lock keeps starting and releasing

@@ -19,7 +19,9 @@ these through `fusesnap.blocking.run_blocking`; the range reads around the TOC
 parsers are `fusesnap.pull`'s (module `tocs`).
 """
 
-from fusesnap.index import estargz, gzipindex, soci, zstdchunked, ztoc, ztocwrite
+# codec with the package: model binds it late (it imports model), and every mount and
+# pull encodes or decodes an index (a long-lived process then forks with it loaded).
+from fusesnap.index import codec, estargz, gzipindex, soci, zstdchunked, ztoc, ztocwrite
 from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION
 from fusesnap.index.frames import decompress_frame
 from fusesnap.index.model import (
@@ -50,6 +52,7 @@ __all__ = [
     "LayerIndex",
     "Limits",
     "build_index",
+    "codec",
     "decode",
     "decompress_frame",
     "encode",

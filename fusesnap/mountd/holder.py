@@ -142,11 +142,20 @@ def hand_over(
     raise MountError(f"{target}: no new daemon within {timeout:.0f}s (see its log)")
 
 
-def wait_serving(root: Path, mountpoint: str | os.PathLike[str], *, timeout: float = 60.0) -> bool:
+def wait_serving(
+    root: Path,
+    mountpoint: str | os.PathLike[str],
+    *,
+    timeout: float = 60.0,
+    starting: bool = False,
+) -> bool:
     """Whether a daemon serves the mount at ``mountpoint``, waiting while its holder
-    brings one back; False at once if there is no holder or it gave up."""
+    brings one back; False at once if there is no holder or it gave up. With
+    ``starting``, the mount's first daemon alive and still building its tree counts:
+    the kernel holds the mount's requests until it answers."""
     directory = state_dir(root, absolute_path(mountpoint))
     deadline = time.monotonic() + timeout
+    pause = 0.005
     while True:
         with suppress(MountError):
             query(directory / CONTROL_SOCKET)
@@ -154,9 +163,12 @@ def wait_serving(root: Path, mountpoint: str | os.PathLike[str], *, timeout: flo
         state = MountState.load(directory)
         if state is None or not state.holder_alive() or failure(directory) is not None:
             return False
+        if starting and state.daemon_alive():
+            return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.1)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 class _Holder:

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from fusesnap.mountd.control import query, serve_control
+from fusesnap.mountd.holder import wait_serving
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
 from fusesnap.mountd.state import MountState, state_dir
 from fusesnap.process import process_start_time
@@ -121,3 +122,28 @@ def test_the_state_directory_is_private(tmp_path: Path) -> None:
     directory = make_state_dir(tmp_path / "root", tmp_path / "m")
     assert directory.is_dir()
     assert directory.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_wait_serving_counts_a_first_daemon_still_building_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    # A mount whose daemon is alive but not serving yet (no control socket): the kernel
+    # holds requests until it answers, so a caller that only needs the mount in place
+    # (containerd stacking an overlay) goes on; one that needs it serving waits.
+    (tmp_path / "m").mkdir()
+    directory = state_dir(tmp_path, tmp_path / "m")
+    directory.mkdir(parents=True)
+    me = os.getpid(), process_start_time(os.getpid())
+    state = MountState(
+        mountpoint=str(tmp_path / "m"), image="img", manifest_digest="sha256:" + "0" * 64,
+        pid=me[0], pid_start=me[1], lease_id="lease-1", started=time.time(),
+        holder_pid=me[0], holder_start=me[1],
+    )  # fmt: skip
+    state.save(directory)
+    assert wait_serving(tmp_path, tmp_path / "m", starting=True)
+    started = time.monotonic()
+    assert not wait_serving(tmp_path, tmp_path / "m", timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+    # A dead daemon under a live holder (one being brought back) is waited for.
+    dataclasses.replace(state, pid_start=1).save(directory)
+    assert not wait_serving(tmp_path, tmp_path / "m", timeout=0.3, starting=True)
