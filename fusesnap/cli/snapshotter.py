@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from fusesnap.cli.app import Context, cli, pass_ctx
-from fusesnap.containerd import DEFAULT_ADDRESS, SnapshotterOptions, serve
+from fusesnap.containerd import DEFAULT_ADDRESS, SnapshotterOptions
 
 
 @cli.command()
@@ -38,6 +38,8 @@ def snapshotter(
     """Serve as containerd's remote snapshotter until SIGTERM (containerd's config:
     [proxy_plugins.fusesnap] type = "snapshot", address = ADDRESS). Layers with an
     index anywhere are served lazily; others are unpacked by containerd as usual."""
+    from fusesnap.containerd import serve  # loads grpc: this command only
+
     if not c.verbose:
         logging.getLogger("fusesnap").setLevel(logging.INFO)
     options = SnapshotterOptions(

@@ -18,7 +18,6 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -26,34 +25,25 @@ import grpc
 from fusesnap.containerd import api
 from fusesnap.containerd.lowers import LowerMounts
 from fusesnap.containerd.metrics import Metrics
+from fusesnap.containerd.options import SnapshotterOptions
 from fusesnap.containerd.remote import RemoteImages
 from fusesnap.containerd.service import SnapshotsService
 from fusesnap.containerd.snapshots import Snapshots
 from fusesnap.errors import FusesnapError
 from fusesnap.mountd import Zygote
-from fusesnap.registry import RegistryOptions, warm_up
+from fusesnap.registry import warm_up
 from fusesnap.store import open_store
 
-__all__ = ["DEFAULT_ADDRESS", "SnapshotterOptions", "serve"]
+__all__ = ["serve"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = Path("/run/fusesnap/snapshotter.sock")
 WORKERS = 16
 STOP_GRACE = 5.0
 
 
 class AddressInUseError(FusesnapError):
     """Another process serves on the socket already."""
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotterOptions:
-    root: Path
-    address: Path = DEFAULT_ADDRESS
-    metrics_address: str | None = None
-    registry: RegistryOptions = field(default_factory=RegistryOptions)
-    verbose: bool = False
 
 
 def _claim_socket(path: Path) -> None:
