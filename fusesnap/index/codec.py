@@ -93,7 +93,7 @@ __all__ = ["decode", "encode"]
 _MAX_DECODED = 1 << 30
 # Level 3 against 9, measured on the Debian image's two indexes: 2% larger, a third of the
 # time (2.8 ms against 8.6 ms for the larger), which a containerd start waits for.
-_ZSTD_LEVEL = 3
+ZSTD_LEVEL = 3
 
 _TYPE_CODES = {t: i for i, t in enumerate(EntryType)}
 _TYPES = tuple(EntryType)
@@ -152,7 +152,7 @@ def encode(index: LayerIndex) -> bytes:
         [_bin(p) for p in index.prefetch],
     ]
     packed = msgpack.packb(body, use_bin_type=True)
-    frame = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(packed)
+    frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(packed)
     return MAGIC + bytes([FORMAT_VERSION]) + frame
 
 
@@ -181,19 +181,12 @@ def _row(e: Entry, plen: int, suffix: bytes, chunks: list[Any] | None) -> list[A
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
-    """The length of the common prefix of ``a`` and ``b``, at most 255 (bisected on
-    slices: one C comparison a step, where a byte-by-byte loop is one Python step a byte)."""
+    """The length of the common prefix of ``a`` and ``b``, at most 255: where the two,
+    read as big-endian integers, first differ (a few C-level operations, where a loop
+    would be one Python step a byte)."""
     n = min(len(a), len(b), 255)
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    x = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    return n - (x.bit_length() + 7) // 8
 
 
 # -- decode --------------------------------------------------------------------------------

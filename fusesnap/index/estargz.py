@@ -37,12 +37,11 @@ import zlib
 
 from fusesnap.digest import Digest
 from fusesnap.errors import InvalidDigestError, LayerError
-from fusesnap.index.model import LayerIndex
 from fusesnap.index.toc import (
     TocBlob,
-    index_from_toc,
     load_toc_json,
 )
+from fusesnap.index.tocrows import EncodedToc, encode_toc
 from fusesnap.oci import Descriptor
 
 __all__ = [
@@ -51,7 +50,7 @@ __all__ = [
     "TOC_DIGEST_ANNOTATION",
     "TOC_TAR_NAME",
     "UNCOMPRESSED_SIZE_ANNOTATION",
-    "index_from_toc_member",
+    "encode_toc_member",
     "parse_footer",
 ]
 
@@ -97,9 +96,9 @@ def _is_empty_member(footer: bytes) -> bool:
         return False
 
 
-def index_from_toc_member(
+def encode_toc_member(
     member: bytes, toc_offset: int, layer: Descriptor, diff_id: Digest, max_toc: int
-) -> LayerIndex:
+) -> EncodedToc:
     what = f"layer {layer.digest.short}"
     toc = _toc_json(member, max_toc, what)
     want = layer.annotations.get(TOC_DIGEST_ANNOTATION)
@@ -116,7 +115,7 @@ def index_from_toc_member(
     blob = TocBlob(
         layer, diff_id, "estargz", data_end=toc_offset, uncompressed_size=_size_annotation(layer)
     )
-    return index_from_toc(load_toc_json(toc, what=what), blob, what=what)
+    return encode_toc(load_toc_json(toc, what=what), blob, what=what)
 
 
 def _toc_json(member: bytes, max_toc: int, what: str) -> bytes:

@@ -34,28 +34,19 @@ hidden, and the regular files before ``.prefetch.landmark`` become
 
 from __future__ import annotations
 
-import base64
-import binascii
-import bisect
 import datetime
-import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
-from fusesnap.index.fastbuild import new_chunk_ref, new_entry
 from fusesnap.index.frames import decompress_frame
 from fusesnap.index.model import (
-    DEFAULT_CHUNK_SIZE,
     ChunkRef,
-    Entry,
     EntryType,
-    LayerIndex,
-    hardlink_target,
-    normalize_path,
 )
 from fusesnap.oci import Descriptor
 
@@ -66,10 +57,11 @@ __all__ = [
     "NO_PREFETCH_LANDMARK",
     "PREFETCH_LANDMARK",
     "TocBlob",
+    "TocItem",
     "extract_chunk",
-    "index_from_toc",
     "load_toc_json",
     "parse_rfc3339",
+    "toc_items",
 ]
 
 # A TOC lists metadata only: 64 MiB of JSON is several million entries.
@@ -88,7 +80,6 @@ ENTRY_TYPES = {
     "block": EntryType.BLOCK,
     "fifo": EntryType.FIFO,
 }
-_SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)$"
 )
@@ -114,23 +105,90 @@ def parse_rfc3339(raw: object) -> tuple[int, int]:
     return seconds, int((frac or "").ljust(9, "0"))
 
 
-def load_toc_json(data: bytes, *, what: str) -> list[Any]:
-    """The ``entries`` of a TOC document (``{"version": 1, "entries": [...]}``)."""
+# A TOC field that holds an id, a size or an offset: an integer that fits an int64 (JSON
+# null, which no producer writes, reads as 0, as an absent field does).
+_Uint = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID - 1)] | None
+
+
+class TocItem(msgspec.Struct, frozen=True, gc=False):
+    """One item of a TOC's ``entries`` (module docstring), its fields' JSON types checked
+    as it is decoded (in C: a large TOC has some ten thousand items). What the values mean
+    together is `fusesnap.index.tocrows`'s to check."""
+
+    name: str | None = None
+    type: str | None = None
+    size: _Uint = 0
+    modtime: str | None = None
+    linkName: str | None = None  # the TOC's own field names
+    mode: _Uint = 0
+    uid: _Uint = 0
+    gid: _Uint = 0
+    userName: str | None = None
+    groupName: str | None = None
+    devMajor: _Uint = 0
+    devMinor: _Uint = 0
+    xattrs: dict[str, Any] | None = None
+    digest: str | None = None
+    offset: _Uint = 0
+    endOffset: _Uint = 0
+    innerOffset: _Uint = 0
+    chunkOffset: _Uint = 0
+    chunkSize: _Uint = 0
+    chunkDigest: str | None = None
+
+
+class _TocDocument(msgspec.Struct, gc=False):
+    version: Any = None
+    entries: list[TocItem] | None = None
+
+
+_DECODER = msgspec.json.Decoder(_TocDocument)
+
+
+def load_toc_json(data: bytes, *, what: str) -> list[TocItem]:
+    """The ``entries`` of a TOC document (``{"version": 1, "entries": [...]}``); a
+    `LayerError` if it is not JSON, or a field of an entry has the wrong JSON type."""
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        doc = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise LayerError(f"{what}: TOC {_where(exc)}") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise LayerError(f"{what}: TOC is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+    if doc.entries is None:
         raise LayerError(f"{what}: TOC is not an object with an entries list")
-    if doc.get("version") != 1:
-        raise LayerError(f"{what}: unsupported TOC version {doc.get('version')!r}")
-    entries: list[Any] = doc["entries"]
-    return entries
+    if doc.version != 1 or isinstance(doc.version, bool):
+        raise LayerError(f"{what}: unsupported TOC version {doc.version!r}")
+    return doc.entries
+
+
+def toc_items(raw: list[Any], *, what: str) -> list[TocItem]:
+    """TOC ``entries`` already decoded from JSON (lists and dicts), checked as
+    `load_toc_json` checks them."""
+    try:
+        return msgspec.convert(raw, list[TocItem])
+    except msgspec.ValidationError as exc:
+        raise LayerError(f"{what}: TOC {_where(exc)}") from None
+
+
+_ITEM_PATH = re.compile(r"`\$(?:\.entries)?\[(\d+)\]\.?([^`]*)`")
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.entries[3].uid`" said as the other
+    TOC errors say it: "entry 3: uid: expected `int`, got `str`"."""
+    text, _, at = str(exc).rpartition(" - at ")
+    m = _ITEM_PATH.fullmatch(at)
+    if not text or m is None:
+        return f"does not have a TOC's form ({exc})"
+    reason = text[:1].lower() + text[1:]
+    if reason.startswith("expected `object`"):
+        reason = f"not an object ({reason})"
+    return f"entry {m.group(1)}: " + (f"{m.group(2)}: {reason}" if m.group(2) else reason)
 
 
 @dataclass(frozen=True, slots=True)
 class TocBlob:
-    """What `index_from_toc` needs to know about the layer besides its TOC.
+    """What `fusesnap.index.tocrows.encode_toc` needs to know about the layer besides its TOC.
 
     ``data_end`` is where the TOC region starts: no chunk's frames reach past
     it. ``diff_id`` comes from the image config (a TOC does not give it, and
@@ -142,13 +200,6 @@ class TocBlob:
     compression: str
     data_end: int
     uncompressed_size: int = 0
-
-
-def index_from_toc(entries: list[Any], blob: TocBlob, *, what: str) -> LayerIndex:
-    """Turn TOC ``entries`` (decoded JSON) into a `LayerIndex`; `LayerError` if they are
-    not a usable layer (unknown types, unsafe paths, chunks that do not cover a file or
-    point outside the blob, bad digests)."""
-    return _TocReader(blob, what).read(entries)
 
 
 def extract_chunk(compression: str, data: bytes, ref: ChunkRef, *, what: str = "chunk") -> bytes:
@@ -171,218 +222,3 @@ def extract_chunk(compression: str, data: bytes, ref: ChunkRef, *, what: str = "
             f"{what} sha256:{ref.digest.hex()[:12]}: digest mismatch (got {got[:19]})"
         )
     return piece
-
-
-class _TocReader:
-    """One pass over TOC entries: group chunks with their file, build `Entry` records."""
-
-    def __init__(self, blob: TocBlob, what: str) -> None:
-        self._blob = blob
-        self._what = what
-        self._unames: dict[int, str] = {}
-        self._gnames: dict[int, str] = {}
-        self._types: dict[str, EntryType] = {}
-        self._starts: list[int] = []
-        self._times: dict[str, tuple[int, int]] = {}
-
-    def _fail(self, i: int, reason: str) -> LayerError:
-        return LayerError(f"{self._what}: TOC entry {i}: {reason}")
-
-    def _fail_chunk(self, i: int, path: str, k: int, reason: str) -> LayerError:
-        return self._fail(i, f"{path!r} chunk {k}: {reason}")
-
-    def read(self, raw: list[Any]) -> LayerIndex:
-        groups: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
-        starts: set[int] = set()
-        for i, item in enumerate(raw):
-            if not isinstance(item, dict):
-                raise self._fail(i, "not an object")
-            kind = item.get("type")
-            if kind in ("reg", "chunk") and item.get("offset"):
-                starts.add(self._int(item, "offset", i, hi=self._blob.data_end - 1))
-            if kind == "chunk":
-                if not groups or groups[-1][1].get("type") != "reg":
-                    raise self._fail(i, "a chunk without a regular file before it")
-                groups[-1][2].append(item)
-            else:
-                groups.append((i, item, []))
-        self._starts = sorted(starts)
-        entries: list[Entry] = []
-        root: Entry | None = None
-        prefetch: list[str] = []
-        marked: tuple[str, ...] = ()
-        for i, item, chunks in groups:
-            entry = self._entry(i, item, chunks)
-            if entry.path == "":
-                if entry.type is not EntryType.DIR:
-                    raise self._fail(i, f"a {entry.type} cannot replace the layer root")
-                root = entry
-            elif entry.type is EntryType.FILE and entry.path == PREFETCH_LANDMARK:
-                marked = tuple(prefetch)
-            elif entry.type is EntryType.FILE and entry.path == NO_PREFETCH_LANDMARK:
-                marked = ()
-            else:
-                entries.append(entry)
-                self._types[entry.path] = entry.type
-                if entry.chunks:
-                    prefetch.append(entry.path)
-        # The producer chose the chunk sizes; the longest is the index's bound (a fixed split
-        # into chunks of that size, eStargz's, then needs no lengths in the encoded form).
-        longest = max((c.length for e in entries for c in e.chunks), default=DEFAULT_CHUNK_SIZE)
-        return LayerIndex(
-            layer_digest=self._blob.layer.digest,
-            diff_id=self._blob.diff_id,
-            media_type=self._blob.layer.media_type,
-            compression=self._blob.compression,
-            compressed_size=self._blob.layer.size,
-            uncompressed_size=self._blob.uncompressed_size,
-            chunk_size=longest,
-            entries=tuple(entries),
-            root=root,
-            source=self._blob.compression,
-            prefetch=marked,
-        )
-
-    # -- one entry ----------------------------------------------------------------------------
-
-    def _entry(self, i: int, item: dict[str, Any], chunks: list[dict[str, Any]]) -> Entry:
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise self._fail(i, "no name")
-        try:
-            path = normalize_path(name)
-        except ValueError as exc:
-            raise self._fail(i, f"{name!r}: {exc}") from None
-        kind = item.get("type")
-        etype = ENTRY_TYPES.get(kind) if isinstance(kind, str) else None
-        if etype is None:
-            raise self._fail(i, f"{name!r}: unsupported type {item.get('type')!r}")
-        uid, gid = self._int(item, "uid", i), self._int(item, "gid", i)
-        # eStargz writes a user or group name only where it changes for that id.
-        uname = self._unames[uid] = self._text(item, "userName", i) or self._unames.get(uid, "")
-        gname = self._gnames[gid] = self._text(item, "groupName", i) or self._gnames.get(gid, "")
-        linkname = ""
-        if etype is EntryType.SYMLINK:
-            linkname = self._text(item, "linkName", i)
-            if "\0" in linkname:
-                raise self._fail(i, f"{name!r}: symlink target contains NUL")
-        elif etype is EntryType.HARDLINK:
-            linkname = self._hardlink_target(i, path, self._text(item, "linkName", i))
-        device = etype in (EntryType.CHAR, EntryType.BLOCK)
-        size = self._int(item, "size", i) if etype is EntryType.FILE else 0
-        if chunks and not size:
-            raise self._fail(i, f"{name!r}: chunks of an empty file")
-        mtime, nsec = self._modtime(i, item.get("modtime"))
-        return new_entry(  # the constructor's fields, in order
-            path,
-            etype,
-            self._int(item, "mode", i) & 0o7777,  # Go's tar modes may carry type bits
-            uid,
-            gid,
-            size,
-            mtime,
-            nsec,
-            linkname,
-            self._int(item, "devMajor", i) if device else 0,
-            self._int(item, "devMinor", i) if device else 0,
-            self._xattrs(i, item.get("xattrs")),
-            uname,
-            gname,
-            self._chunks(i, path, size, item, chunks) if size else (),
-        )
-
-    def _chunks(
-        self, i: int, path: str, size: int, reg: dict[str, Any], more: list[dict[str, Any]]
-    ) -> tuple[ChunkRef, ...]:
-        refs = []
-        done = 0
-        parts = [reg, *more]
-        last = len(parts) - 1
-        for k, part in enumerate(parts):
-            if k and "name" in part and not self._same_path(part["name"], path):
-                raise self._fail_chunk(i, path, k, f"belongs to {part['name']!r}")
-            if self._int(part, "chunkOffset", i) != done:
-                raise self._fail_chunk(i, path, k, "chunks are not contiguous")
-            length = self._int(part, "chunkSize", i) or size - done  # 0: to the end of the file
-            if not 0 < length <= size - done or (k == last and done + length != size):
-                raise self._fail_chunk(i, path, k, "chunk sizes do not add up to the file size")
-            raw_digest = part.get("chunkDigest") or (reg.get("digest") if not last else None)
-            m = _SHA256.match(raw_digest) if isinstance(raw_digest, str) else None
-            if m is None:
-                raise self._fail_chunk(i, path, k, "no sha256 chunk digest")
-            coffset = self._int(part, "offset", i)
-            if coffset <= 0:
-                raise self._fail_chunk(i, path, k, "no offset in the blob")
-            end = self._frame_end(coffset)
-            if k == last and reg.get("endOffset"):
-                end_offset = self._int(reg, "endOffset", i)
-                if not coffset < end_offset <= end:
-                    raise self._fail_chunk(i, path, k, f"endOffset {end_offset} outside its frames")
-                end = end_offset
-            inner = self._int(part, "innerOffset", i)
-            digest = bytes.fromhex(m.group(1))
-            refs.append(new_chunk_ref(done, length, digest, coffset, end - coffset, inner))
-            done += length
-        return tuple(refs)
-
-    @staticmethod
-    def _same_path(name: Any, path: str) -> bool:
-        try:
-            return isinstance(name, str) and normalize_path(name) == path
-        except ValueError:
-            return False
-
-    def _frame_end(self, coffset: int) -> int:
-        k = bisect.bisect_right(self._starts, coffset)
-        return self._starts[k] if k < len(self._starts) else self._blob.data_end
-
-    def _hardlink_target(self, i: int, path: str, target: str) -> str:
-        try:
-            return hardlink_target(target, path, self._types)
-        except ValueError as exc:
-            raise self._fail(i, str(exc)) from None
-
-    # -- fields -------------------------------------------------------------------------------
-
-    def _int(self, item: Mapping[str, Any], key: str, i: int, *, hi: int = MAX_ID) -> int:
-        v = item.get(key, 0)
-        if type(v) is int and 0 <= v <= hi:  # the common case, first (bool is not int here)
-            return v
-        if v is None:
-            return 0
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
-            raise self._fail(i, f"{key} {v!r} is not an integer in range")
-        return v
-
-    def _text(self, item: Mapping[str, Any], key: str, i: int) -> str:
-        v = item.get(key) or ""
-        if not isinstance(v, str):
-            raise self._fail(i, f"{key} is not a string")
-        return v
-
-    def _modtime(self, i: int, raw: Any) -> tuple[int, int]:
-        """Seconds and nanoseconds of an RFC 3339 time; empty or absent means 0 (eStargz)."""
-        if not raw:
-            return 0, 0
-        if isinstance(raw, str) and raw in self._times:  # a layer's files share few times
-            return self._times[raw]
-        try:
-            self._times[raw] = parse_rfc3339(raw)
-        except ValueError as exc:
-            raise self._fail(i, f"modtime {exc}") from None
-        return self._times[raw]
-
-    def _xattrs(self, i: int, raw: Any) -> dict[str, bytes]:
-        if not raw:
-            return {}
-        if not isinstance(raw, dict):
-            raise self._fail(i, "xattrs is not an object")
-        out = {}
-        for key, value in raw.items():
-            if not isinstance(value, str):
-                raise self._fail(i, f"xattr {key!r} is not a base64 string")
-            try:
-                out[key] = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise self._fail(i, f"xattr {key!r}: bad base64") from None
-        return dict(sorted(out.items()))

@@ -37,19 +37,18 @@ import zstandard
 from fusesnap.digest import Digest
 from fusesnap.errors import InvalidDigestError, LayerError
 from fusesnap.index.estargz import TOC_DIGEST_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION
-from fusesnap.index.model import LayerIndex
 from fusesnap.index.toc import (
     TocBlob,
-    index_from_toc,
     load_toc_json,
 )
+from fusesnap.index.tocrows import EncodedToc, encode_toc
 from fusesnap.oci import Descriptor
 
 __all__ = [
     "CHECKSUM_ANNOTATIONS",
     "POSITION_ANNOTATIONS",
     "SKIPPABLE_HEADER",
-    "index_from_toc_frame",
+    "encode_toc_frame",
     "is_skippable_header",
     "is_zstdchunked",
     "toc_position",
@@ -124,9 +123,9 @@ def _verify(layer: Descriptor, keys: tuple[str, ...], data: bytes, what: str) ->
     return True
 
 
-def index_from_toc_frame(
+def encode_toc_frame(
     frame: bytes, ulength: int, data_end: int, layer: Descriptor, diff_id: Digest
-) -> LayerIndex:
+) -> EncodedToc:
     what = f"layer {layer.digest.short}"
     checked = _verify(layer, CHECKSUM_ANNOTATIONS, frame, what)
     try:
@@ -148,4 +147,4 @@ def index_from_toc_frame(
         data_end=data_end,
         uncompressed_size=int(size) if size.isdigit() and len(size) < 20 else 0,
     )
-    return index_from_toc(load_toc_json(toc, what=what), blob, what=what)
+    return encode_toc(load_toc_json(toc, what=what), blob, what=what)

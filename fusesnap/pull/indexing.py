@@ -29,6 +29,7 @@ from typing import BinaryIO
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError
 from fusesnap.index import DEFAULT_CHUNK_SIZE, LayerIndex, Limits, build_index, encode
+from fusesnap.index.tocrows import EncodedToc
 from fusesnap.oci import Descriptor
 from fusesnap.store import LayerRecord, Store, pack_chunk_digests
 
@@ -193,3 +194,22 @@ def store_layer_index(
         )
     )
     return index
+
+
+def store_encoded_toc(store: Store, layer: Descriptor, toc: EncodedToc, source: str) -> None:
+    """Write the index read from ``layer``'s TOC as its record (as `store_layer_index`
+    would, from what the TOC's encoding counted: no records decoded). Blocking."""
+    store.layers.put(
+        LayerRecord(
+            digest=layer.digest,
+            diff_id=toc.diff_id,
+            media_type=layer.media_type,
+            size=layer.size,
+            uncompressed_size=toc.uncompressed_size,
+            entry_count=toc.entry_count,
+            source=source,
+            index=toc.data,
+            chunks=pack_chunk_digests(toc.chunk_digests),
+            windows=pack_chunk_digests(frozenset()),
+        )
+    )

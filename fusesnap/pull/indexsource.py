@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
@@ -63,12 +63,14 @@ from fusesnap.index import (
     decode,
     is_zstdchunked,
 )
+from fusesnap.index.tocrows import EncodedToc
+from fusesnap.lazy.ranges import check_random_access
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
-from fusesnap.pull.indexing import store_layer_index
+from fusesnap.pull.indexing import store_encoded_toc, store_layer_index
 from fusesnap.pull.socifind import SociIndex, read_soci_index
 from fusesnap.pull.streaming import Restart, download_and_ingest
-from fusesnap.pull.tocs import Fetch, read_estargz_index, read_zstdchunked_index
+from fusesnap.pull.tocs import Fetch, read_estargz_toc, read_zstdchunked_toc
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
 from fusesnap.store import Store
@@ -162,10 +164,33 @@ class ResolvedIndex:
     says why better sources were passed over (also logged as warnings).
     """
 
-    index: LayerIndex
+    found: LayerIndex | EncodedToc
     source: IndexSource
     fetched_bytes: int = 0
     skipped: tuple[str, ...] = ()
+    _decoded: LayerIndex | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def index(self) -> LayerIndex:
+        """The index's records: one read from a TOC is decoded on first use (a containerd
+        Prepare needs none, `fusesnap.index.tocrows`)."""
+        if isinstance(self.found, LayerIndex):
+            return self.found
+        if self._decoded is None:
+            object.__setattr__(self, "_decoded", self.found.index())
+        assert self._decoded is not None
+        return self._decoded
+
+    @property
+    def random_access(self) -> bool:
+        """Whether the layer's chunks can be fetched by range (a TOC's always can)."""
+        if isinstance(self.found, EncodedToc):
+            return True
+        try:
+            check_random_access(self.found)
+        except LayerError:
+            return False
+        return True
 
     def describe(self) -> str:
         return _DESCRIPTIONS[self.source]
@@ -180,7 +205,7 @@ class EarlyToc:
     which it would otherwise follow (`read_toc_early`). ``error``: why it is unusable."""
 
     source: IndexSource
-    index: LayerIndex | None
+    index: EncodedToc | None
     error: FusesnapError | None
     nbytes: int
     requests: int
@@ -280,8 +305,8 @@ async def resolve_layer_index(
             counter.add(toc.nbytes, blobs=toc.requests)
     if toc is not None:
         if toc.index is not None:
-            index = await run_blocking(store_layer_index, store, layer, toc.index, str(toc.source))
-            found = ResolvedIndex(index, toc.source, toc.nbytes, tuple(skipped))
+            await run_blocking(store_encoded_toc, store, layer, toc.index, str(toc.source))
+            found = ResolvedIndex(toc.index, toc.source, toc.nbytes, tuple(skipped))
             say(found.describe())
             return found
         if not isinstance(toc.error, (LayerError, DigestMismatchError)):
@@ -336,10 +361,10 @@ def _compression(layer: Descriptor) -> str:
         return ""
 
 
-_TocReader = Callable[..., Awaitable[LayerIndex]]
+_TocReader = Callable[..., Awaitable[EncodedToc]]
 _TOC_READERS: tuple[tuple[IndexSource, Callable[[Descriptor], bool], _TocReader], ...] = (
-    (IndexSource.ESTARGZ, _has_estargz_toc, read_estargz_index),
-    (IndexSource.ZSTD_CHUNKED, _has_zstdchunked_toc, read_zstdchunked_index),
+    (IndexSource.ESTARGZ, _has_estargz_toc, read_estargz_toc),
+    (IndexSource.ZSTD_CHUNKED, _has_zstdchunked_toc, read_zstdchunked_toc),
 )
 
 

@@ -317,9 +317,7 @@ def _mark_remote(store: Store, digest: Digest, got: ResolvedIndex) -> None:
     """(blocking) A lazily pulled layer whose chunks can be fetched by range may lose
     them to the cache limit. Not one that was complete in the store with no mark (a full
     pull's, from before layers were marked): that may have been meant to stay."""
-    try:
-        check_random_access(got.index)
-    except LayerError:
+    if not got.random_access:
         return
     kept = got.source is IndexSource.STORE and not store.cache.evictable_layer(digest)
     if kept and layer_complete(store, digest):

@@ -13,9 +13,17 @@ from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError
 from fusesnap.index import MAX_TOC_SIZE, LayerIndex, estargz, zstdchunked
+from fusesnap.index.tocrows import EncodedToc
 from fusesnap.oci import Descriptor
 
-__all__ = ["Fetch", "fetch_exact", "read_estargz_index", "read_zstdchunked_index"]
+__all__ = [
+    "Fetch",
+    "fetch_exact",
+    "read_estargz_index",
+    "read_estargz_toc",
+    "read_zstdchunked_index",
+    "read_zstdchunked_toc",
+]
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
 """``fetch(offset, length)``: exactly those bytes of the layer blob (an HTTP range read)."""
@@ -36,7 +44,19 @@ async def read_estargz_index(
     diff_id: Digest,
     max_toc: int = MAX_TOC_SIZE,
 ) -> LayerIndex:
-    """The `LayerIndex` of eStargz layer ``layer`` from its footer and TOC.
+    """`read_estargz_toc`, as records."""
+    toc = await read_estargz_toc(fetch, layer=layer, diff_id=diff_id, max_toc=max_toc)
+    return await run_blocking(toc.index)
+
+
+async def read_estargz_toc(
+    fetch: Fetch,
+    *,
+    layer: Descriptor,
+    diff_id: Digest,
+    max_toc: int = MAX_TOC_SIZE,
+) -> EncodedToc:
+    """The index of eStargz layer ``layer`` from its footer and TOC, in its stored form.
 
     ``fetch(offset, length)`` reads a range of the blob (e.g.
     ``functools.partial(client.read_range, ref, layer.digest)``); it is
@@ -48,7 +68,7 @@ async def read_estargz_index(
     TOC is unusable (no footer, TOC too large, bad entries). Errors of
     ``fetch`` pass through.
 
-    Concurrency: inflating and parsing the TOC run in a worker thread.
+    Concurrency: inflating, checking and encoding the TOC run in a worker thread.
     """
     what = f"layer {layer.digest.short}"
     if layer.size < estargz.LEGACY_FOOTER_SIZE:
@@ -65,7 +85,7 @@ async def read_estargz_index(
         )
     member = await fetch_exact(fetch, toc_offset, toc_end - toc_offset, what=what)
     return await run_blocking(
-        estargz.index_from_toc_member, member, toc_offset, layer, diff_id, max_toc
+        estargz.encode_toc_member, member, toc_offset, layer, diff_id, max_toc
     )
 
 
@@ -76,7 +96,19 @@ async def read_zstdchunked_index(
     diff_id: Digest,
     max_toc: int = MAX_TOC_SIZE,
 ) -> LayerIndex:
-    """The `LayerIndex` of zstd:chunked layer ``layer`` from its TOC.
+    """`read_zstdchunked_toc`, as records."""
+    toc = await read_zstdchunked_toc(fetch, layer=layer, diff_id=diff_id, max_toc=max_toc)
+    return await run_blocking(toc.index)
+
+
+async def read_zstdchunked_toc(
+    fetch: Fetch,
+    *,
+    layer: Descriptor,
+    diff_id: Digest,
+    max_toc: int = MAX_TOC_SIZE,
+) -> EncodedToc:
+    """The index of zstd:chunked layer ``layer`` from its TOC, in its stored form.
 
     ``fetch(offset, length)`` reads a range of the blob; it is called once.
     ``diff_id`` is taken as given (from the image config). ``max_toc`` bounds
@@ -86,7 +118,7 @@ async def read_zstdchunked_index(
     checksum annotation, `LayerError` if the layer has no manifest-position
     annotation or its TOC is unusable. Errors of ``fetch`` pass through.
 
-    Concurrency: decompressing and parsing the TOC run in a worker thread.
+    Concurrency: decompressing, checking and encoding the TOC run in a worker thread.
     """
     what = f"layer {layer.digest.short}"
     offset, length, ulength = zstdchunked.toc_position(layer, max_toc, what)
@@ -96,5 +128,5 @@ async def read_zstdchunked_index(
     # File data ends where the skippable frame around the TOC begins.
     data_end = start if zstdchunked.is_skippable_header(head, length) else offset
     return await run_blocking(
-        zstdchunked.index_from_toc_frame, frame, ulength, data_end, layer, diff_id
+        zstdchunked.encode_toc_frame, frame, ulength, data_end, layer, diff_id
     )

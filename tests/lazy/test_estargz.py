@@ -21,14 +21,15 @@ import pytest
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
-from fusesnap.index import ChunkRef, EntryType, LayerIndex
+from fusesnap.index import ChunkRef, EntryType, LayerIndex, encode
 from fusesnap.index.estargz import (
     FOOTER_SIZE,
     LEGACY_FOOTER_SIZE,
     TOC_DIGEST_ANNOTATION,
     parse_footer,
 )
-from fusesnap.index.toc import TocBlob, extract_chunk, index_from_toc
+from fusesnap.index.toc import TocBlob, extract_chunk, load_toc_json, toc_items
+from fusesnap.index.tocrows import encode_toc, index_from_toc
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
 from fusesnap.pull import read_estargz_index
 from tests.lazy.layerblob import LayerBlob as Blob
@@ -199,7 +200,7 @@ LAYER = Descriptor(OCI_LAYER_GZIP, Digest("sha256:" + "1" * 64), 10_000)
 
 def toc_index(entries: list[Any], data_end: int = 9_000) -> LayerIndex:
     blob = TocBlob(LAYER, DIFF_ID, "estargz", data_end=data_end)
-    return index_from_toc(entries, blob, what="test")
+    return index_from_toc(toc_items(entries, what="test"), blob, what="test")
 
 
 def test_inner_offsets_share_one_member() -> None:
@@ -280,6 +281,69 @@ def test_chunks_follow_their_file() -> None:
 def test_hostile_toc_entries_are_refused(entries: list[Any], match: str) -> None:
     with pytest.raises(LayerError, match=match):
         toc_index(entries)
+
+
+def test_toc_rows_are_what_the_codec_writes_for_their_records() -> None:
+    """A TOC goes straight to encoded rows: encoding the records they decode to gives the
+    same bytes, and the counts a layer record keeps are the records'."""
+    entries = [
+        {"name": "./", "type": "dir", "mode": 0o40755, "xattrs": {"user.r": "AQ=="}},
+        {"name": "usr/", "type": "dir", "uid": 0, "userName": "root", "groupName": "root"},
+        {"name": "usr/big", "type": "reg", "size": 10, "offset": 10, "chunkSize": 4,
+         "chunkDigest": sha(b"0123"), "modtime": "2024-01-02T03:04:05Z"},
+        {"type": "chunk", "offset": 50, "chunkOffset": 4, "chunkSize": 4,
+         "chunkDigest": sha(b"4567")},
+        {"type": "chunk", "offset": 80, "chunkOffset": 8, "chunkDigest": sha(b"89")},
+        {"name": "usr/odd", "type": "reg", "size": 7, "offset": 90, "chunkSize": 3,
+         "chunkDigest": sha(b"abc"), "uid": 5, "userName": "u5"},
+        {"name": "usr/odd", "type": "chunk", "offset": 95, "chunkOffset": 3,
+         "chunkDigest": sha(b"defg")},
+        {"name": "usr/sm\u00e5", "type": "reg", "size": 2, "offset": 100, "innerOffset": 3,
+         "digest": sha(b"hi"), "uid": 5},
+        {"name": ".prefetch.landmark", "type": "reg", "size": 1, "offset": 120,
+         "chunkDigest": sha(b"\x0f")},
+        {"name": "usr/hard", "type": "hardlink", "linkName": "usr/big"},
+        {"name": "usr/s", "type": "symlink", "linkName": "big", "modtime": "2024-01-02T03:04:05Z"},
+        {"name": "dev/null", "type": "char", "devMajor": 1, "devMinor": 3, "mode": 0o20666},
+        {"name": "usr/odd", "type": "fifo"},
+    ]  # fmt: skip
+    blob = TocBlob(LAYER, DIFF_ID, "estargz", data_end=200, uncompressed_size=999)
+    got = encode_toc(toc_items(entries, what="test"), blob, what="test")
+    idx = got.index()
+    assert encode(idx) == got.data
+    assert got.entry_count == len(idx.entries) == 8
+    assert got.chunk_digests == idx.chunk_digests()
+    assert len(got.chunk_digests) == 6  # the landmark's is not the layer's
+    assert (got.diff_id, got.uncompressed_size) == (DIFF_ID, 999)
+    assert idx.prefetch == ("usr/big", "usr/odd", "usr/små")
+    assert [c.length for c in idx.entries[2].chunks] == [3, 4]  # lengths kept: not the split
+    assert idx.by_path["usr/odd"].type is EntryType.FIFO  # the later entry of a path wins
+    assert idx.by_path["usr/små"].uname == "u5"
+
+
+def test_toc_field_types_are_checked_as_it_is_decoded() -> None:
+    def doc(*entries: dict[str, Any], version: Any = 1) -> bytes:
+        return json.dumps({"version": version, "entries": list(entries)}).encode()
+
+    dir_a = {"name": "a", "type": "dir"}
+    with pytest.raises(LayerError, match=r"TOC entry 1: uid: expected `int"):
+        load_toc_json(doc(dir_a, {**dir_a, "uid": "0"}), what="t")
+    with pytest.raises(LayerError, match=r"TOC entry 0: mode: expected `int"):
+        load_toc_json(doc({**dir_a, "mode": -1}), what="t")
+    with pytest.raises(LayerError, match=r"TOC entry 0: name: expected `str"):
+        load_toc_json(doc({**dir_a, "name": 7}), what="t")
+    with pytest.raises(LayerError, match="entry 0: not an object"):
+        load_toc_json(doc("junk"), what="t")  # type: ignore[arg-type]
+    with pytest.raises(LayerError, match="unsupported TOC version True"):
+        load_toc_json(doc(dir_a, version=True), what="t")
+    with pytest.raises(LayerError, match="not an object with an entries list"):
+        load_toc_json(b'{"version": 1}', what="t")
+    with pytest.raises(LayerError, match="not valid JSON"):
+        load_toc_json(b'{"version": 1, "entries": [', what="t")
+    # null, which no producer writes, reads as an absent field does
+    items = load_toc_json(doc({**dir_a, "uid": None, "xattrs": None, "modtime": None}), what="t")
+    idx = index_from_toc(items, TocBlob(LAYER, DIFF_ID, "estargz", data_end=9), what="t")
+    assert (idx.entries[0].uid, idx.entries[0].xattrs, idx.entries[0].mtime) == (0, {}, 0)
 
 
 def test_landmarks_are_hidden_and_mark_the_prefetch_set() -> None:
