@@ -38,6 +38,7 @@ from fusesnap.index.model import (
 from fusesnap.index.stream import Limits
 from fusesnap.index.tar import build_index
 from fusesnap.index.toc import MAX_TOC_SIZE
+from fusesnap.index.tocrows import EncodedToc
 from fusesnap.index.zstdchunked import is_zstdchunked
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "TOC_DIGEST_ANNOTATION",
     "Checkpoint",
     "ChunkRef",
+    "EncodedToc",
     "Entry",
     "EntryType",
     "LayerIndex",

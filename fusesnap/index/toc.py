@@ -1,4 +1,4 @@
-"""What eStargz and zstd:chunked share: a JSON table of contents turned into a `LayerIndex`.
+"""What eStargz and zstd:chunked share: a JSON table of contents (its rows: `index.tocrows`).
 
 Both formats descend from CRFS's stargz. The layer blob is a run of
 compressed frames (gzip members for eStargz, zstd frames for zstd:chunked);

@@ -34,6 +34,7 @@ from fusesnap.digest import Digest
 from fusesnap.errors import ManifestError, NotFoundError
 from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.oci import Descriptor, ImageConfig, Platform, chain_ids, layer_compression
+from fusesnap.pull.earlytoc import TocPrefetch
 from fusesnap.pull.indexsource import FetchCounter, NoProgress, PullProgress, layer_complete
 from fusesnap.pull.layers import LayerJob, LayerOutcome
 from fusesnap.reference import Reference
@@ -119,57 +120,67 @@ async def pull(
 
         resolved = await client.resolve(ref, platform=platform)
         manifest = resolved.parsed
-        for desc, data in _documents(resolved):
-            await protect(desc.digest)
-            await run_blocking(
-                lambda d=desc, b=data: store.content.put(
-                    b, digest=d.digest, media_type=d.media_type
-                )
-            )
         for layer in manifest.layers:
             layer_compression(layer.media_type)  # refuse unknown layer types before fetching
-        config = manifest.config
-        await protect(config.digest)
-        if not await run_blocking(store.content.exists, config.digest):
-            data = await client.get_blob(ref, config)
-            await run_blocking(
-                lambda: store.content.put(data, digest=config.digest, media_type=config.media_type)
-            )
-            counter.add(len(data))
-        config_doc = ImageConfig.parse(
-            await run_blocking(store.content.read, config.digest),
-            what=f"image config {config.digest.short}",
-        )
-        if len(config_doc.diff_ids) != len(manifest.layers):
-            raise ManifestError(
-                f"image {ref}: config lists {len(config_doc.diff_ids)} layers, "
-                f"manifest {len(manifest.layers)}"
-            )
-        layers = list(zip(manifest.layers, config_doc.diff_ids, strict=True))
-        # One write (one disk sync) for all of them: it is on the way to the first layer byte.
-        protected = [
-            Resource(kind, layer.digest) for layer, _ in layers for kind in ("content", "layer")
-        ]
-        await run_blocking(store.leases.add_resources, lease, protected)
-        if not lazy:  # "keep it local": never evicted under a cache limit, from now on
-            await run_blocking(store.cache.mark, [layer.digest for layer, _ in layers], KEEP)
-
-        job = LayerJob(store, client, ref, layers, progress, counter, limits, concurrency)
-        cached = await run_blocking(_cached_chain, store, layers, not lazy)
-        artifact = None
-        if cached is not None:  # containerd's cache rule: nothing to fetch
-            outcomes = tuple(
-                LayerOutcome(
-                    layer,
-                    "complete" if not lazy else "store",
-                    f"committed snapshot {cached[i][7:19]}",
+        # A lazy pull reads the TOCs the layers promise from now on, beside the config's
+        # fetch (they need only the manifest); reads no layer came to need are cancelled.
+        tocs = TocPrefetch(client, ref) if lazy else None
+        async with trio.open_nursery() as early:
+            if tocs is not None:
+                have = await run_blocking(_indexed, store, manifest.layers)
+                tocs.start(early, [layer for layer in manifest.layers if layer.digest not in have])
+            for desc, data in _documents(resolved):
+                await protect(desc.digest)
+                await run_blocking(
+                    lambda d=desc, b=data: store.content.put(
+                        b, digest=d.digest, media_type=d.media_type
+                    )
                 )
-                for i, (layer, _) in enumerate(layers)
+            config = manifest.config
+            await protect(config.digest)
+            if not await run_blocking(store.content.exists, config.digest):
+                data = await client.get_blob(ref, config)
+                await run_blocking(
+                    lambda: store.content.put(
+                        data, digest=config.digest, media_type=config.media_type
+                    )
+                )
+                counter.add(len(data))
+            config_doc = ImageConfig.parse(
+                await run_blocking(store.content.read, config.digest),
+                what=f"image config {config.digest.short}",
             )
-        elif lazy:
-            outcomes, artifact = await job.index_all(resolved, build=build)
-        else:
-            outcomes, artifact = await job.complete_all(), None
+            if len(config_doc.diff_ids) != len(manifest.layers):
+                raise ManifestError(
+                    f"image {ref}: config lists {len(config_doc.diff_ids)} layers, "
+                    f"manifest {len(manifest.layers)}"
+                )
+            layers = list(zip(manifest.layers, config_doc.diff_ids, strict=True))
+            # One write (one disk sync) for all of them: on the way to the first layer byte.
+            protected = [
+                Resource(kind, layer.digest) for layer, _ in layers for kind in ("content", "layer")
+            ]
+            await run_blocking(store.leases.add_resources, lease, protected)
+            if not lazy:  # "keep it local": never evicted under a cache limit, from now on
+                await run_blocking(store.cache.mark, [layer.digest for layer, _ in layers], KEEP)
+
+            job = LayerJob(store, client, ref, layers, progress, counter, limits, concurrency, tocs)
+            cached = await run_blocking(_cached_chain, store, layers, not lazy)
+            artifact = None
+            if cached is not None:  # containerd's cache rule: nothing to fetch
+                outcomes = tuple(
+                    LayerOutcome(
+                        layer,
+                        "complete" if not lazy else "store",
+                        f"committed snapshot {cached[i][7:19]}",
+                    )
+                    for i, (layer, _) in enumerate(layers)
+                )
+            elif lazy:
+                outcomes, artifact = await job.index_all(resolved, build=build)
+            else:
+                outcomes, artifact = await job.complete_all(), None
+            early.cancel_scope.cancel()
 
         if check is not None:
             await run_blocking(_check_layers, store, manifest.layers, check, job.indexes)
@@ -245,3 +256,8 @@ def _check_layers(
     known: Mapping[Digest, LayerIndex],
 ) -> None:
     check([known.get(d.digest) or decode(store.layers.index(d.digest)) for d in layers])
+
+
+def _indexed(store: Store, layers: Sequence[Descriptor]) -> set[Digest]:
+    """(blocking) The layers whose index the store has."""
+    return {layer.digest for layer in layers if store.layers.exists(layer.digest)}

@@ -28,8 +28,14 @@ from typing import BinaryIO
 
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError
-from fusesnap.index import DEFAULT_CHUNK_SIZE, LayerIndex, Limits, build_index, encode
-from fusesnap.index.tocrows import EncodedToc
+from fusesnap.index import (
+    DEFAULT_CHUNK_SIZE,
+    EncodedToc,
+    LayerIndex,
+    Limits,
+    build_index,
+    encode,
+)
 from fusesnap.oci import Descriptor
 from fusesnap.store import LayerRecord, Store, pack_chunk_digests
 

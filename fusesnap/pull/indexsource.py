@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -50,34 +50,24 @@ from fusesnap.digest import Digest
 from fusesnap.errors import (
     AlreadyExistsError,
     DigestMismatchError,
-    FusesnapError,
     LayerError,
-    ManifestError,
     NotFoundError,
     RegistryNotFoundError,
 )
-from fusesnap.index import (
-    TOC_DIGEST_ANNOTATION,
-    LayerIndex,
-    Limits,
-    decode,
-    is_zstdchunked,
-)
-from fusesnap.index.tocrows import EncodedToc
-from fusesnap.lazy.ranges import check_random_access
-from fusesnap.oci import Descriptor, layer_compression
+from fusesnap.index import EncodedToc, LayerIndex, Limits, decode
+from fusesnap.lazy import check_random_access
+from fusesnap.oci import Descriptor
 from fusesnap.pull.artifact import ArtifactIndexes
+from fusesnap.pull.earlytoc import EarlyToc, read_toc_early
 from fusesnap.pull.indexing import store_encoded_toc, store_layer_index
 from fusesnap.pull.socifind import SociIndex, read_soci_index
 from fusesnap.pull.streaming import Restart, download_and_ingest
-from fusesnap.pull.tocs import Fetch, read_estargz_toc, read_zstdchunked_toc
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryClient
 from fusesnap.store import Store
 from fusesnap.termui import human_size
 
 __all__ = [
-    "EarlyToc",
     "FetchCounter",
     "IndexSource",
     "NoProgress",
@@ -85,10 +75,8 @@ __all__ = [
     "ResolvedIndex",
     "describe_source",
     "layer_complete",
-    "read_toc_early",
     "resolve_layer_index",
     "stream_layer",
-    "toc_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -199,35 +187,6 @@ class ResolvedIndex:
 Announce = Callable[[str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class EarlyToc:
-    """A layer's TOC read before its turn: beside the image's artifact and SOCI lookups,
-    which it would otherwise follow (`read_toc_early`). ``error``: why it is unusable."""
-
-    source: IndexSource
-    index: EncodedToc | None
-    error: FusesnapError | None
-    nbytes: int
-    requests: int
-
-
-async def read_toc_early(
-    client: RegistryClient, ref: Reference, layer: Descriptor, diff_id: Digest
-) -> EarlyToc | None:
-    """The TOC ``layer``'s annotations promise, read now (None if none is promised);
-    any failure is kept for `resolve_layer_index`, which meets it only if the better
-    sources fail too."""
-    for source, applies, read in _TOC_READERS:
-        if applies(layer):
-            fetch = _CountedFetch(partial(client.read_range, ref, layer.digest))
-            try:
-                index = await read(fetch, layer=layer, diff_id=diff_id)
-            except FusesnapError as exc:
-                return EarlyToc(source, None, exc, fetch.nbytes, fetch.requests)
-            return EarlyToc(source, index, None, fetch.nbytes, fetch.requests)
-    return None
-
-
 async def resolve_layer_index(
     client: RegistryClient,
     ref: Reference,
@@ -305,8 +264,8 @@ async def resolve_layer_index(
             counter.add(toc.nbytes, blobs=toc.requests)
     if toc is not None:
         if toc.index is not None:
-            await run_blocking(store_encoded_toc, store, layer, toc.index, str(toc.source))
-            found = ResolvedIndex(toc.index, toc.source, toc.nbytes, tuple(skipped))
+            await run_blocking(store_encoded_toc, store, layer, toc.index, toc.source)
+            found = ResolvedIndex(toc.index, IndexSource(toc.source), toc.nbytes, tuple(skipped))
             say(found.describe())
             return found
         if not isinstance(toc.error, (LayerError, DigestMismatchError)):
@@ -336,51 +295,6 @@ def describe_source(source: str) -> str:
         return _DESCRIPTIONS[IndexSource(source)]
     except ValueError:
         return f"index from {source}"
-
-
-def toc_source(layer: Descriptor) -> IndexSource | None:
-    """The TOC source ``layer``'s annotations promise (eStargz, zstd:chunked), if any."""
-    for source, applies, _read in _TOC_READERS:
-        if applies(layer):
-            return source
-    return None
-
-
-def _has_estargz_toc(layer: Descriptor) -> bool:
-    return TOC_DIGEST_ANNOTATION in layer.annotations and _compression(layer) == "gzip"
-
-
-def _has_zstdchunked_toc(layer: Descriptor) -> bool:
-    return is_zstdchunked(layer) and _compression(layer) == "zstd"
-
-
-def _compression(layer: Descriptor) -> str:
-    try:
-        return layer_compression(layer.media_type)
-    except ManifestError:  # pull refuses unknown layer types before resolving any
-        return ""
-
-
-_TocReader = Callable[..., Awaitable[EncodedToc]]
-_TOC_READERS: tuple[tuple[IndexSource, Callable[[Descriptor], bool], _TocReader], ...] = (
-    (IndexSource.ESTARGZ, _has_estargz_toc, read_estargz_toc),
-    (IndexSource.ZSTD_CHUNKED, _has_zstdchunked_toc, read_zstdchunked_toc),
-)
-
-
-class _CountedFetch:
-    """A `Fetch` that counts requests and bytes."""
-
-    def __init__(self, fetch: Fetch) -> None:
-        self._fetch = fetch
-        self.requests = 0
-        self.nbytes = 0
-
-    async def __call__(self, offset: int, length: int) -> bytes:
-        data = await self._fetch(offset, length)
-        self.requests += 1
-        self.nbytes += len(data)
-        return data
 
 
 def _artifact_problem(index: LayerIndex, layer: Descriptor, diff_id: Digest) -> str | None:

@@ -28,18 +28,16 @@ from fusesnap.lazy import profile as profiles
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.artifact import ArtifactIndexes
 from fusesnap.pull.artifactfind import find_index_artifact
+from fusesnap.pull.earlytoc import EarlyToc, TocPrefetch, read_toc_early, toc_source
 from fusesnap.pull.indexsource import (
-    EarlyToc,
     FetchCounter,
     IndexSource,
     NoIndexError,
     PullProgress,
     ResolvedIndex,
     layer_complete,
-    read_toc_early,
     resolve_layer_index,
     stream_layer,
-    toc_source,
 )
 from fusesnap.pull.socifind import SociIndex, find_soci_index
 from fusesnap.reference import Reference
@@ -103,6 +101,7 @@ class LayerJob:
     counter: FetchCounter
     limits: Limits | None
     concurrency: int
+    tocs: TocPrefetch | None = None  # TOC reads a lazy pull started with the manifest
     limiter: trio.CapacityLimiter = field(init=False)
     unique: dict[Digest, tuple[Descriptor, Digest]] = field(init=False)
     done: dict[Digest, LayerOutcome] = field(default_factory=dict, init=False)
@@ -152,7 +151,9 @@ class LayerJob:
         early: dict[Digest, EarlyToc] = {}
 
         async def read_toc(digest: Digest) -> None:
-            found = await read_toc_early(self.client, self.ref, *self.unique[digest])
+            layer, diff_id = self.unique[digest]
+            fetched = await self.tocs.get(layer) if self.tocs is not None else None
+            found = await read_toc_early(self.client, self.ref, layer, diff_id, fetched=fetched)
             if found is not None:
                 early[digest] = found
                 self.counter.add(found.nbytes, blobs=found.requests)

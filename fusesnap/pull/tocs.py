@@ -1,28 +1,32 @@
 """Reading a layer's own table of contents (eStargz, zstd:chunked) with range reads.
 
 The formats' parsing is pure (`fusesnap.index.estargz`, `fusesnap.index.zstdchunked`);
-here are the reads around it: the footer or TOC ranges through ``fetch``, and the
-parse in a worker thread.
+here are the reads around it: the footer or TOC ranges through ``fetch`` (`fetch_*_toc`,
+which need only the layer's descriptor: a lazy pull starts them as soon as it has the
+manifest), and the TOC's checks and encoding in a worker thread (`encode_toc_bytes`,
+which also needs the layer's diff ID, from the image config).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError
-from fusesnap.index import MAX_TOC_SIZE, LayerIndex, estargz, zstdchunked
-from fusesnap.index.tocrows import EncodedToc
+from fusesnap.index import MAX_TOC_SIZE, EncodedToc, LayerIndex, estargz, zstdchunked
 from fusesnap.oci import Descriptor
 
 __all__ = [
     "Fetch",
+    "TocBytes",
+    "encode_toc_bytes",
+    "fetch_estargz_toc",
     "fetch_exact",
+    "fetch_zstdchunked_toc",
     "read_estargz_index",
-    "read_estargz_toc",
     "read_zstdchunked_index",
-    "read_zstdchunked_toc",
 ]
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
@@ -37,38 +41,43 @@ async def fetch_exact(fetch: Fetch, offset: int, length: int, *, what: str) -> b
     return data
 
 
-async def read_estargz_index(
-    fetch: Fetch,
-    *,
-    layer: Descriptor,
-    diff_id: Digest,
-    max_toc: int = MAX_TOC_SIZE,
-) -> LayerIndex:
-    """`read_estargz_toc`, as records."""
-    toc = await read_estargz_toc(fetch, layer=layer, diff_id=diff_id, max_toc=max_toc)
-    return await run_blocking(toc.index)
+@dataclass(frozen=True, slots=True)
+class TocBytes:
+    """A layer's TOC as read from its blob, not yet checked: all `encode_toc_bytes` needs
+    but the layer's diff ID (so it can be read before the image config is known).
+
+    ``data``: eStargz, the TOC's gzip member, which starts at ``data_end``; zstd:chunked,
+    the TOC's zstd frame, ``ulength`` bytes decompressed, file data ending at ``data_end``.
+    """
+
+    layer: Descriptor
+    compression: str  # "estargz" or "zstd:chunked"
+    data: bytes
+    data_end: int
+    ulength: int = 0
+    max_toc: int = MAX_TOC_SIZE
 
 
-async def read_estargz_toc(
-    fetch: Fetch,
-    *,
-    layer: Descriptor,
-    diff_id: Digest,
-    max_toc: int = MAX_TOC_SIZE,
-) -> EncodedToc:
-    """The index of eStargz layer ``layer`` from its footer and TOC, in its stored form.
+def encode_toc_bytes(toc: TocBytes, diff_id: Digest) -> EncodedToc:
+    """(blocking) The stored index of ``toc``'s layer: `DigestMismatchError` if the TOC
+    does not match its annotation, `LayerError` if it is unusable."""
+    if toc.compression == "estargz":
+        return estargz.encode_toc_member(toc.data, toc.data_end, toc.layer, diff_id, toc.max_toc)
+    return zstdchunked.encode_toc_frame(toc.data, toc.ulength, toc.data_end, toc.layer, diff_id)
+
+
+async def fetch_estargz_toc(
+    fetch: Fetch, *, layer: Descriptor, max_toc: int = MAX_TOC_SIZE
+) -> TocBytes:
+    """The TOC member of eStargz layer ``layer``, found through its footer.
 
     ``fetch(offset, length)`` reads a range of the blob (e.g.
     ``functools.partial(client.read_range, ref, layer.digest)``); it is
-    called twice. ``diff_id`` is taken as given (from the image config).
-    ``max_toc`` bounds the TOC, compressed and inflated.
+    called twice. ``max_toc`` bounds the TOC, compressed and inflated.
 
-    Raise `DigestMismatchError` if the TOC does not match the layer's
-    ``toc.digest`` annotation, `LayerError` if the blob is not eStargz or its
-    TOC is unusable (no footer, TOC too large, bad entries). Errors of
-    ``fetch`` pass through.
-
-    Concurrency: inflating, checking and encoding the TOC run in a worker thread.
+    Raise `LayerError` if the blob is not eStargz or its TOC is too large
+    (`encode_toc_bytes` checks the rest: the TOC's digest, its entries).
+    Errors of ``fetch`` pass through.
     """
     what = f"layer {layer.digest.short}"
     if layer.size < estargz.LEGACY_FOOTER_SIZE:
@@ -84,41 +93,20 @@ async def read_estargz_toc(
             f"{what}: eStargz TOC of {toc_end - toc_offset} bytes exceeds the limit of {max_toc}"
         )
     member = await fetch_exact(fetch, toc_offset, toc_end - toc_offset, what=what)
-    return await run_blocking(
-        estargz.encode_toc_member, member, toc_offset, layer, diff_id, max_toc
-    )
+    return TocBytes(layer, "estargz", member, toc_offset, max_toc=max_toc)
 
 
-async def read_zstdchunked_index(
-    fetch: Fetch,
-    *,
-    layer: Descriptor,
-    diff_id: Digest,
-    max_toc: int = MAX_TOC_SIZE,
-) -> LayerIndex:
-    """`read_zstdchunked_toc`, as records."""
-    toc = await read_zstdchunked_toc(fetch, layer=layer, diff_id=diff_id, max_toc=max_toc)
-    return await run_blocking(toc.index)
-
-
-async def read_zstdchunked_toc(
-    fetch: Fetch,
-    *,
-    layer: Descriptor,
-    diff_id: Digest,
-    max_toc: int = MAX_TOC_SIZE,
-) -> EncodedToc:
-    """The index of zstd:chunked layer ``layer`` from its TOC, in its stored form.
+async def fetch_zstdchunked_toc(
+    fetch: Fetch, *, layer: Descriptor, max_toc: int = MAX_TOC_SIZE
+) -> TocBytes:
+    """The TOC frame of zstd:chunked layer ``layer``, where its annotations place it.
 
     ``fetch(offset, length)`` reads a range of the blob; it is called once.
-    ``diff_id`` is taken as given (from the image config). ``max_toc`` bounds
-    the TOC, compressed and decompressed.
+    ``max_toc`` bounds the TOC, compressed and decompressed.
 
-    Raise `DigestMismatchError` if the TOC does not match the layer's
-    checksum annotation, `LayerError` if the layer has no manifest-position
-    annotation or its TOC is unusable. Errors of ``fetch`` pass through.
-
-    Concurrency: decompressing, checking and encoding the TOC run in a worker thread.
+    Raise `LayerError` if the layer has no manifest-position annotation
+    (`encode_toc_bytes` checks the rest: the TOC's checksum, its entries).
+    Errors of ``fetch`` pass through.
     """
     what = f"layer {layer.digest.short}"
     offset, length, ulength = zstdchunked.toc_position(layer, max_toc, what)
@@ -127,6 +115,26 @@ async def read_zstdchunked_toc(
     head, frame = data[: offset - start], data[offset - start :]
     # File data ends where the skippable frame around the TOC begins.
     data_end = start if zstdchunked.is_skippable_header(head, length) else offset
-    return await run_blocking(
-        zstdchunked.encode_toc_frame, frame, ulength, data_end, layer, diff_id
-    )
+    return TocBytes(layer, "zstd:chunked", frame, data_end, ulength, max_toc)
+
+
+async def read_estargz_index(
+    fetch: Fetch, *, layer: Descriptor, diff_id: Digest, max_toc: int = MAX_TOC_SIZE
+) -> LayerIndex:
+    """The `LayerIndex` of eStargz layer ``layer``: `fetch_estargz_toc`, then (in a worker
+    thread) `encode_toc_bytes` and the rows decoded."""
+    toc = await fetch_estargz_toc(fetch, layer=layer, max_toc=max_toc)
+    return await run_blocking(_records, toc, diff_id)
+
+
+async def read_zstdchunked_index(
+    fetch: Fetch, *, layer: Descriptor, diff_id: Digest, max_toc: int = MAX_TOC_SIZE
+) -> LayerIndex:
+    """The `LayerIndex` of zstd:chunked layer ``layer``: `fetch_zstdchunked_toc`, then
+    (in a worker thread) `encode_toc_bytes` and the rows decoded."""
+    toc = await fetch_zstdchunked_toc(fetch, layer=layer, max_toc=max_toc)
+    return await run_blocking(_records, toc, diff_id)
+
+
+def _records(toc: TocBytes, diff_id: Digest) -> LayerIndex:
+    return encode_toc_bytes(toc, diff_id).index()

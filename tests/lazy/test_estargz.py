@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from fusesnap import oci
 from fusesnap.digest import Digest
 from fusesnap.errors import DigestMismatchError, LayerError
-from fusesnap.index import ChunkRef, EntryType, LayerIndex, encode
+from fusesnap.index import ChunkRef, EntryType, LayerIndex, decode, encode
 from fusesnap.index.estargz import (
     FOOTER_SIZE,
     LEGACY_FOOTER_SIZE,
@@ -31,7 +32,10 @@ from fusesnap.index.estargz import (
 from fusesnap.index.toc import TocBlob, extract_chunk, load_toc_json, toc_items
 from fusesnap.index.tocrows import encode_toc, index_from_toc
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
-from fusesnap.pull import read_estargz_index
+from fusesnap.pull import pull, read_estargz_index
+from fusesnap.store import open_store
+from tests.lazy.conftest import REF, Connect
+from tests.lazy.fakeregistry import FakeRegistry
 from tests.lazy.layerblob import LayerBlob as Blob
 from tools.images.push import inspect_raw
 
@@ -414,3 +418,45 @@ async def test_default_cap_refuses_a_huge_toc_without_fetching_it() -> None:
     with pytest.raises(LayerError, match="exceeds the limit of 67108864"):
         await read_estargz_index(fetch, layer=layer, diff_id=DIFF_ID)
     assert requests == [(size - FOOTER_SIZE, FOOTER_SIZE)]
+
+
+async def test_a_lazy_pull_reads_the_toc_beside_the_config(
+    fake: FakeRegistry, connect: Connect, tmp_path
+) -> None:
+    """A TOC's range reads need only the manifest: they go out before the image config is
+    fetched (which gives the diff ID its encoding needs), and not for a layer the store
+    has indexed already."""
+    lead, data = gzip.compress(b""), gzip.compress(b"abc")
+    toc = json.dumps({"version": 1, "entries": [
+        {"name": "a", "type": "reg", "size": 3, "offset": len(lead), "chunkDigest": sha(b"abc")},
+    ]}).encode()  # fmt: skip
+    blob = lead + data + toc_member(toc) + footer(len(lead) + len(data))
+    config = fake.add_blob(json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [str(DIFF_ID)]},
+    }).encode(), oci.OCI_CONFIG)  # fmt: skip
+    layer = fake.add_blob(blob, OCI_LAYER_GZIP)
+    described = {**layer.to_dict(), "annotations": {TOC_DIGEST_ANNOTATION: sha(toc)}}
+    doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": config.to_dict(),
+           "layers": [described]}  # fmt: skip
+    fake.add_manifest(REF.repository, json.dumps(doc).encode(), oci.OCI_MANIFEST,
+                      tags=(str(REF.tag),))  # fmt: skip
+    seen: list[str] = []
+
+    def note(request: Any) -> None:
+        for desc, name in ((config, "config"), (layer, "toc")):
+            if request.url.path.endswith(desc.digest):
+                seen.append(name)
+
+    fake.hooks.append(note)
+    with open_store(tmp_path / "root") as store:
+        async with connect() as client:
+            got = await pull(store, client, REF, lazy=True)
+            assert [o.action for o in got.outcomes] == ["estargz"]
+            assert seen.index("toc") < seen.index("config"), seen
+            assert seen.count("toc") == 2  # the footer, then the TOC member
+            assert decode(store.layers.index(layer.digest)).by_path["a"].size == 3
+            seen.clear()
+            again = await pull(store, client, REF, lazy=True)
+        assert [o.action for o in again.outcomes] == ["store"]
+        assert "toc" not in seen
