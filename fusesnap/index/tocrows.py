@@ -20,16 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-import zstandard
-
 from fusesnap.digest import Digest
 from fusesnap.errors import LayerError
 from fusesnap.index import codec
+from fusesnap.index.codec import TYPE_CODES, common_prefix, name_bytes, pack_body
 from fusesnap.index.model import (
     DEFAULT_CHUNK_SIZE,
-    FORMAT_VERSION,
-    MAGIC,
     EntryType,
     LayerIndex,
     hardlink_target,
@@ -48,7 +44,6 @@ from fusesnap.index.toc import (
 __all__ = ["EncodedToc", "encode_toc", "index_from_toc"]
 
 _FILE = EntryType.FILE
-_TYPE_CODES = {t: i for i, t in enumerate(EntryType)}
 _LANDMARKS = (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)
 _SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
 
@@ -79,10 +74,6 @@ def encode_toc(entries: Sequence[TocItem], blob: TocBlob, *, what: str) -> Encod
 def index_from_toc(entries: Sequence[TocItem], blob: TocBlob, *, what: str) -> LayerIndex:
     """`encode_toc`, as records."""
     return encode_toc(entries, blob, what=what).index()
-
-
-def _bin(s: str) -> bytes:
-    return s.encode("utf-8", "surrogateescape")
 
 
 class _TocRows:
@@ -143,10 +134,8 @@ class _TocRows:
                 marked = prefetch[:] if path == PREFETCH_LANDMARK else []
                 continue
             self._types[path] = etype
-            path_b = _bin(path)
-            n = min(len(path_b), len(prev_path), 255)  # codec's prefix rule, in C-level steps
-            x = int.from_bytes(path_b[:n], "big") ^ int.from_bytes(prev_path[:n], "big")
-            plen = n - (x.bit_length() + 7) // 8
+            path_b = name_bytes(path)
+            plen = common_prefix(prev_path, path_b)
             row[0], row[1] = plen, path_b[plen:]
             prev_path = path_b
             parts = row[15]
@@ -183,12 +172,10 @@ class _TocRows:
             None,
             root,
             blob.compression,
-            [_bin(p) for p in marked],
+            [name_bytes(p) for p in marked],
         ]
-        packed = msgpack.packb(body, use_bin_type=True)
-        frame = zstandard.ZstdCompressor(level=codec.ZSTD_LEVEL).compress(packed)
         return EncodedToc(
-            data=MAGIC + bytes([FORMAT_VERSION]) + frame,
+            data=pack_body(body),
             diff_id=blob.diff_id,
             uncompressed_size=blob.uncompressed_size,
             entry_count=len(rows),
@@ -269,14 +256,14 @@ class _TocRows:
         row = [
             0,
             b"",
-            _TYPE_CODES[etype],
+            TYPE_CODES[etype],
             (item.mode or 0) & 0o7777,  # Go's tar modes may carry type bits
             uid,
             gid,
             mtime,
             nsec,
             size,
-            _bin(linkname) if linkname else b"",
+            name_bytes(linkname) if linkname else b"",
             devmajor,
             devminor,
             self._xattrs(i, item.xattrs) if item.xattrs else None,
@@ -322,7 +309,7 @@ class _TocRows:
     def _name(self, name: str) -> bytes:
         got = self._names.get(name)
         if got is None:
-            got = self._names[name] = _bin(name)
+            got = self._names[name] = name_bytes(name)
         return got
 
     @staticmethod
@@ -366,4 +353,4 @@ class _TocRows:
                 out[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise self._fail(i, f"xattr {key!r}: bad base64") from None
-        return [x for key in sorted(out) for x in (_bin(key), out[key])]
+        return [x for key in sorted(out) for x in (name_bytes(key), out[key])]

@@ -185,18 +185,16 @@ def store_layer_index(
             store.chunks.put_many(inline.items())
             index, encoded = index.without_windows(), None
     store.layers.put(
-        LayerRecord(
-            digest=layer.digest,
-            diff_id=index.diff_id,
-            media_type=layer.media_type,
-            size=layer.size,
-            uncompressed_size=index.uncompressed_size,
-            entry_count=index.entry_count,
-            source=source,
-            index=encode(index) if encoded is None else encoded,
-            chunks=pack_chunk_digests(index.chunk_digests()),
+        _record(
+            layer,
+            source,
+            index.diff_id,
+            index.uncompressed_size,
+            index.entry_count,
+            encode(index) if encoded is None else encoded,
+            index.chunk_digests(),
             # gc keeps what the chunk store holds for the index: windows, and SOCI spans.
-            windows=pack_chunk_digests(index.window_digests() | index.span_digests()),
+            index.window_digests() | index.span_digests(),
         )
     )
     return index
@@ -206,16 +204,38 @@ def store_encoded_toc(store: Store, layer: Descriptor, toc: EncodedToc, source: 
     """Write the index read from ``layer``'s TOC as its record (as `store_layer_index`
     would, from what the TOC's encoding counted: no records decoded). Blocking."""
     store.layers.put(
-        LayerRecord(
-            digest=layer.digest,
-            diff_id=toc.diff_id,
-            media_type=layer.media_type,
-            size=layer.size,
-            uncompressed_size=toc.uncompressed_size,
-            entry_count=toc.entry_count,
-            source=source,
-            index=toc.data,
-            chunks=pack_chunk_digests(toc.chunk_digests),
-            windows=pack_chunk_digests(frozenset()),
+        _record(
+            layer,
+            source,
+            toc.diff_id,
+            toc.uncompressed_size,
+            toc.entry_count,
+            toc.data,
+            toc.chunk_digests,
+            frozenset(),
         )
+    )
+
+
+def _record(
+    layer: Descriptor,
+    source: str,
+    diff_id: Digest,
+    uncompressed_size: int,
+    entry_count: int,
+    encoded: bytes,
+    chunks: frozenset[bytes],
+    windows: frozenset[bytes],
+) -> LayerRecord:
+    return LayerRecord(
+        digest=layer.digest,
+        diff_id=diff_id,
+        media_type=layer.media_type,
+        size=layer.size,
+        uncompressed_size=uncompressed_size,
+        entry_count=entry_count,
+        source=source,
+        index=encoded,
+        chunks=pack_chunk_digests(chunks),
+        windows=pack_chunk_digests(windows),
     )
