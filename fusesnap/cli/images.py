@@ -39,8 +39,8 @@ MAX_LAYER_SIZE = click.option(
 @click.option(
     "--lazy/--all",
     default=False,
-    help="--lazy: store each layer's index only (from an index artifact, a SOCI zTOC, an "
-    "eStargz or zstd:chunked TOC, else built by streaming the layer once); file contents are "
+    help="--lazy: store each layer's index only (from its eStargz or zstd:chunked TOC, an "
+    "index artifact, a SOCI zTOC, else built by streaming the layer once); file contents are "
     "fetched when read. --all (default): every layer complete; after --lazy, only what is missing.",
 )
 @pass_ctx

@@ -4,7 +4,7 @@ When containerd prepares a layer's snapshot with labels naming its image
 (`fusesnap.containerd.labels`), the snapshotter asks `RemoteImages.resolve` for
 that image: a lazy pull (`fusesnap.pull.pull`) that stores the manifest, the
 config and each layer's index from the best source there is (the store, an
-index artifact, a SOCI zTOC, an eStargz or zstd:chunked TOC) and builds none by
+eStargz or zstd:chunked TOC, an index artifact, a SOCI zTOC) and builds none by
 streaming a layer, records no image, and protects what it stored by a lease until the
 remote snapshots that need it are committed (those are gc roots of their own:
 `RemoteImages.done`), or `HOLD` seconds at most. A layer with no index anywhere

@@ -2,11 +2,11 @@
 
 `TocPrefetch` starts the TOCs' range reads as soon as the manifest is known, beside the
 image config's fetch (`fetch_toc_early`: the bytes need only the layer's descriptor);
-`read_toc_early` then checks and encodes them once the config gives the diff ID. The
-artifact and SOCI lookups run beside them too (`fusesnap.pull.layers`): with neither, as
-is usual for such images, the TOC is what `fusesnap.pull.indexsource` uses, two round
-trips sooner. A failure is kept, not raised: it matters only if no better source is found.
-"""
+`read_toc_early` then checks and encodes them once the config gives the diff ID. A TOC is
+a layer's best source after the store (`fusesnap.pull.indexsource`); the artifact
+lookup (for the image's access profile and its other layers) runs beside these reads
+(`fusesnap.pull.layers`). A failure is kept, not raised: the layer then goes to the
+other sources."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ async def read_toc_early(
 ) -> EarlyToc | None:
     """The TOC ``layer``'s annotations promise, read now (or as ``fetched`` already was)
     and encoded (None if none is promised); any failure is kept for
-    `resolve_layer_index`, which meets it only if the better sources fail too."""
+    `resolve_layer_index`, which then tries the layer's other sources."""
     got = fetched if fetched is not None else await fetch_toc_early(client, ref, layer)
     if got is None:
         return None

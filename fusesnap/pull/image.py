@@ -9,8 +9,9 @@ layer index plus its files' chunks in the de-duplicated chunk store.
   chunks (a lazy pull came first) gets only the missing chunks, by range
   (`fusesnap.lazy.fetcher`), unless its format has no random access (plain zstd).
 - A lazy pull (``lazy=True``) stores each layer's *index* only, from the best source
-  (`fusesnap.pull.indexsource.resolve_layer_index`: the store, an index artifact,
-  an eStargz or zstd:chunked TOC, else a streaming build); chunks come later.
+  (`fusesnap.pull.indexsource.resolve_layer_index`: the store, an eStargz or
+  zstd:chunked TOC, an index artifact, a SOCI zTOC, else a streaming build); chunks
+  come later.
 
 Ordering is what keeps a concurrent `gc` and a SIGKILL harmless (containerd's rule):
 the pull holds a lease owned by this process; each blob (and each layer) is added to

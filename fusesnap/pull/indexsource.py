@@ -8,17 +8,23 @@
 Sources, best first:
 
     store          the layer is indexed here already                    nothing fetched
-    artifact       a fusesnap index artifact of the image               found once per image
-                   (`fusesnap.pull.artifact`), for this very layer       (one small blob a layer)
-    soci           a zTOC in the image's SOCI index (v2, else v1;       found once per image
-                   `fusesnap.pull.socifind`), for this very layer        (one blob a layer)
     estargz        the TOC that ``containerd.io/snapshot/stargz/toc.digest`` vouches for
                                                                          two range requests
     zstd:chunked   the TOC at ``(io.github.)containers.zstd-chunked.manifest-position``
                                                                          one range request
+    artifact       a fusesnap index artifact of the image               found once per image
+                   (`fusesnap.pull.artifact`), for this very layer       (one small blob a layer)
+    soci           a zTOC in the image's SOCI index (v2, else v1;       found once per image
+                   `fusesnap.pull.socifind`), for this very layer        (one blob a layer)
     built          none of these: stream the layer once and index it (`stream_layer`, the
                    path of a full pull); its chunks are kept too, as the bytes crossed the
                    network anyway
+
+A TOC comes first where the layer's annotations promise one: it is the layer's own index,
+its reads start with the manifest (`fusesnap.pull.earlytoc`), and an index artifact's index
+of such a layer is that TOC's (``fusesnap index`` reads it), one more blob to fetch and
+decode after the artifact's discovery. An artifact is still looked up for the image's
+access profile and for its other layers (`fusesnap.pull.layers`).
 
 A source that is there but unusable (an artifact index of another layer or diff ID, a TOC
 that does not verify or parse) is passed over with a warning, never trusted: the next one
@@ -231,6 +237,22 @@ async def resolve_layer_index(
         return found
     skipped: list[str] = []
     what = f"layer {layer.digest.short}"
+    toc = early_toc
+    if toc is None:
+        toc = await read_toc_early(client, ref, layer, diff_id)
+        if toc is not None:
+            counter.add(toc.nbytes, blobs=toc.requests)
+    if toc is not None:
+        if toc.index is not None:
+            await run_blocking(store_encoded_toc, store, layer, toc.index, toc.source)
+            found = ResolvedIndex(toc.index, IndexSource(toc.source), toc.nbytes)
+            say(found.describe())
+            return found
+        if not isinstance(toc.error, (LayerError, DigestMismatchError)):
+            assert toc.error is not None
+            raise toc.error  # the registry failing: not a TOC to pass over
+        skipped.append(f"{toc.source} TOC: {toc.error}")
+        log.warning("%s: cannot use its %s TOC: %s", what, toc.source, toc.error)
     if artifact is not None and layer.digest in artifact.indexes:
         index = artifact.indexes[layer.digest]
         problem = _artifact_problem(index, layer, diff_id)
@@ -239,7 +261,7 @@ async def resolve_layer_index(
             index = await run_blocking(
                 partial(store_layer_index, store, layer, index, "artifact", encoded=encoded)
             )
-            found = ResolvedIndex(index, IndexSource.ARTIFACT)
+            found = ResolvedIndex(index, IndexSource.ARTIFACT, 0, tuple(skipped))
             say(found.describe())
             return found
         skipped.append(f"index artifact {artifact.digest.short}: {problem}")
@@ -257,25 +279,9 @@ async def resolve_layer_index(
             found = ResolvedIndex(index, IndexSource.SOCI, nbytes, tuple(skipped))
             say(found.describe())
             return found
-    toc = early_toc
-    if toc is None:
-        toc = await read_toc_early(client, ref, layer, diff_id)
-        if toc is not None:
-            counter.add(toc.nbytes, blobs=toc.requests)
-    if toc is not None:
-        if toc.index is not None:
-            await run_blocking(store_encoded_toc, store, layer, toc.index, toc.source)
-            found = ResolvedIndex(toc.index, IndexSource(toc.source), toc.nbytes, tuple(skipped))
-            say(found.describe())
-            return found
-        if not isinstance(toc.error, (LayerError, DigestMismatchError)):
-            assert toc.error is not None
-            raise toc.error  # the registry failing: not a TOC to pass over
-        skipped.append(f"{toc.source} TOC: {toc.error}")
-        log.warning("%s: cannot use its %s TOC: %s", what, toc.source, toc.error)
     if not build:
         raise NoIndexError(
-            f"{what}: no index in the store, an index artifact, a SOCI zTOC or a TOC"
+            f"{what}: no index in the store, a TOC, an index artifact or a SOCI zTOC"
         )
     say(f"building index: streaming {human_size(layer.size)}")
     before = counter.bytes

@@ -8,6 +8,7 @@ access. Layers run ``concurrency`` at a time; each distinct layer once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import FusesnapError, LayerError, ManifestError
+from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError, ManifestError
 from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.lazy import (
     AccessProfile,
@@ -130,52 +131,38 @@ class LayerJob:
         streaming a layer (its outcome is ``none``)."""
         have = {d for d in self.unique if await run_blocking(self.store.layers.exists, d)}
         wanted = [d for d in self.unique if d not in have]
-        # SOCI indexes gzip layers only: an image with none is not looked up. Both are
-        # looked up at once (the round trips count at mount time); SOCI's is used for
-        # the layers the artifact has no index of.
-        gzipped = [d for d in wanted if _is_gzip(self.unique[d][0])]
-        artifact: ArtifactIndexes | None = None
-        soci_index: SociIndex | None = None
-
-        async def find_artifact() -> None:
-            nonlocal artifact
-            artifact = await self._find_artifact(resolved.manifest, wanted)
-
-        async def find_soci() -> None:
-            nonlocal soci_index
-            soci_index = await self._find_soci(resolved, gzipped)
-
-        # A TOC a layer's annotations promise is read beside them too: with no artifact
-        # or zTOC (as is usual for such images) it is what is used, two round trips
-        # sooner; otherwise its bytes were spent for nothing (they are counted).
+        # A layer whose annotations promise a TOC is indexed from it, read from the manifest
+        # on (`TocPrefetch`). Beside those reads, the lookups for the other layers: the index
+        # artifact (also for the image's access profile) and the SOCI index. A TOC that turns
+        # out unusable sends its layer to them after all.
+        promised = [d for d in wanted if toc_source(self.unique[d][0]) is not None]
         early: dict[Digest, EarlyToc] = {}
+        found = _Found()
 
         async def read_toc(digest: Digest) -> None:
             layer, diff_id = self.unique[digest]
             fetched = await self.tocs.get(layer) if self.tocs is not None else None
-            found = await read_toc_early(self.client, self.ref, layer, diff_id, fetched=fetched)
-            if found is not None:
-                early[digest] = found
-                self.counter.add(found.nbytes, blobs=found.requests)
+            got = await read_toc_early(self.client, self.ref, layer, diff_id, fetched=fetched)
+            if got is not None:
+                early[digest] = got
+                self.counter.add(got.nbytes, blobs=got.requests)
 
         async with trio.open_nursery() as nursery:
             if wanted:
-                nursery.start_soon(find_artifact)
-            if gzipped:
-                nursery.start_soon(find_soci)
-            for digest in wanted:
-                if toc_source(self.unique[digest][0]) is not None:
-                    nursery.start_soon(read_toc, digest)
-        found = set(artifact.indexes) if artifact is not None else set()
-        rest = [d for d in gzipped if d not in found]
+                others = [d for d in wanted if d not in promised]
+                nursery.start_soon(self._look_up, resolved, others, found)
+            for digest in promised:
+                nursery.start_soon(read_toc, digest)
+        unusable = [d for d in promised if d in early and _unusable(early[d])]
+        if unusable and (found.artifact is not None or not found.soci_searched):
+            await self._look_up(resolved, unusable, found)
+        artifact, soci_index = found.artifact, found.soci
+        indexed = set(artifact.indexes) if artifact is not None else set()
         if soci_index is not None:
-            found.update(d for d in rest if d in soci_index.ztocs)
+            indexed.update(d for d in wanted if d in soci_index.ztocs)
+        indexed.update(d for d in promised if d not in unusable)
         # What will be streamed, as far as can be told before trying the sources.
-        streamed = build * sum(
-            layer.size
-            for d, (layer, _) in self.unique.items()
-            if d not in have and d not in found and toc_source(layer) is None
-        )
+        streamed = build * sum(self.unique[d][0].size for d in wanted if d not in indexed)
         self.progress.start(total_bytes=streamed, items=len(self.unique))
 
         async def one(layer: Descriptor, diff_id: Digest) -> None:
@@ -208,6 +195,28 @@ class LayerJob:
                 nursery.start_soon(one, layer, diff_id)
         return self.outcomes(), artifact
 
+    async def _look_up(self, resolved: Resolved, layers: list[Digest], found: _Found) -> None:
+        """The index artifact's indexes of ``layers`` and, if some are gzip and it was not
+        yet looked for, the image's SOCI index, side by side (the round trips count at
+        mount time), into ``found``. The artifact is looked for even with no ``layers``
+        (its access profile), but not again once none was found."""
+        gzipped = [d for d in layers if _is_gzip(self.unique[d][0])]
+
+        async def artifact() -> None:
+            more = await self._find_artifact(resolved.manifest, layers)
+            found.artifact = _merged(found.artifact, more)
+
+        async def soci() -> None:
+            found.soci = await self._find_soci(resolved, gzipped)
+
+        async with trio.open_nursery() as nursery:
+            if not found.artifact_searched or found.artifact is not None:
+                found.artifact_searched = True
+                nursery.start_soon(artifact)
+            if gzipped and not found.soci_searched:
+                found.soci_searched = True
+                nursery.start_soon(soci)
+
     async def _find_artifact(
         self, manifest: Descriptor, layers: list[Digest]
     ) -> ArtifactIndexes | None:
@@ -222,10 +231,12 @@ class LayerJob:
         if artifact is not None:
             self.counter.add(artifact.fetched_bytes)
             how = "referrers API" if artifact.discovery == "referrers" else "fallback tag"
+            has = [f"indexes for {len(artifact.indexes)} of {len(layers)} layers"] if layers else []
+            if artifact.profile is not None:
+                has.append("an access profile")
             self.progress.note(
                 f"index artifact {artifact.digest.short} (found through the {how}): "
-                f"indexes for {len(artifact.indexes)} of {len(layers)} layers"
-                + (", and an access profile" if artifact.profile is not None else "")
+                + (", and ".join(has) or "no layer needs its indexes")
             )
             if artifact.profile is not None:
                 await run_blocking(_keep_profile, self.store, artifact.profile)
@@ -305,6 +316,33 @@ class LayerJob:
             raise result.first_error
         if not await run_blocking(layer_complete, self.store, layer.digest):
             raise LayerError(f"{what}: chunks still missing after fetching them all")
+
+
+@dataclass(eq=False)
+class _Found:
+    """What `LayerJob.index_all`'s lookups found so far."""
+
+    artifact: ArtifactIndexes | None = None
+    soci: SociIndex | None = None
+    artifact_searched: bool = False
+    soci_searched: bool = False
+
+
+def _unusable(toc: EarlyToc) -> bool:
+    """A TOC that is there but cannot be used (a registry failure is raised later, as is)."""
+    return toc.index is None and isinstance(toc.error, (LayerError, DigestMismatchError))
+
+
+def _merged(a: ArtifactIndexes | None, b: ArtifactIndexes | None) -> ArtifactIndexes | None:
+    """``a`` with the indexes ``b`` (a second look at the artifact) adds."""
+    if a is None or b is None:
+        return a or b
+    return dataclasses.replace(
+        a,
+        indexes={**a.indexes, **b.indexes},
+        encoded={**a.encoded, **b.encoded},
+        fetched_bytes=a.fetched_bytes + b.fetched_bytes,
+    )
 
 
 def _is_gzip(layer: Descriptor) -> bool:

@@ -6,6 +6,7 @@ served by an in-memory ``fetch``; TOC-level edge cases use hand-written TOC entr
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -31,8 +32,11 @@ from fusesnap.index.estargz import (
 )
 from fusesnap.index.toc import TocBlob, extract_chunk, load_toc_json, toc_items
 from fusesnap.index.tocrows import encode_toc, index_from_toc
+from fusesnap.lazy import AccessProfile
+from fusesnap.lazy import profile as profiles
 from fusesnap.oci import OCI_LAYER_GZIP, Descriptor
 from fusesnap.pull import pull, read_estargz_index
+from fusesnap.pull.artifact import LAYER_INDEX_MEDIA_TYPE, PushedArtifact, push_index_artifact
 from fusesnap.store import open_store
 from tests.lazy.conftest import REF, Connect
 from tests.lazy.fakeregistry import FakeRegistry
@@ -420,12 +424,11 @@ async def test_default_cap_refuses_a_huge_toc_without_fetching_it() -> None:
     assert requests == [(size - FOOTER_SIZE, FOOTER_SIZE)]
 
 
-async def test_a_lazy_pull_reads_the_toc_beside_the_config(
-    fake: FakeRegistry, connect: Connect, tmp_path
-) -> None:
-    """A TOC's range reads need only the manifest: they go out before the image config is
-    fetched (which gives the diff ID its encoding needs), and not for a layer the store
-    has indexed already."""
+def tiny_estargz_image(
+    fake: FakeRegistry, toc_digest: str | None = None, tag: str = str(REF.tag)
+) -> tuple[Descriptor, Descriptor]:
+    """A one-file eStargz image (``a``: b"abc") in ``fake`` under ``tag``, its manifest
+    vouching for the TOC by its digest or by ``toc_digest``; (config, layer)."""
     lead, data = gzip.compress(b""), gzip.compress(b"abc")
     toc = json.dumps({"version": 1, "entries": [
         {"name": "a", "type": "reg", "size": 3, "offset": len(lead), "chunkDigest": sha(b"abc")},
@@ -436,11 +439,22 @@ async def test_a_lazy_pull_reads_the_toc_beside_the_config(
         "rootfs": {"type": "layers", "diff_ids": [str(DIFF_ID)]},
     }).encode(), oci.OCI_CONFIG)  # fmt: skip
     layer = fake.add_blob(blob, OCI_LAYER_GZIP)
-    described = {**layer.to_dict(), "annotations": {TOC_DIGEST_ANNOTATION: sha(toc)}}
+    vouched = toc_digest or sha(toc)
+    described = {**layer.to_dict(), "annotations": {TOC_DIGEST_ANNOTATION: vouched}}
     doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": config.to_dict(),
            "layers": [described]}  # fmt: skip
     fake.add_manifest(REF.repository, json.dumps(doc).encode(), oci.OCI_MANIFEST,
-                      tags=(str(REF.tag),))  # fmt: skip
+                      tags=(tag,))  # fmt: skip
+    return config, dataclasses.replace(layer, annotations={TOC_DIGEST_ANNOTATION: vouched})
+
+
+async def test_a_lazy_pull_reads_the_toc_beside_the_config(
+    fake: FakeRegistry, connect: Connect, tmp_path
+) -> None:
+    """A TOC's range reads need only the manifest: they go out before the image config is
+    fetched (which gives the diff ID its encoding needs), and not for a layer the store
+    has indexed already."""
+    config, layer = tiny_estargz_image(fake)
     seen: list[str] = []
 
     def note(request: Any) -> None:
@@ -460,3 +474,71 @@ async def test_a_lazy_pull_reads_the_toc_beside_the_config(
             again = await pull(store, client, REF, lazy=True)
         assert [o.action for o in again.outcomes] == ["store"]
         assert "toc" not in seen
+
+
+async def index_blobs(client: Any, pushed: PushedArtifact) -> set[str]:
+    """The digests of the layer index blobs of index artifact ``pushed``."""
+    _, body = await client.get_manifest(REF, pushed.digest)
+    return {b["digest"] for b in json.loads(body)["layers"]
+            if b["mediaType"] == LAYER_INDEX_MEDIA_TYPE}  # fmt: skip
+
+
+def blob_gets(fake: FakeRegistry, digests: set[str]) -> int:
+    """How many GETs of these blobs the fake registry saw."""
+    return sum(1 for r in fake.requests
+               if r.method == "GET" and r.url.path.rpartition("/")[2] in digests)  # fmt: skip
+
+
+async def test_a_toc_comes_before_the_index_artifact_whose_profile_is_kept(
+    fake: FakeRegistry, connect: Connect, tmp_path
+) -> None:
+    """A layer that promises a TOC is indexed from it: the image's index artifact gives
+    its access profile, and its index blob for that layer is never fetched."""
+    fake.referrers_api = False
+    _, layer = tiny_estargz_image(fake)
+    with open_store(tmp_path / "builder") as builder, open_store(tmp_path / "root") as store:
+        async with connect() as client:
+            first = await pull(builder, client, REF, lazy=True)
+            index = decode(builder.layers.index(layer.digest))
+            profile = AccessProfile(
+                str(first.manifest.digest), ((0, bytes.fromhex(sha(b"abc")[7:])),)
+            )
+            pushed = await push_index_artifact(
+                client, REF, first.manifest, [index], profile=profile
+            )
+            blobs = await index_blobs(client, pushed)
+            fake.requests.clear()
+            got = await pull(store, client, REF, lazy=True)
+        assert [o.action for o in got.outcomes] == ["estargz"]
+        assert got.artifact == pushed.digest
+        assert len(blobs) == 1
+        assert blob_gets(fake, blobs) == 0
+        assert profiles.load(store, str(first.manifest.digest)) == profile
+        assert store.layers.index(layer.digest) == builder.layers.index(layer.digest)
+
+
+async def test_an_unusable_toc_sends_its_layer_to_the_index_artifact(
+    fake: FakeRegistry, connect: Connect, tmp_path, caplog
+) -> None:
+    fake.referrers_api = False
+    _, layer = tiny_estargz_image(fake, tag="good")
+    with open_store(tmp_path / "builder") as builder:
+        async with connect() as client:
+            await pull(builder, client, dataclasses.replace(REF, tag="good"), lazy=True)
+        index = decode(builder.layers.index(layer.digest))
+    tiny_estargz_image(fake, toc_digest=sha(b"another TOC"))  # REF: the same blob
+    with open_store(tmp_path / "root") as store:
+        async with connect() as client:
+            manifest = (await client.resolve(REF)).manifest
+            blobs = await index_blobs(
+                client, await push_index_artifact(client, REF, manifest, [index])
+            )
+            fake.requests.clear()
+            with caplog.at_level(logging.WARNING):
+                got = await pull(store, client, REF, lazy=True)
+        (outcome,) = got.outcomes
+        assert outcome.action == "artifact"
+        assert "passed over: estargz TOC: " in outcome.text
+        assert "cannot use its estargz TOC" in caplog.text
+        assert blob_gets(fake, blobs) == 1
+        assert decode(store.layers.index(layer.digest)).by_path["a"].size == 3
