@@ -111,6 +111,10 @@ class MergedTree:
         """The number of inodes (a hardlinked file is one)."""
         return len(self._entries)
 
+    def has_xattrs(self) -> bool:
+        """Whether some inode has extended attributes."""
+        return any(e.xattrs for e in self._entries)
+
     def node(self, ino: int) -> Node:
         """The node numbered ``ino``; `NotFoundError` if there is none."""
         if not 0 < ino <= len(self._entries):

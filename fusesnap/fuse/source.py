@@ -71,8 +71,8 @@ class ImageSource:
     def __init__(self, tree: MergedTree, cache: ChunkCache) -> None:
         self.tree = tree
         self.cache = cache
-        # One pass over the inodes (about 1.5 us each), at mount time rather than in a request.
-        self._has_xattrs = any(tree.node(ino).entry.xattrs for ino in range(1, len(tree) + 1))
+        # At mount time rather than in a request.
+        self._has_xattrs = tree.has_xattrs()
 
     @property
     def has_xattrs(self) -> bool:

@@ -149,6 +149,10 @@ def decode_chunks(raw: Any, size: int, st: RowState, i: int) -> tuple[ChunkRef, 
 
 
 def decode_frame_chunks(raw: Any, size: int, st: RowState, i: int) -> tuple[ChunkRef, ...]:
+    if type(raw) is list and len(raw) == 6 and raw[2] is None and 0 < size <= st.chunk_size:
+        one = _one_frame_chunk(raw, size, st, i)  # most files: `Fields`' checks, inline
+        if one is not None:
+            return one
     f = Fields(raw, 6, f"entry {i} chunks")
     f.any()  # the nil marker
     digests, raw_lengths = f.blob(), f.any()
@@ -170,3 +174,24 @@ def decode_frame_chunks(raw: Any, size: int, st: RowState, i: int) -> tuple[Chun
         refs.append(new_chunk_ref(off, length, d, coffset, clen, inner))
         st.prev_cend = coffset + clen
     return tuple(refs)
+
+
+def _one_frame_chunk(raw: list[Any], size: int, st: RowState, i: int) -> tuple[ChunkRef] | None:
+    """The one chunk of a file that is one frame chunk (the fixed split, a single digest,
+    one of each column), checked as `decode_frame_chunks` checks it; None if the columns
+    are not that simple (they get the general path, and its errors)."""
+    _, digest, _, deltas, clengths, inners = raw
+    if not (type(digest) is bytes and type(deltas) is list and type(clengths) is list):
+        return None
+    if len(digest) != SHA256_SIZE or len(deltas) != 1 or len(clengths) != 1:
+        return None
+    if inners is not None and (type(inners) is not list or len(inners) != 1):
+        return None
+    delta, clen, inner = deltas[0], clengths[0], 0 if inners is None else inners[0]
+    if not (type(delta) is int and type(clen) is int and type(inner) is int):  # not bool
+        raise Corrupt(f"entry {i}: non-integer frame field")
+    coffset = st.prev_cend + delta
+    if coffset < 0 or clen <= 0 or inner < 0 or coffset + clen > st.csize:
+        raise Corrupt(f"entry {i}: frame range outside the layer blob")
+    st.prev_cend = coffset + clen
+    return (new_chunk_ref(0, size, digest, coffset, clen, inner),)
