@@ -79,9 +79,10 @@ class LowerMounts:
         info = mount_info(self.path(chain))
         return info is not None and info.fstype.startswith("fuse")
 
-    def ensure(self, top: SnapshotRecord, depth: int) -> Path:
+    def ensure(self, top: SnapshotRecord, depth: int, *, wait: float = 0.0) -> Path:
         """The mount of remote chain ``top`` (``depth`` layers), started if not live;
-        `MountError` if it cannot be."""
+        `MountError` if it cannot be. ``wait``: a daemon started now may wait that many
+        seconds for the layers' indexes (the image is still being resolved)."""
         assert top.manifest is not None
         target = self.path(top.key)
         with self._holding(top.key):
@@ -105,6 +106,7 @@ class LowerMounts:
                 verbose=self.verbose,
                 manifest=str(top.manifest),
                 depth=depth,
+                wait_layers=wait,
             )
             start_mount(options, zygote=self.zygote, mounted=True)
             log.info("%s: mounted chain %s (%d layers)", target, top.key[:19], depth)

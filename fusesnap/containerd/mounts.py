@@ -10,8 +10,12 @@ the first snapshot on its chain, or ahead of it (`warm`) once a pull has made
 the chain remote, so that a container's start finds it mounted (and its
 prefetch under way); it is released (`release_unused`) once no active snapshot
 or view stands on it, or, warmed and never used, after `WARM_GRACE` seconds or
-once the chain's snapshots are gone. One lock keeps starting and releasing
-from racing.
+once the chain's snapshots are gone. It may start earlier still, while the
+image is being resolved (`start_early`, `fusesnap.containerd.remote`): its
+daemon mounts and waits for the layers' indexes (at most `EARLY_WAIT` seconds),
+and the mount is kept until the chain's snapshots are committed, or released
+when the resolve gives another chain (`abandon`). One lock keeps starting and
+releasing from racing.
 """
 
 from __future__ import annotations
@@ -19,19 +23,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusesnap.containerd.lowers import LowerMounts
+from fusesnap.digest import Digest
 from fusesnap.errors import FusesnapError
 from fusesnap.store import ACTIVE, COMMITTED, SnapshotRecord, SnapshotStateError, SnapshotStore
 
-__all__ = ["WARM_GRACE", "Mount", "MountPlanner", "chain_of"]
+__all__ = ["EARLY_WAIT", "WARM_GRACE", "Mount", "MountPlanner", "chain_of"]
 
 log = logging.getLogger(__name__)
 
 WARM_GRACE = 600.0
+# At most this long a mount started early waits for its layers' indexes (under the
+# 300 s a new mount's first daemon has to be ready).
+EARLY_WAIT = 240.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +68,63 @@ class MountPlanner:
         self.base, self.lowers, self.snapshots = base, lowers, snapshots
         self._lock = threading.Lock()
         self._warmed: dict[str, float] = {}  # chain -> when its mount was started ahead
+        self._early: dict[str, float] = {}  # chains started while their image is resolved
+        self._abandoned: dict[str, float] = {}  # chain -> when its resolve gave another
         self._used: set[str] = set()  # chains a snapshot has stood on
 
     def warm(self, table: SnapshotStore, top: SnapshotRecord) -> None:
         """Start the lower mount of remote chain ``top`` in the background, ahead of the
         first snapshot on it. A failure is logged; that snapshot's Prepare tries again."""
+        self._in_background(top, lambda: len(chain_of(table, top)))
+
+    def start_early(self, chain: str, source: str, manifest: Digest, depth: int) -> None:
+        """Start, in the background, the lower mount of ``chain`` (``depth`` layers of
+        ``manifest``, fetched from ``source``) while its image is resolved: it waits for
+        the indexes (module docstring)."""
+        top = SnapshotRecord(chain, COMMITTED, None, source=source, manifest=manifest)
+        self._in_background(top, lambda: depth, wait=EARLY_WAIT)
+
+    def abandon(self, chain: str) -> None:
+        """The resolve that started ``chain``'s mount early gave another chain: release the
+        mount (in the background), unless a snapshot stands on it."""
+
+        self._abandoned[chain] = time.monotonic()  # a start asked before it does not run
+
+        def run() -> None:
+            with self._lock:
+                if self._early.pop(chain, None) is None:
+                    return  # not started by a start_early (or not yet: the mark stops it)
+                if chain in self._used:
+                    return
+                self._warmed.pop(chain, None)
+            try:
+                self.lowers.release(chain)
+            except Exception as exc:  # a side task: release_unused takes it down later
+                log.warning("%s: lower mount not released: %s", chain[:19], exc)
+
+        threading.Thread(target=run, name=f"abandon {chain[7:19]}", daemon=True).start()
+
+    def _in_background(
+        self, top: SnapshotRecord, depth: Callable[[], int], *, wait: float = 0.0
+    ) -> None:
+        asked = time.monotonic()
 
         def run() -> None:
             try:
-                depth = len(chain_of(table, top))
+                layers = depth()
                 with self._lock:
+                    if wait and self._abandoned.get(top.key, -1.0) >= asked:
+                        return  # its resolve is over and gave another chain
+                    if wait and self.lowers.is_live(top.key):
+                        return  # up already (another image's, adopted): not ours to abandon
+                    if wait:
+                        self._early[top.key] = time.monotonic()
+                    else:
+                        self._early.pop(top.key, None)  # committed: kept as any warmed one
                     if top.key in self._used:
                         return  # a container was quicker
                     self._warmed[top.key] = time.monotonic()
-                    self.lowers.ensure(top, depth)
+                    self.lowers.ensure(top, layers, wait=wait)
             except Exception as exc:  # a side task: the next Prepare mounts it, or says why
                 log.warning("%s: lower mount not started ahead: %s", top.key[:19], exc)
 
@@ -125,8 +177,13 @@ class MountPlanner:
             now = time.monotonic()
             records = self.snapshots.list_all()
             remote = {r.key for r in records if r.source}
+            # Started early and never committed (the pull was given up): kept as long.
+            self._early = {c: t for c, t in self._early.items() if now - t < WARM_GRACE}
+            self._abandoned = {c: t for c, t in self._abandoned.items() if now - t < WARM_GRACE}
             self._warmed = {
-                c: t for c, t in self._warmed.items() if now - t < WARM_GRACE and c in remote
+                c: t
+                for c, t in self._warmed.items()
+                if now - t < WARM_GRACE and (c in remote or c in self._early)
             }
             used = set(self._warmed)
             for record in records:

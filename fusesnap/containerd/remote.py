@@ -13,6 +13,12 @@ is not remote; containerd's diff service fills its snapshot instead.
 An image is resolved once until then (containerd prepares its layers one after
 another, each with the same labels) and once at a time: concurrent Prepares of
 the same image wait for one pull (single flight).
+
+An image whose every layer promises a TOC will, as a rule, be remote as a whole: once
+the pull has its manifest and config, `RemoteImages.early` (the snapshotter's lower
+mounts) is told to start the mount of the image's whole chain, whose daemon then waits
+for the indexes the pull is making; if the image resolves to another top (a TOC that
+turns out unusable, a failure), that mount is abandoned.
 """
 
 from __future__ import annotations
@@ -21,20 +27,22 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from fusesnap.digest import Digest
 from fusesnap.errors import NotFoundError
-from fusesnap.oci import chain_ids
-from fusesnap.pull import pull
+from fusesnap.oci import Descriptor, chain_ids
+from fusesnap.pull import pull, toc_source
 from fusesnap.reference import Reference
 from fusesnap.registry import RegistryOptions, open_registry_client
 from fusesnap.store import Store
 
-__all__ = ["HOLD", "RemoteImage", "RemoteImages"]
+__all__ = ["HOLD", "EarlyMounts", "RemoteImage", "RemoteImages"]
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +80,22 @@ class RemoteImage:
         return None
 
 
+class EarlyMounts(Protocol):
+    """Lower mounts started while their image is resolved (module docstring). Neither
+    call may block: the pull waits."""
+
+    def start_early(self, chain: str, source: str, manifest: Digest, depth: int) -> None: ...
+
+    def abandon(self, chain: str) -> None: ...
+
+
 class RemoteImages:
     """Image references resolved to `RemoteImage` (module docstring)."""
 
     def __init__(self, registry: RegistryOptions, *, hold: float = HOLD) -> None:
         self.registry = registry
         self.hold = hold
+        self.early: EarlyMounts | None = None  # set by the snapshotter that mounts them
         self._lock = threading.Lock()
         self._flights: dict[str, threading.Lock] = {}
         self._resolved: dict[str, RemoteImage] = {}
@@ -113,6 +131,14 @@ class RemoteImages:
             owner_pid=os.getpid(),
         )
         options = self.registry
+        announced: list[str] = []  # the chain whose mount was started early
+
+        def on_layers(manifest: Descriptor, layers: Sequence[tuple[Descriptor, Digest]]) -> None:
+            if self.early is None or not layers or not all(toc_source(d) for d, _ in layers):
+                return
+            chain = chain_ids([diff_id for _, diff_id in layers])[-1]
+            announced.append(chain)
+            self.early.start_early(chain, str(ref), manifest.digest, len(layers))
 
         async def run() -> RemoteImage:
             async with open_registry_client(
@@ -121,7 +147,14 @@ class RemoteImages:
                 hosts_dirs=options.hosts_dirs,
             ) as client:
                 result = await pull(
-                    store, client, ref, lazy=True, build=False, record=False, lease_id=lease.id
+                    store,
+                    client,
+                    ref,
+                    lazy=True,
+                    build=False,
+                    record=False,
+                    lease_id=lease.id,
+                    on_layers=on_layers,
                 )
             return RemoteImage(
                 ref=ref,
@@ -135,12 +168,16 @@ class RemoteImages:
             )
 
         started = time.monotonic()
+        image: RemoteImage | None = None
         try:
             image = trio.run(run)
         except BaseException:
             with suppress(NotFoundError):
                 store.leases.delete(lease.id)
             raise
+        finally:
+            if announced and self.early is not None and _top_chain(image) != announced[0]:
+                self.early.abandon(announced[0])
         log.info(
             "%s: resolved in %.2fs, %d of %d layers indexed",
             ref,
@@ -149,3 +186,10 @@ class RemoteImages:
             len(image.layers),
         )
         return image
+
+
+def _top_chain(image: RemoteImage | None) -> str | None:
+    """The chain of ``image``'s top layer, if every layer of it is remote."""
+    if image is None or image.top != len(image.layers) - 1:
+        return None
+    return image.chains[-1]

@@ -88,6 +88,7 @@ class Snapshots:
         self.base = Path(root).absolute() / SNAPSHOTS
         self.planner = MountPlanner(self.base, lowers, store.snapshots)
         self.remote = remote
+        remote.early = self.planner  # a chain's mount starts while its image is resolved
         self.on_layer = on_layer  # "remote" or "local", for each layer prepared
 
     def table(self, namespace: str) -> SnapshotStore:

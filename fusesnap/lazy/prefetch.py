@@ -40,13 +40,13 @@ class PrefetchPlan:
     failed: int = 0
     opened_files: int = 0  # files fetched whole when opened
     linked_files: int = 0  # of which: named by an opened ELF object (its loader's next opens)
-    startup_files: int = 0  # of which: what every container start reads (no profile, no landmark)
+    startup_files: int = 0  # of which: what every container start reads (fewer with a profile)
     runtime_files: int = 0  # of which: what an opened language runtime reads as it starts
 
     def wants_startup_files(self, lazy: LazyChunks) -> bool:
-        """Whether a container's root mount should fetch what every container start reads
-        (`startup`, ``auto``): when there is nothing better to go by, no access profile
-        and no landmark files."""
+        """Whether a container's root mount should fetch all that every container start
+        reads (`startup`, ``auto``): when there is nothing better to go by, no access
+        profile and no landmark files (what containerd reads comes ahead anyway)."""
         return (
             self.startup
             and self.mode == "auto"

@@ -10,8 +10,9 @@ daemon's ``mount.json``; `mountpoint` reads /proc/self/mountinfo and unmounts;
 `takeover` is what a daemon does differently under a holder.
 """
 
-from fusesnap.mountd.daemon import check_image, serve_image
+from fusesnap.mountd.daemon import serve_image
 from fusesnap.mountd.holder import hand_over, wait_serving
+from fusesnap.mountd.imagecheck import check_image
 from fusesnap.mountd.mountpoint import MountError, mount_info
 from fusesnap.mountd.options import PREFETCH_MODES, DaemonOptions, ReadyPipe
 from fusesnap.mountd.start import mount_stats, start_mount, unmount

@@ -7,7 +7,9 @@ tree built once; it opens the store itself (LMDB handles do not survive a fork).
 In order:
 
 1. clear a stale mount at DIR (its daemon died), refuse a live one;
-2. open the store and the image; refuse an image that is not in it, or not whole;
+2. open the store and the image; refuse an image that is not in it, or not whole
+   (with ``wait_layers``, a snapshotter's chain mounted while its image is
+   resolved: wait for its layers' indexes after mounting, `fusesnap.mountd.imagecheck`);
 3. take a lease owned by this process on the image's manifest, config and
    layers, so ``gc`` spares them while it runs (a killed daemon's lease dies
    with it);
@@ -64,6 +66,7 @@ from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
+from fusesnap.mountd.imagecheck import await_layers, open_view
 from fusesnap.mountd.memory import limit_arenas, run_trim
 from fusesnap.mountd.mountpoint import MountError, absolute_path, detach, is_stale, mount_info
 from fusesnap.mountd.openfetch import OpenedFiles
@@ -74,39 +77,11 @@ from fusesnap.pull import layer_complete, open_registry_fetcher
 from fusesnap.reference import Reference
 from fusesnap.store import CHUNK_FRAME_SIZE, Resource, Store, open_store
 
-__all__ = ["check_image", "prepare_mountpoint", "serve_image"]
+__all__ = ["prepare_mountpoint", "serve_image"]
 
 log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def check_image(store: Store, ref: str) -> ImageView:
-    """The stored image ``ref``, every layer of it indexed (``pull`` or ``pull --lazy``).
-
-    `NotFoundError` (one line, saying to pull) if it is not in the store or a
-    layer has no index. Chunks need not be local: a lazy mount fetches them.
-    """
-    return _check_layers(store, ImageView.open(store, ref), ref)
-
-
-def open_view(store: Store, options: DaemonOptions) -> ImageView:
-    """What ``options`` serve: the image record named ``options.ref`` (`check_image`),
-    or, with ``options.manifest``, that manifest's layers, every one indexed."""
-    if not options.manifest:
-        return check_image(store, options.ref)
-    view = ImageView.of_manifest(store, options.ref, options.manifest, depth=options.depth)
-    return _check_layers(store, view, options.ref)
-
-
-def _check_layers(store: Store, view: ImageView, ref: str) -> ImageView:
-    for n, layer in enumerate(view.layers):
-        if not store.layers.exists(layer.digest):
-            raise NotFoundError(
-                f"image {view.record.name}: layer {n} ({layer.digest.short}) is not in the "
-                f"store (run: fusesnap pull {ref})"
-            )
-    return view
 
 
 def prepare_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
@@ -158,10 +133,13 @@ def _signals_blocked() -> Iterator[None]:
 
 @contextmanager
 def _reported(on_ready: Callable[[str], None]) -> Iterator[None]:
-    """Tell the starter about an error before it propagates (it waits for a line)."""
+    """Tell the starter about an error before it propagates (it waits for a line), and
+    the log: a starter that went on at ``mounted`` no longer reads, and a holder told
+    of the error stops this daemon before `serve_logged` can say it."""
     try:
         yield
     except FusesnapError as exc:
+        log.error("%s", exc)
         on_ready(f"error: {exc}")
         raise
 
@@ -235,8 +213,14 @@ def serve_image(
             drop_stale_state(store, directory)
         labels = {"fusesnap.mount": str(target), "fusesnap.image": options.ref}
         with store.leases.lease(owner_pid=os.getpid(), expires_in=None, labels=labels) as lease:
+            # A snapshotter's chain may be mounted while its image is still being resolved.
+            waiting = view is None and takeover is None and options.wait_layers > 0
             with _reported(on_ready):
-                view = open_view(store, options) if view is None else view.using(store)
+                view = (
+                    open_view(store, options, whole=not waiting)
+                    if view is None
+                    else view.using(store)
+                )
                 store.leases.add_resources(lease.id, _resources(view))
             # Mounted before the tree is built: a starter that only needs the mount point
             # in place (the snapshotter: containerd stacks an overlay on it) goes on, and
@@ -274,6 +258,10 @@ def serve_image(
                     if takeover is None:
                         on_ready("mounted")
                     with _reported(on_ready):
+                        if waiting:
+                            await_layers(
+                                store, view, options.wait_layers, mountpoint=target, stop=_SIGNALS
+                            )
                         mounted = _build(ops, store, view, options, state, directory, on_ready)
                         if takeover is not None:
                             check_same_tree(previous, ops)
@@ -430,8 +418,8 @@ class _Mounted:
                     assert isinstance(self.ops.source, ImageSource)
                     opened = OpenedFiles(lazy, plan, tasks, self.ops.source.tree)
                     self.ops.on_open = opened.fetch
-                    if plan.wants_startup_files(lazy):
-                        opened.fetch_startup_files()
+                    if plan.startup:  # a container's root
+                        opened.fetch_startup_files(every=plan.wants_startup_files(lazy))
                     tasks.start_soon("prefetch", run_prefetch, lazy, plan)
                 else:
                     plan.state = "done"

@@ -47,6 +47,9 @@ LD_SO_CACHE = "/etc/ld.so.cache"
 # program, brings the dynamic loader, ld.so.cache and the C library that every
 # dynamically linked program of the image loads. A file the image lacks is skipped.
 STARTUP_FILES = ("/etc/passwd", "/etc/group", "/etc/localtime", "/bin/sh")
+# Of those, what containerd reads before the container exists, through a mount of its
+# own (a profile recorded inside a container does not see it): fetched first always.
+CONTAINERD_FILES = STARTUP_FILES[:2]
 
 # An ELF object's header and its program headers.
 _Headers = tuple[elfs.ElfHeader, elfs.Segments]
@@ -65,9 +68,10 @@ class OpenedFiles:
         """A process opened ``node``: fetch it whole."""
         self._fetch_file(node)
 
-    def fetch_startup_files(self) -> None:
-        """Fetch `STARTUP_FILES` (and what the shell links) as if they were opened."""
-        for path in STARTUP_FILES:
+    def fetch_startup_files(self, *, every: bool = True) -> None:
+        """Fetch `STARTUP_FILES` (and what the shell links) as if they were opened; not
+        ``every``: `CONTAINERD_FILES` only."""
+        for path in STARTUP_FILES if every else CONTAINERD_FILES:
             node = self._file_at(path)
             if node is not None and node.ino not in self._seen:
                 self._plan.startup_files += 1

@@ -30,7 +30,9 @@ class DaemonOptions:
     access profile of this mount at unmount. ``verbose``: debug logging.
     ``manifest``: serve this manifest's layers (its bottom ``depth`` of them, 0: all),
     fetched from ``ref``, instead of the image record named ``ref`` (a snapshot chain of
-    the containerd snapshotter, which records no image).
+    the containerd snapshotter, which records no image). ``wait_layers``: a new mount of
+    ``manifest`` may start before its layers are indexed (the snapshotter, while it
+    resolves the image): it mounts, then waits up to this many seconds for them.
     """
 
     root: Path
@@ -45,6 +47,7 @@ class DaemonOptions:
     verbose: bool = False
     manifest: str = ""
     depth: int = 0
+    wait_layers: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prefetch not in PREFETCH_MODES:

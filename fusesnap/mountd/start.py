@@ -42,8 +42,9 @@ from typing import Any, NoReturn, Protocol
 from fusesnap.errors import NotFoundError
 from fusesnap.image import ImageView
 from fusesnap.mountd.control import query
-from fusesnap.mountd.daemon import open_view, prepare_mountpoint
+from fusesnap.mountd.daemon import prepare_mountpoint
 from fusesnap.mountd.holder import hold, serve_logged
+from fusesnap.mountd.imagecheck import open_view
 from fusesnap.mountd.mountpoint import (
     FSTYPE,
     MountError,
@@ -89,12 +90,14 @@ def start_mount(
     ``view``: the image, already checked by the caller (`check_image`) and its tree built
     while the caller's store was open (the forked daemon serves that tree). ``zygote``:
     have it fork the daemon, which checks the image and builds the tree itself (a
-    starter that holds a store open). `NotFoundError` if the image is not (wholly) in the
-    store, `MountError` if DIR cannot be mounted on or the daemon fails (its message).
+    starter that holds a store open); so does a daemon whose options say to wait for the
+    layers' indexes (``wait_layers``), started as a new interpreter without a zygote.
+    `NotFoundError` if the image is not (wholly) in the store, `MountError` if DIR cannot
+    be mounted on or the daemon fails (its message).
     """
     options = options.absolute()
     target = prepare_mountpoint(options.mountpoint)
-    if view is None and zygote is None:
+    if view is None and zygote is None and not options.wait_layers:
         with open_store(options.root) as store:
             view = open_view(store, options)
             view.tree()  # built here, once: the forked daemon serves it
@@ -104,7 +107,7 @@ def start_mount(
     try:
         if zygote is not None:
             proc: _Daemon = _FromZygote(zygote, options, write_end, log_path)
-        elif any_open():
+        elif view is None or any_open():  # a daemon that waits for its layers checks them
             cmd = [sys.executable, "-m", "fusesnap.mountd", options.to_json(), str(write_end)]
             proc = _Spawned(cmd, write_end, log_path)
         else:

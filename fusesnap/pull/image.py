@@ -81,6 +81,7 @@ async def pull(
     build: bool = True,
     record: bool = True,
     lease_id: str | None = None,
+    on_layers: Callable[[Descriptor, Sequence[tuple[Descriptor, Digest]]], None] | None = None,
 ) -> PullResult:
     """Pull ``ref`` into ``store`` and record it as an image; return what was done.
 
@@ -103,7 +104,9 @@ async def pull(
     For the containerd snapshotter: ``build=False`` (with ``lazy``) builds no index by
     streaming a layer (its outcome is ``none``); ``record=False`` records neither the
     image nor its chain; ``lease_id``: protect what is pulled by that lease, which the
-    caller keeps, instead of one of the pull's own.
+    caller keeps, instead of one of the pull's own; ``on_layers(manifest, [(layer,
+    diff ID), ...])`` is called (on the pull's trio loop: it must not block) once the
+    manifest and config are stored, before any layer is looked at.
     """
     progress = progress or NoProgress()
     if lease_id is None:
@@ -162,6 +165,8 @@ async def pull(
                 Resource(kind, layer.digest) for layer, _ in layers for kind in ("content", "layer")
             ]
             await run_blocking(store.leases.add_resources, lease, protected)
+            if on_layers is not None:
+                on_layers(resolved.manifest, layers)
             if not lazy:  # "keep it local": never evicted under a cache limit, from now on
                 await run_blocking(store.cache.mark, [layer.digest for layer, _ in layers], KEEP)
 

@@ -6,6 +6,7 @@ state and socket; `tools.containerd`) with ``[proxy_plugins.fusesnap]`` pointing
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from fusesnap.index import TOC_DIGEST_ANNOTATION
 from fusesnap.mountd.state import MountState, state_dir
 from tests.containerd.harness import (
     Daemon,
@@ -30,6 +32,7 @@ from tests.containerd.harness import (
     via_proxy,
 )
 from tests.e2e.cli import run
+from tests.e2e.rawpush import RawLayer, push_raw_image
 from tests.e2e.sociimage import push_soci_image
 from tests.lazy.sociztoc import Vector, vector
 from tools._net import free_port
@@ -176,6 +179,52 @@ def test_ctr_and_fusesnap_agree_then_gc_frees_the_chunks(node, registry, faulty)
     assert freed is not None, out
     assert int(freed.group(1)) == len(img.layers), out
     assert int(freed.group(2)) > 0, out
+
+
+def test_the_lower_mount_starts_while_the_image_is_resolved(node, registry, faulty) -> None:
+    # Every layer promises a TOC: the chain's mount starts once the manifest and config are
+    # in, and its daemon waits for the indexes the resolve is still making (each request
+    # delayed here, so that the TOC reads come well after the config).
+    img = build_and_push_estargz("busybox", registry)
+    ref, _ = via_proxy(img, faulty)
+    faulty.delay(0.5)
+    try:
+        node.rpull(ref)
+    finally:
+        faulty.delay(0)
+    (lower,) = node.lower_mounts()
+    state = MountState.load(state_dir(node.root, Path(lower)))
+    assert state is not None
+    line = next(x for x in node.daemon.process.log().splitlines() if "resolved in" in x)
+    resolved = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1e3
+    assert state.started < resolved - 0.4, (state.started, line)  # the mount came first
+    assert node.run(ref, "cat", "/etc/passwd").startswith("root:")
+
+
+def test_a_layer_whose_toc_fails_is_unpacked_and_its_early_mount_goes(
+    node, registry, faulty
+) -> None:
+    # busybox's layer, claiming a TOC it does not have: the mount started for the chain
+    # while the image was resolved is abandoned, and containerd unpacks the layer itself.
+    img = build_and_push("busybox", registry)
+    (layer,) = img.layers
+    blob = registry.blob_path(layer.digest).read_bytes()
+    diff_id = "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest()
+    claim = ((TOC_DIGEST_ANNOTATION, "sha256:" + "0" * 64),)
+    raw = push_raw_image(registry.host, "fusesnap-test/busybox-no-toc", "v1",
+                         [RawLayer(blob, layer.media_type, diff_id, claim)])  # fmt: skip
+    ref = raw.replace(registry.host, faulty.host)
+    faulty.delay(0.3)  # the TOC's reads fail well after the mount has started
+    try:
+        node.rpull(ref)
+    finally:
+        faulty.delay(0)
+    assert "cannot use its estargz TOC" in node.daemon.process.log()
+    eventually(lambda: node.lower_mounts() == [], "the abandoned lower mount to go")
+    logs = "".join(p.read_text() for p in (node.root / "mounts").glob("*/daemon.log"))
+    assert "unmounted while waiting for the layer indexes" in logs, logs
+    assert "committed (remote)" not in node.fusesnap_snapshots().values()
+    assert node.run(ref, "cat", "/etc/passwd").startswith("root:")
 
 
 def _runs(node: Node, ref: str) -> bool:

@@ -18,6 +18,7 @@ class RawLayer:
     blob: bytes
     media_type: str
     diff_id: str  # what the config claims
+    annotations: tuple[tuple[str, str], ...] = ()  # the descriptor's
 
 
 def _digest(data: bytes) -> str:
@@ -50,7 +51,8 @@ def push_raw_image(host: str, repo: str, tag: str, layers: list[RawLayer]) -> st
     with httpx.Client(timeout=30) as client:
         descs = [
             {"mediaType": layer.media_type, "digest": push_blob(client, base, repo, layer.blob),
-             "size": len(layer.blob)}
+             "size": len(layer.blob),
+             **({"annotations": dict(layer.annotations)} if layer.annotations else {})}
             for layer in layers
         ]  # fmt: skip
         manifest = json.dumps({

@@ -143,6 +143,30 @@ def test_estargz_landmark_files_are_prefetched(
         assert faulty.bytes_sent("blob") == 0, faulty.records
 
 
+def test_a_container_root_with_landmarks_still_brings_what_containerd_reads(
+    registry: Any, faulty: FaultProxy, tmp_path: Path
+) -> None:
+    # Landmark files (as a profile would) replace the start-up guess, but not the two
+    # files containerd reads through a mount of its own before the container exists.
+    img = build_and_push_estargz("busybox", registry, prioritized=["bin/busybox"])
+    ref = img.ref.replace(img.host, faulty.host)
+    rootfs = img.unpack(tmp_path / "unpacked")
+    root, mnt = tmp_path / "store", tmp_path / "mnt"
+    mnt.mkdir()
+    run(root, "pull", "--lazy", ref)
+    start_mount(DaemonOptions(root, ref, mnt, startup_files=True))
+    try:
+        prefetch = _settled(root, mnt, "startup_files", 2)
+        assert prefetch["startup_files"] == 2, prefetch  # passwd and group, not the shell
+        assert prefetch["landmark_chunks"] > 0, prefetch
+        faulty.reset()
+        for rel in ("etc/passwd", "etc/group"):
+            assert _sha(mnt / rel) == _sha(rootfs / rel), rel
+        assert faulty.bytes_sent("blob") == 0, faulty.records
+    finally:
+        unmount(root, mnt)
+
+
 def test_an_opened_file_is_fetched_whole_in_the_background(
     registry: Any, faulty: FaultProxy, tmp_path: Path
 ) -> None:
