@@ -62,7 +62,7 @@ from fusesnap.fuse import (
     terminate,
 )
 from fusesnap.image import ImageView
-from fusesnap.lazy import LazyChunks, PrefetchPlan, run_prefetch
+from fusesnap.lazy import LazyChunks, PrefetchPlan
 from fusesnap.lazy import profile as profiles
 from fusesnap.mountd.control import serve_control
 from fusesnap.mountd.guard import SideTasks
@@ -418,9 +418,7 @@ class _Mounted:
                     assert isinstance(self.ops.source, ImageSource)
                     opened = OpenedFiles(lazy, plan, tasks, self.ops.source.tree)
                     self.ops.on_open = opened.fetch
-                    if plan.startup:  # a container's root
-                        opened.fetch_startup_files(every=plan.wants_startup_files(lazy))
-                    tasks.start_soon("prefetch", run_prefetch, lazy, plan)
+                    tasks.start_soon("prefetch", opened.prefetch)
                 else:
                     plan.state = "done"
 

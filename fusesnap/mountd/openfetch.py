@@ -28,7 +28,7 @@ from fusesnap.fs import MergedTree, Node, chunk_slices, runtimes
 from fusesnap.fs import elf as elfs
 from fusesnap.image import resolve
 from fusesnap.index import ChunkRef, Entry, EntryType, LayerIndex
-from fusesnap.lazy import LazyChunks, PrefetchPlan, PrefetchResult
+from fusesnap.lazy import LazyChunks, PrefetchPlan, PrefetchResult, run_prefetch
 from fusesnap.mountd.guard import SideTasks
 
 __all__ = ["OPEN_FETCH_MAX", "STARTUP_FILES", "OpenedFiles"]
@@ -50,6 +50,8 @@ STARTUP_FILES = ("/etc/passwd", "/etc/group", "/etc/localtime", "/bin/sh")
 # Of those, what containerd reads before the container exists, through a mount of its
 # own (a profile recorded inside a container does not see it): fetched first always.
 CONTAINERD_FILES = STARTUP_FILES[:2]
+# How long the rest of the background fetches wait for those at most.
+_FIRST_TIMEOUT = 5.0
 
 # An ELF object's header and its program headers.
 _Headers = tuple[elfs.ElfHeader, elfs.Segments]
@@ -68,22 +70,50 @@ class OpenedFiles:
         """A process opened ``node``: fetch it whole."""
         self._fetch_file(node)
 
-    def fetch_startup_files(self, *, every: bool = True) -> None:
-        """Fetch `STARTUP_FILES` (and what the shell links) as if they were opened; not
-        ``every``: `CONTAINERD_FILES` only."""
-        for path in STARTUP_FILES if every else CONTAINERD_FILES:
+    def fetch_startup_files(self) -> None:
+        """Fetch `STARTUP_FILES` (and what the shell links) as if they were opened."""
+        for path in STARTUP_FILES:
             node = self._file_at(path)
             if node is not None and node.ino not in self._seen:
                 self._plan.startup_files += 1
                 self._fetch_file(node)
 
-    def _fetch_file(self, node: Node) -> None:
+    async def fetch_first(self, paths: Sequence[str]) -> None:
+        """Fetch the files at ``paths`` (start-up files) side by side; return once they
+        are here, or could not be fetched."""
+        async with trio.open_nursery() as nursery:
+            for path in paths:
+                node = self._file_at(path)
+                if node is not None and self._claim(node):
+                    self._plan.startup_files += 1
+                    index = self._lazy.indexes[node.layer]
+                    nursery.start_soon(self._run, index, node.entry)
+
+    async def prefetch(self) -> None:
+        """A mount's background fetches (`run_prefetch`: landmarks, profile); a container's
+        root first brings what containerd reads before the container exists
+        (`CONTAINERD_FILES`: nothing else is fetched meanwhile, so they come at once),
+        then, with nothing better to go by, the rest of `STARTUP_FILES`."""
+        plan, lazy = self._plan, self._lazy
+        if plan.startup:
+            with trio.move_on_after(_FIRST_TIMEOUT):
+                await self.fetch_first(CONTAINERD_FILES)
+            if plan.wants_startup_files(lazy):
+                self.fetch_startup_files()
+        await run_prefetch(lazy, plan)
+
+    def _claim(self, node: Node) -> bool:
+        """Whether ``node`` is to be fetched now (whole, once)."""
         entry = node.entry
         if node.ino in self._seen or not entry.chunks or entry.size > OPEN_FETCH_MAX:
-            return
+            return False
         self._seen.add(node.ino)
-        what = f"fetching opened file {entry.path}"
-        self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], entry)
+        return True
+
+    def _fetch_file(self, node: Node) -> None:
+        if self._claim(node):
+            what = f"fetching opened file {node.entry.path}"
+            self._tasks.start_soon(what, self._run, self._lazy.indexes[node.layer], node.entry)
 
     def _file_at(self, path: str) -> Node | None:
         """The regular file at ``path`` (symlinks followed), if the image has one."""
