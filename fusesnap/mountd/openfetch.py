@@ -92,8 +92,8 @@ class OpenedFiles:
     async def prefetch(self) -> None:
         """A mount's background fetches (`run_prefetch`: landmarks, profile); a container's
         root first brings what containerd reads before the container exists
-        (`CONTAINERD_FILES`: nothing else is fetched meanwhile, so they come at once),
-        then, with nothing better to go by, the rest of `STARTUP_FILES`."""
+        (`CONTAINERD_FILES`: the rest waits for them, so they come at once), then, with
+        nothing better to go by, the rest of `STARTUP_FILES`."""
         plan, lazy = self._plan, self._lazy
         if plan.startup:
             with trio.move_on_after(_FIRST_TIMEOUT):
