@@ -66,7 +66,7 @@ def _plant_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(daemon_module._Mounted, "stats", stats)
     monkeypatch.setattr(daemon_module, "serve_control", serve_control)
     monkeypatch.setattr(ChunkCache, "run_prefetch", run_prefetch)
-    monkeypatch.setattr(daemon_module, "run_prefetch", prefetch)
+    monkeypatch.setattr(openfetch_module, "run_prefetch", prefetch)
     monkeypatch.setattr(openfetch_module.OpenedFiles, "_run", opened)
     monkeypatch.setattr(daemon_module, "run_trim", trim)
 
