@@ -113,14 +113,14 @@ class MountPlanner:
             try:
                 layers = depth()
                 with self._lock:
-                    if wait and self._abandoned.get(top.key, -1.0) >= asked:
-                        return  # its resolve is over and gave another chain
-                    if wait and self.lowers.is_live(top.key):
-                        return  # up already (another image's, adopted): not ours to abandon
-                    if wait:
-                        self._early[top.key] = time.monotonic()
-                    else:
+                    if not wait:
                         self._early.pop(top.key, None)  # committed: kept as any warmed one
+                    elif self._abandoned.get(top.key, -1.0) >= asked:
+                        return  # its resolve is over and gave another chain
+                    elif self.lowers.is_live(top.key):
+                        return  # up already (another image's, adopted): not ours to abandon
+                    else:
+                        self._early[top.key] = time.monotonic()
                     if top.key in self._used:
                         return  # a container was quicker
                     self._warmed[top.key] = time.monotonic()

@@ -18,7 +18,7 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import FusesnapError, ManifestError
+from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError, ManifestError
 from fusesnap.index import TOC_DIGEST_ANNOTATION, EncodedToc, is_zstdchunked
 from fusesnap.oci import Descriptor, layer_compression
 from fusesnap.pull.tocs import (
@@ -51,6 +51,12 @@ class EarlyToc:
     error: FusesnapError | None
     nbytes: int
     requests: int
+
+    @property
+    def unusable(self) -> bool:
+        """The TOC is there but cannot be used: the layer goes to its other sources (a
+        registry failure is not that: it is raised as it is)."""
+        return self.index is None and isinstance(self.error, (LayerError, DigestMismatchError))
 
 
 @dataclass(frozen=True, slots=True)

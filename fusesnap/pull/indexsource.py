@@ -248,7 +248,7 @@ async def resolve_layer_index(
             found = ResolvedIndex(toc.index, IndexSource(toc.source), toc.nbytes)
             say(found.describe())
             return found
-        if not isinstance(toc.error, (LayerError, DigestMismatchError)):
+        if not toc.unusable:
             assert toc.error is not None
             raise toc.error  # the registry failing: not a TOC to pass over
         skipped.append(f"{toc.source} TOC: {toc.error}")

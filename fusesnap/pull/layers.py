@@ -16,7 +16,7 @@ import trio
 
 from fusesnap.blocking import run_blocking
 from fusesnap.digest import Digest
-from fusesnap.errors import DigestMismatchError, FusesnapError, LayerError, ManifestError
+from fusesnap.errors import FusesnapError, LayerError, ManifestError
 from fusesnap.index import LayerIndex, Limits, decode
 from fusesnap.lazy import (
     AccessProfile,
@@ -153,7 +153,7 @@ class LayerJob:
                 nursery.start_soon(self._look_up, resolved, others, found)
             for digest in promised:
                 nursery.start_soon(read_toc, digest)
-        unusable = [d for d in promised if d in early and _unusable(early[d])]
+        unusable = [d for d in promised if d in early and early[d].unusable]
         if unusable and (found.artifact is not None or not found.soci_searched):
             await self._look_up(resolved, unusable, found)
         artifact, soci_index = found.artifact, found.soci
@@ -326,11 +326,6 @@ class _Found:
     soci: SociIndex | None = None
     artifact_searched: bool = False
     soci_searched: bool = False
-
-
-def _unusable(toc: EarlyToc) -> bool:
-    """A TOC that is there but cannot be used (a registry failure is raised later, as is)."""
-    return toc.index is None and isinstance(toc.error, (LayerError, DigestMismatchError))
 
 
 def _merged(a: ArtifactIndexes | None, b: ArtifactIndexes | None) -> ArtifactIndexes | None:
